@@ -1,0 +1,316 @@
+"""Configuration: inert data, read from TOML and validated once at start.
+
+Two kinds of file:
+
+* a **site** file (`sites/<name>.toml`), one per site: its name, role
+  (central or edge), availability zones and its store;
+* the **hub** file (`hub.toml`): where the hub listens, its state directory,
+  where the site files and the tokens file are, and the import options.
+
+Any mistake raises `ConfigError` naming the file and the key to fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgesync.errors import ConfigError
+
+ROLES = ("central", "edge")
+STORE_TYPES = ("file", "rbd")
+DEFAULT_DISK_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso")
+CONTAINER_FORMATS = ("bare", "ovf", "ova", "aki", "ari", "ami", "docker", "compressed")
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    type: str
+    description: str = ""
+    read_only: bool = False
+    # file
+    path: Path | None = None
+    # rbd
+    ceph_conf: Path | None = None
+    pool: str = "images"
+    user: str = "admin"
+    keyring: Path | None = None
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str
+    role: str
+    availability_zone: str
+    compute_availability_zone: str
+    storage_availability_zone: str
+    store: StoreConfig
+    source: Path | None = None
+
+    @property
+    def is_central(self) -> bool:
+        return self.role == "central"
+
+
+@dataclass(frozen=True)
+class UriFilter:
+    """web-download source filter, as glance-image-import.conf has it."""
+
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    disallowed_schemes: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    disallowed_hosts: tuple[str, ...] = ()
+    allowed_ports: tuple[int, ...] = (80, 443)
+    disallowed_ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    """Image property injection at import (seed chapter 4.3)."""
+
+    properties: dict[str, str] = field(default_factory=dict)
+    ignore_user_roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    enabled_methods: tuple[str, ...] = IMPORT_METHODS
+    disk_formats: tuple[str, ...] = DEFAULT_DISK_FORMATS
+    convert_to_raw: bool = True
+    max_image_size_bytes: int = 1 << 40
+    lock_ttl_s: float = 600.0
+    uri_filter: UriFilter = field(default_factory=UriFilter)
+    inject: InjectConfig = field(default_factory=InjectConfig)
+    web_download_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    host: str
+    port: int
+    public_url: str
+    state_dir: Path
+    sites: tuple[SiteConfig, ...]
+    tokens_file: Path | None
+    auth: str = "token"  # "token" | "noauth"
+    show_locations: bool = False
+    imports: ImportConfig = field(default_factory=ImportConfig)
+    source: Path | None = None
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.state_dir / "catalog.sqlite3"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.state_dir / "staging"
+
+    @property
+    def central(self) -> SiteConfig:
+        return next(s for s in self.sites if s.is_central)
+
+    def site(self, name: str) -> SiteConfig | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name file and key."""
+
+    def __init__(self, table: dict[str, Any], where: str) -> None:
+        self.table = table
+        self.where = where
+
+    def _fail(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.where}: '{key}' {what}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in self.table:
+            if default is ...:
+                raise self._fail(key, "is required")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and kind in (int, float):
+            raise self._fail(key, f"must be a {kind.__name__}, not a boolean")
+        if not isinstance(value, kind):
+            raise self._fail(key, f"must be {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        items = self.get(key, list, list(default))
+        if not all(isinstance(i, str) for i in items):
+            raise self._fail(key, "must be a list of strings")
+        return tuple(items)
+
+    def int_list(self, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        items = self.get(key, list, list(default))
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise self._fail(key, "must be a list of integers")
+        return tuple(items)
+
+    def sub(self, key: str) -> "_Reader":
+        return _Reader(self.get(key, dict, {}), f"{self.where} [{key}]")
+
+    def path(self, key: str, base: Path, default: Any = ...) -> Path | None:
+        raw = self.get(key, str, default)
+        if raw is None:
+            return None
+        return (base / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return {str: "a string", int: "an integer", bool: "true or false",
+            list: "a list", dict: "a table", float: "a number"}.get(kind, kind.__name__)
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load_site(path: Path) -> SiteConfig:
+    path = Path(path)
+    r = _Reader(_load_toml(path), str(path))
+    base = path.parent
+    name = r.get("name", str)
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{path}: 'name' must be letters, digits, '-' or '_'")
+    role = r.get("role", str)
+    if role not in ROLES:
+        raise ConfigError(f"{path}: 'role' must be one of {', '.join(ROLES)}, got {role!r}")
+    az = r.get("availability_zone", str, name)
+    compute_az = r.get("compute_availability_zone", str, az)
+    storage_az = r.get("storage_availability_zone", str, az)
+    if not (az == compute_az == storage_az):
+        raise ConfigError(
+            f"{path}: site {name!r} must use one availability zone for Nova and "
+            f"Cinder (availability_zone={az!r}, compute_availability_zone="
+            f"{compute_az!r}, storage_availability_zone={storage_az!r}); set them equal"
+        )
+    return SiteConfig(
+        name=name, role=role, availability_zone=az,
+        compute_availability_zone=compute_az, storage_availability_zone=storage_az,
+        store=_load_store(r.sub("store"), base, name), source=path,
+    )
+
+
+def _load_store(r: _Reader, base: Path, site: str) -> StoreConfig:
+    kind = r.get("type", str)
+    if kind not in STORE_TYPES:
+        raise ConfigError(f"{r.where}: 'type' must be one of {', '.join(STORE_TYPES)}, got {kind!r}")
+    common = dict(
+        type=kind,
+        description=r.get("description", str, f"{site} ({kind})"),
+        read_only=r.get("read_only", bool, False),
+    )
+    if kind == "file":
+        return StoreConfig(path=r.path("path", base), **common)
+    return StoreConfig(
+        ceph_conf=r.path("ceph_conf", base),
+        pool=r.get("pool", str, "images"),
+        user=r.get("user", str, "admin"),
+        keyring=r.path("keyring", base, None),
+        connect_timeout_s=float(r.get("connect_timeout_s", (int, float), 10.0)),
+        **common,
+    )
+
+
+def load_sites(directory: Path) -> tuple[SiteConfig, ...]:
+    directory = Path(directory)
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise ConfigError(f"{directory}: no site files (*.toml) found")
+    sites = tuple(load_site(f) for f in files)
+    check_sites(sites, str(directory))
+    return sites
+
+
+def check_sites(sites: tuple[SiteConfig, ...], where: str) -> None:
+    """The DCN rules that span sites: one central, unique names, one store per AZ."""
+    centrals = [s.name for s in sites if s.is_central]
+    if len(centrals) != 1:
+        raise ConfigError(f"{where}: exactly one site must have role = \"central\", found {centrals or 'none'}")
+    seen_names: set[str] = set()
+    seen_az: dict[str, str] = {}
+    for s in sites:
+        if s.name in seen_names:
+            raise ConfigError(f"{where}: site name {s.name!r} is used twice")
+        seen_names.add(s.name)
+        other = seen_az.get(s.availability_zone)
+        if other:
+            raise ConfigError(
+                f"{where}: availability zone {s.availability_zone!r} maps to two "
+                f"stores ({other} and {s.name}); each AZ must map to exactly one store"
+            )
+        seen_az[s.availability_zone] = s.name
+
+
+def load_hub(path: Path) -> HubConfig:
+    path = Path(path)
+    r = _Reader(_load_toml(path), str(path))
+    base = path.parent
+    hub = r.sub("hub")
+    listen = hub.get("listen", str, "127.0.0.1:9292")
+    host, _, port_s = listen.rpartition(":")
+    if not host or not port_s.isdigit():
+        raise ConfigError(f"{hub.where}: 'listen' must be HOST:PORT, got {listen!r}")
+    auth = hub.get("auth", str, "token")
+    if auth not in ("token", "noauth"):
+        raise ConfigError(f"{hub.where}: 'auth' must be \"token\" or \"noauth\", got {auth!r}")
+    tokens = hub.path("tokens_file", base, None)
+    if auth == "token" and tokens is None:
+        raise ConfigError(f"{hub.where}: 'tokens_file' is required when auth = \"token\"")
+    return HubConfig(
+        host=host, port=int(port_s),
+        public_url=hub.get("public_url", str, f"http://{listen}").rstrip("/"),
+        state_dir=hub.path("state_dir", base),
+        sites=load_sites(hub.path("sites_dir", base)),
+        tokens_file=tokens, auth=auth,
+        show_locations=hub.get("show_locations", bool, False),
+        imports=_load_imports(r.sub("import")), source=path,
+    )
+
+
+def _load_imports(r: _Reader) -> ImportConfig:
+    methods = r.str_list("enabled_methods", IMPORT_METHODS)
+    for m in methods:
+        if m not in IMPORT_METHODS:
+            raise ConfigError(f"{r.where}: unknown import method {m!r}; known: {', '.join(IMPORT_METHODS)}")
+    f = r.sub("uri_filter")
+    inj = r.sub("inject")
+    props = inj.get("properties", dict, {})
+    if not all(isinstance(v, str) for v in props.values()):
+        raise ConfigError(f"{inj.where}: 'properties' values must be strings")
+    return ImportConfig(
+        enabled_methods=methods,
+        disk_formats=r.str_list("disk_formats", DEFAULT_DISK_FORMATS),
+        convert_to_raw=r.get("convert_to_raw", bool, True),
+        max_image_size_bytes=r.get("max_image_size_bytes", int, 1 << 40),
+        lock_ttl_s=float(r.get("lock_ttl_s", (int, float), 600.0)),
+        web_download_timeout_s=float(r.get("web_download_timeout_s", (int, float), 600.0)),
+        uri_filter=UriFilter(
+            allowed_schemes=f.str_list("allowed_schemes", ("http", "https")),
+            disallowed_schemes=f.str_list("disallowed_schemes", ()),
+            allowed_hosts=f.str_list("allowed_hosts", ()),
+            disallowed_hosts=f.str_list("disallowed_hosts", ()),
+            allowed_ports=f.int_list("allowed_ports", (80, 443)),
+            disallowed_ports=f.int_list("disallowed_ports", ()),
+        ),
+        inject=InjectConfig(
+            properties=dict(props),
+            ignore_user_roles=inj.str_list("ignore_user_roles", ()),
+        ),
+    )

@@ -1,0 +1,131 @@
+"""The store interface, in domain terms.
+
+A store holds at most one copy of each image, keyed by image id. Copies are
+written through an `ImageWriter` under a name nobody else sees and become
+visible only when `publish()` returns a location; `abort()` (or leaving the
+writer's `async with` block with an exception) removes every trace.
+
+Extents are the byte ranges of an image that hold data. Holes are never
+written, never read for transfer, and stay holes in every store.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Extent:
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class Location:
+    store: str
+    url: str
+
+    def as_glance(self) -> dict[str, Any]:
+        return {"url": self.url, "metadata": {"store": self.store}}
+
+
+@dataclass(frozen=True)
+class StoreCapacity:
+    used_bytes: int
+    free_bytes: int
+
+
+class ImageWriter(abc.ABC):
+    """A copy being written. Invisible until `publish()`."""
+
+    image_id: str
+    size_bytes: int
+
+    @abc.abstractmethod
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset`; all-zero runs are left as holes."""
+
+    @abc.abstractmethod
+    async def publish(self) -> Location:
+        """Make the copy visible (atomically) and return where it lives."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Remove the unpublished copy. Safe to call more than once."""
+
+    async def __aenter__(self) -> "ImageWriter":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            await self.abort()
+
+
+class ImageStore(abc.ABC):
+    """One store (one per site). Implementations: file, rbd."""
+
+    name: str
+    type: str
+    description: str = ""
+    read_only: bool = False
+
+    @abc.abstractmethod
+    async def open_writer(
+        self, image_id: str, size_bytes: int, *, resume: bool = False
+    ) -> ImageWriter:
+        """Start (or, with `resume`, reopen) an unpublished copy.
+
+        Without `resume`, leftovers of an earlier unpublished attempt are
+        discarded. Raises StoreImageExists if a published copy exists.
+        """
+
+    @abc.abstractmethod
+    async def extents(self, image_id: str) -> list[Extent]:
+        """Data-bearing ranges of a published copy, sorted, non-overlapping."""
+
+    @abc.abstractmethod
+    async def read(self, image_id: str, offset: int, length: int) -> bytes:
+        """Bytes of a published copy; holes read as zeros."""
+
+    @abc.abstractmethod
+    async def size(self, image_id: str) -> int:
+        """Logical size of a published copy."""
+
+    @abc.abstractmethod
+    async def allocated_bytes(self, image_id: str) -> int:
+        """Bytes the copy really occupies (holes excluded)."""
+
+    @abc.abstractmethod
+    async def exists(self, image_id: str) -> bool:
+        """Whether a published copy exists."""
+
+    @abc.abstractmethod
+    async def delete(self, image_id: str) -> None:
+        """Remove a published copy. StoreImageInUse if something depends on it."""
+
+    @abc.abstractmethod
+    def location_url(self, image_id: str) -> str:
+        """The URL a published copy of `image_id` has in this store."""
+
+    @abc.abstractmethod
+    def properties(self) -> dict[str, Any]:
+        """Driver facts for `GET /v2/info/stores/detail` (`properties`)."""
+
+    async def capacity(self) -> StoreCapacity | None:
+        """Used and free bytes, where the backend can tell."""
+        return None
+
+    async def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""

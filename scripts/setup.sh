@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent installation of everything edgesync needs on Debian 12 (as root):
+# the Debian packages (Ceph, qemu-img, Mosquitto, Prometheus), a virtualenv in
+# .venv with the package and its test extras, and Debian's rados/rbd bindings
+# made importable from that venv. Re-running it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(ceph-mon ceph-osd ceph-common python3-rados python3-rbd qemu-utils
+      qemu-block-extra mosquitto mosquitto-clients prometheus systemd)
+PYTHON=${PYTHON:-python3}
+
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "setup: must run as root to install packages" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.edgesync-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing edgesync and its test extras into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+
+# rados/rbd are not on PyPI: link only Debian's two extension modules into a
+# directory the venv reads through a .pth file (the whole dist-packages would
+# drag ~100 Debian modules into the venv).
+linkdir=.venv/ceph-bindings
+mkdir -p "$linkdir"
+for mod in rados rbd; do
+  so=$(ls /usr/lib/python3/dist-packages/${mod}.cpython-3*-x86_64-linux-gnu.so 2>/dev/null | head -1 || true)
+  if [ -z "$so" ]; then echo "setup: python3-$mod bindings not found" >&2; exit 1; fi
+  ln -sf "$so" "$linkdir/$(basename "$so")"
+done
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+realpath "$linkdir" > "$site/edgesync-ceph-bindings.pth"
+.venv/bin/python -c 'import rados, rbd' || { echo "setup: rados/rbd do not import from .venv" >&2; exit 1; }
+echo "setup: ready (.venv/bin/edgesync)"
