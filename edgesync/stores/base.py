@@ -60,6 +60,10 @@ class ImageWriter(abc.ABC):
     async def abort(self) -> None:
         """Remove the unpublished copy. Safe to call more than once."""
 
+    def qemu_destination(self) -> str | None:
+        """A `qemu-img convert -n` target writing straight into this copy, if any."""
+        return None
+
     async def __aenter__(self) -> "ImageWriter":
         return self
 

@@ -1,0 +1,3 @@
+"""Session-wide fixtures. One lab (Ceph clusters, later the broker) per test session."""
+
+from tests.fixtures.ceph import ceph_clusters  # noqa: F401  (session fixture)
