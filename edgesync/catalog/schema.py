@@ -1,0 +1,102 @@
+"""Catalog schema, as an ordered list of migrations.
+
+`MIGRATIONS[i]` takes the database from version i to i + 1. A released
+migration is never edited: changes go in a new entry at the end.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: images, their properties, tags, members, locations, tasks, locks, outbox
+    """
+    CREATE TABLE images (
+        id               TEXT PRIMARY KEY,
+        name             TEXT,
+        status           TEXT NOT NULL,
+        disk_format      TEXT,
+        container_format TEXT,
+        visibility       TEXT NOT NULL,
+        size             INTEGER,
+        virtual_size     INTEGER,
+        checksum         TEXT,
+        os_hash_algo     TEXT,
+        os_hash_value    TEXT,
+        protected        INTEGER NOT NULL DEFAULT 0,
+        os_hidden        INTEGER NOT NULL DEFAULT 0,
+        owner            TEXT,
+        min_ram          INTEGER NOT NULL DEFAULT 0,
+        min_disk         INTEGER NOT NULL DEFAULT 0,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL
+    );
+    CREATE INDEX images_owner ON images(owner);
+    CREATE TABLE image_properties (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        key      TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        PRIMARY KEY (image_id, key)
+    );
+    CREATE TABLE image_tags (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        tag      TEXT NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    );
+    CREATE TABLE image_members (
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        member   TEXT NOT NULL,
+        status   TEXT NOT NULL DEFAULT 'pending',
+        PRIMARY KEY (image_id, member)
+    );
+    -- one location per store: the (image_id, store) key enforces it
+    CREATE TABLE locations (
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        store      TEXT NOT NULL,
+        url        TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (image_id, store)
+    );
+    CREATE TABLE tasks (
+        id                      TEXT PRIMARY KEY,
+        image_id                TEXT NOT NULL,
+        owner                   TEXT,
+        user_id                 TEXT,
+        method                  TEXT NOT NULL,
+        stores                  TEXT NOT NULL,
+        all_stores_must_succeed INTEGER NOT NULL,
+        status                  TEXT NOT NULL,
+        message                 TEXT NOT NULL DEFAULT '',
+        created_at              TEXT NOT NULL,
+        updated_at              TEXT NOT NULL
+    );
+    CREATE INDEX tasks_image ON tasks(image_id);
+    CREATE INDEX tasks_status ON tasks(status);
+    CREATE TABLE store_jobs (
+        task_id     TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        store       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        reason      TEXT NOT NULL DEFAULT '',
+        bytes_done  INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (task_id, store)
+    );
+    -- the per-image import lock; expires_at lets a dead holder's lock lapse
+    CREATE TABLE import_locks (
+        image_id   TEXT PRIMARY KEY,
+        task_id    TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    -- transactional outbox: rows written in the same transaction as the task
+    -- state they announce; a publisher drains them (at-least-once)
+    CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic        TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        published_at REAL
+    );
+    CREATE INDEX outbox_unpublished ON outbox(published_at) WHERE published_at IS NULL;
+    """,
+]
+
+LATEST_VERSION = len(MIGRATIONS)
