@@ -42,6 +42,7 @@ CONVERT_TIMEOUT_S = 3600.0
 
 # qemu-img's name for a format -> the Glance disk_format with that content.
 _QEMU_TO_GLANCE = {"vpc": "vhd", "parallels": "ploop"}
+_GLANCE_TO_QEMU = {glance: qemu for qemu, glance in _QEMU_TO_GLANCE.items()}
 # Declared formats whose bytes qemu-img can only call "raw": an ISO 9660 image
 # and the AMI kernel/ramdisk/machine images have no header qemu recognises.
 _RAW_CONTENT_FORMATS = frozenset({"iso", "aki", "ari", "ami"})
@@ -152,6 +153,13 @@ def content_format(detected: str, declared: str) -> str:
     return glance_name
 
 
+def qemu_format(disk_format: str) -> str:
+    """qemu-img's name for a Glance disk_format ("vhd" -> "vpc", "iso" -> "raw")."""
+    if disk_format in _RAW_CONTENT_FORMATS:
+        return "raw"
+    return _GLANCE_TO_QEMU.get(disk_format, disk_format)
+
+
 def _check_self_contained(info: ImageInfo) -> None:
     flatten = "make it self-contained first (e.g. `qemu-img convert -O qcow2 in out`)"
     if info.backing_file:
@@ -199,7 +207,9 @@ async def convert_to_raw(
     preallocated: bool = False,
     timeout_s: float = CONVERT_TIMEOUT_S,
 ) -> None:
-    """Convert the vetted image `src` (in `src_format`, a qemu-img format name) to raw at `dest`.
+    """Convert the vetted image `src` (in `src_format`) to raw at `dest`.
+
+    `src_format` is a Glance disk_format ("vhd") or a qemu-img format ("vpc").
 
     `dest` is a file path, written sparse (zero runs of 4 KiB or more are left
     as holes); or, with `preallocated`, an existing target such as an `rbd:`
@@ -208,7 +218,7 @@ async def convert_to_raw(
     A failed or cancelled conversion into a file removes the file.
     """
     src = Path(src)
-    args = [QEMU_IMG, "convert", "-f", src_format, "-O", "raw"]
+    args = [QEMU_IMG, "convert", "-f", qemu_format(src_format), "-O", "raw"]
     if preallocated:
         args += ["-n", "--target-is-zero"]
     args += [_qemu_path(src), dest]

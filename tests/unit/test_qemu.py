@@ -152,6 +152,16 @@ async def test_vhd_is_named_vhd_not_vpc(tmp_path: Path) -> None:
     safe(info, "vhd")
 
 
+async def test_convert_takes_glance_format_names(tmp_path: Path) -> None:
+    original = tmp_path / "orig.raw"
+    content = make_raw_with_data(original, 2 * MiB)
+    img = tmp_path / "disk.vhd"
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on", original, img)
+    out = tmp_path / "out.raw"
+    await convert_to_raw(img, "vhd", str(out))
+    assert out.read_bytes() == content
+
+
 async def test_format_not_allowed_is_refused(tmp_path: Path) -> None:
     img = tmp_path / "disk.qcow2"
     qemu_img("create", "-f", "qcow2", img, "1M")
