@@ -1,0 +1,300 @@
+"""web-download: fetch an image from a user-given URI into a sparse staging file.
+
+The URI is untrusted. It is checked against the operator's filter before the
+first request and again at every redirect (redirects are followed by hand:
+otherwise an allowed server could bounce the hub to an internal address).
+The body is streamed to disk in batches, all-zero blocks left as holes,
+never held in memory whole; more than `max_bytes` stops the download.
+
+Whatever goes wrong, including cancellation, the destination file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+
+from edgesync.config import UriFilter
+from edgesync.errors import BadRequest, EdgesyncError, RequestTooLarge
+from edgesync.importer.hashing import ImageDigest
+from edgesync.importer.uri_filter import check_uri
+from edgesync.stores.sparse import DEFAULT_GRANULARITY, data_runs
+
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Bytes gathered before one write to disk: big enough to amortise the thread
+# hop, a multiple of the zero-detection granularity so holes line up.
+BATCH_BYTES = 4 << 20
+assert BATCH_BYTES % DEFAULT_GRANULARITY == 0
+
+
+async def download(
+    uri: str,
+    dest: Path,
+    *,
+    rules: UriFilter,
+    max_bytes: int,
+    timeout_s: float,
+    session: aiohttp.ClientSession | None = None,
+    digest: ImageDigest | None = None,
+) -> int:
+    """Download `uri` into the sparse file `dest`; return its size in bytes.
+
+    `timeout_s` bounds each wait on the server (connecting, and any silence
+    between bytes), not the whole transfer: a slow but steady download of a
+    big image completes, a stalled one fails.
+    If `digest` is given, it is fed the downloaded bytes in order.
+
+    Raises BadRequest (URI refused by `rules`, at the start or at a redirect;
+    an HTTP error status; too many redirects; a network failure or timeout),
+    RequestTooLarge (more than `max_bytes`), EdgesyncError (dest can't be
+    written). `dest` never survives a failure.
+    """
+    check_uri(uri, rules)
+    dest = Path(dest)
+    timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+    async with _session_or(session) as http:
+        sink = await _SparseFile.create(dest)
+        try:
+            async with _final_response(http, uri, rules, timeout) as (response, final_uri):
+                _refuse_declared_oversize(response, final_uri, max_bytes)
+                size = await _stream(response, final_uri, sink, max_bytes, digest)
+            await sink.finish(size)
+            return size
+        except BaseException:
+            await sink.discard()
+            raise
+
+
+# --- HTTP ----------------------------------------------------------------------
+
+
+def _session_or(session: aiohttp.ClientSession | None) -> "contextlib.AbstractAsyncContextManager":
+    if session is not None:
+        return contextlib.nullcontext(session)
+    # trust_env: honour HTTP(S)_PROXY / NO_PROXY, as Glance's urllib does; the
+    # filter still applies to the image URI itself.
+    return aiohttp.ClientSession(trust_env=True)
+
+
+@contextlib.asynccontextmanager
+async def _final_response(
+    http: aiohttp.ClientSession, uri: str, rules: UriFilter, timeout: aiohttp.ClientTimeout
+) -> AsyncIterator[tuple[aiohttp.ClientResponse, str]]:
+    """The first non-redirect response for `uri`, every hop checked against `rules`."""
+    seen = [uri]
+    current = uri
+    while True:
+        async with _get(http, current, timeout) as response:
+            if response.status not in _REDIRECT_STATUSES:
+                _refuse_error_status(response, current)
+                yield response, current
+                return
+            target = _redirect_target(response, current)
+        if target in seen:
+            raise BadRequest(f"could not download {_redact(uri)}: redirect loop at {_redact(target)}")
+        if len(seen) > MAX_REDIRECTS:
+            raise BadRequest(f"could not download {_redact(uri)}: more than {MAX_REDIRECTS} redirects")
+        try:
+            check_uri(target, rules)
+        except BadRequest as exc:
+            raise BadRequest(f"{exc.message} (redirected to by {_redact(current)})") from exc
+        seen.append(target)
+        current = target
+
+
+@contextlib.asynccontextmanager
+async def _get(
+    http: aiohttp.ClientSession, uri: str, timeout: aiohttp.ClientTimeout
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET without following redirects; network failures become BadRequest."""
+    try:
+        response = await http.get(
+            uri,
+            allow_redirects=False,
+            timeout=timeout,
+            # The image as stored, not a transfer-compressed variant.
+            headers={"Accept-Encoding": "identity"},
+        )
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        # ValueError: a URI aiohttp/yarl can't use, despite passing the filter.
+        raise _network_error(uri, exc) from exc
+    try:
+        yield response
+    except BaseException:
+        response.close()  # a body left half-read: drop the connection
+        raise
+    else:
+        response.release()
+
+
+def _network_error(uri: str, exc: BaseException) -> BadRequest:
+    if isinstance(exc, TimeoutError):
+        reason = "the server did not answer in time"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return BadRequest(f"could not download {_redact(uri)}: {reason}")
+
+
+def _refuse_error_status(response: aiohttp.ClientResponse, uri: str) -> None:
+    if not 200 <= response.status < 300:
+        raise BadRequest(
+            f"could not download {_redact(uri)}: the server answered "
+            f"{response.status} {response.reason or ''}".rstrip()
+        )
+
+
+def _redirect_target(response: aiohttp.ClientResponse, uri: str) -> str:
+    location = response.headers.get("Location")
+    if not location:
+        raise BadRequest(
+            f"could not download {_redact(uri)}: the server answered "
+            f"{response.status} without a Location to go to"
+        )
+    return urljoin(uri, location)  # a relative Location is relative to this hop
+
+
+def _refuse_declared_oversize(response: aiohttp.ClientResponse, uri: str, max_bytes: int) -> None:
+    # Fail before writing anything when the server says up front it is too big.
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise _too_large(uri, max_bytes, f"{length} bytes, ")
+
+
+def _too_large(uri: str, max_bytes: int, size: str = "") -> RequestTooLarge:
+    return RequestTooLarge(
+        f"could not download {_redact(uri)}: the image is {size}over this hub's "
+        f"maximum image size of {max_bytes} bytes"
+    )
+
+
+def _redact(uri: str) -> str:
+    """The URI without any user:password, fit for messages and logs."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<malformed URI>"
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+# --- streaming to disk ---------------------------------------------------------
+
+
+async def _stream(
+    response: aiohttp.ClientResponse,
+    uri: str,
+    sink: "_SparseFile",
+    max_bytes: int,
+    digest: ImageDigest | None,
+) -> int:
+    """Copy the body into `sink` in BATCH_BYTES batches; return the byte count."""
+    batch = bytearray()
+    offset = 0
+    try:
+        async for chunk in response.content.iter_chunked(1 << 20):
+            if offset + len(batch) + len(chunk) > max_bytes:
+                raise _too_large(uri, max_bytes)
+            batch += chunk
+            while len(batch) >= BATCH_BYTES:
+                piece = bytes(batch[:BATCH_BYTES])
+                del batch[:BATCH_BYTES]
+                await _write(sink, offset, piece, digest)
+                offset += len(piece)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _network_error(uri, exc) from exc
+    if batch:
+        await _write(sink, offset, bytes(batch), digest)
+        offset += len(batch)
+    return offset
+
+
+async def _write(sink: "_SparseFile", offset: int, data: bytes, digest: ImageDigest | None) -> None:
+    if digest is None:
+        await sink.write(offset, data)
+        return
+    # Write and hash at once. If either fails or we are cancelled, stop and wait
+    # for both before going on: the caller closes the fd next.
+    both = [asyncio.ensure_future(sink.write(offset, data)), asyncio.ensure_future(digest.update(data))]
+    try:
+        await asyncio.gather(*both)
+    except BaseException:
+        for task in both:
+            task.cancel()
+        await asyncio.wait(both)
+        raise
+
+
+class _SparseFile:
+    """The destination: written with pwrite where there is data, holes elsewhere."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    async def create(cls, path: Path) -> "_SparseFile":
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        except OSError as exc:
+            raise EdgesyncError(f"cannot create the download file {path}: {exc.strerror}") from exc
+        return cls(path, fd)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        await _finish_in_thread(self._write_sync, offset, data)
+
+    def _write_sync(self, offset: int, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            for rel, run in data_runs(data):
+                os.pwrite(self._fd, run, offset + rel)
+        except OSError as exc:
+            raise EdgesyncError(f"cannot write the download to {self.path}: {exc.strerror}") from exc
+
+    async def finish(self, size: int) -> None:
+        """Set the final length (a trailing hole is never written) and close."""
+        await _finish_in_thread(self._finish_sync, size)
+
+    def _finish_sync(self, size: int) -> None:
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise EdgesyncError(f"cannot write the download to {self.path}: {exc.strerror}") from exc
+        finally:
+            self._close()
+
+    async def discard(self) -> None:
+        # Synchronous on purpose: this runs while a cancellation unwinds, when
+        # another await could be interrupted and leave the file behind. Two
+        # cheap syscalls.
+        self._close()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+async def _finish_in_thread(func, *args) -> None:  # type: ignore[no-untyped-def]
+    # A thread can't be interrupted: on cancellation, wait for it to finish
+    # before letting the caller close the fd it is writing to (the number
+    # could be reused by another file meanwhile).
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
