@@ -28,6 +28,8 @@ from edgesync.stores.sparse import DEFAULT_GRANULARITY, data_runs
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# What aiohttp can fetch; the filter may allow more (Glance's docs allow ftp).
+FETCHABLE_SCHEMES = frozenset({"http", "https"})
 # Bytes gathered before one write to disk: big enough to amortise the thread
 # hop, a multiple of the zero-detection granularity so holes line up.
 BATCH_BYTES = 4 << 20
@@ -75,7 +77,9 @@ async def download(
 # --- HTTP ----------------------------------------------------------------------
 
 
-def _session_or(session: aiohttp.ClientSession | None) -> "contextlib.AbstractAsyncContextManager":
+def _session_or(
+    session: aiohttp.ClientSession | None,
+) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientSession]:
     if session is not None:
         return contextlib.nullcontext(session)
     # trust_env: honour HTTP(S)_PROXY / NO_PROXY, as Glance's urllib does; the
@@ -114,6 +118,12 @@ async def _get(
     http: aiohttp.ClientSession, uri: str, timeout: aiohttp.ClientTimeout
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """GET without following redirects; network failures become BadRequest."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme not in FETCHABLE_SCHEMES:
+        raise BadRequest(
+            f"could not download {_redact(uri)}: the URI filter allows scheme '{scheme}' "
+            f"but this hub can only download over {' and '.join(sorted(FETCHABLE_SCHEMES))}"
+        )
     try:
         response = await http.get(
             uri,

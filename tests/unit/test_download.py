@@ -220,6 +220,12 @@ async def test_uri_refused_before_any_request(server: Server, rules, tmp_path: P
     assert "host 'localhost'" in message and server.requests == []
 
 
+async def test_scheme_allowed_by_the_filter_but_not_fetchable(tmp_path: Path) -> None:
+    ftp_allowed = UriFilter(allowed_schemes=("http", "https", "ftp"))
+    message = await refused("ftp://127.0.0.1/image", tmp_path / "staged", ftp_allowed)
+    assert "allows scheme 'ftp' but this hub can only download over http and https" in message
+
+
 async def test_http_error_status_names_status_and_uri(server: Server, rules, tmp_path: Path) -> None:
     message = await refused(server.url("/nothing-here"), tmp_path / "staged", rules)
     assert "404" in message and server.url("/nothing-here") in message
