@@ -126,9 +126,17 @@ class Task:
     status: TaskStatus = TaskStatus.PENDING
     message: str = ""
     user_id: str | None = None
+    input: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=utcnow)
     updated_at: str = field(default_factory=utcnow)
     jobs: list[StoreJob] = field(default_factory=list)
 
     def job(self, store: str) -> StoreJob | None:
         return next((j for j in self.jobs if j.store == store), None)
+
+    def stores_in(self, *states: StoreJobState) -> list[str]:
+        return [j.store for j in self.jobs if j.state in states]
+
+    @property
+    def unfinished_stores(self) -> list[str]:
+        return [j.store for j in self.jobs if not j.state.finished]

@@ -8,6 +8,7 @@ transaction, so a crash never leaves half of them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -59,6 +60,8 @@ class ImageQuery:
     tags: list[str] = field(default_factory=list)
     protected: bool | None = None
     os_hidden: bool = False
+    include_community: bool = False
+    properties: dict[str, str] = field(default_factory=dict)
     sort: list[tuple[str, str]] = field(default_factory=lambda: [("created_at", "desc")])
 
 
@@ -73,6 +76,8 @@ class OutboxMessage:
 class Catalog:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        # One connection serves every coroutine: transactions must not interleave.
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> "Catalog":
@@ -99,23 +104,26 @@ class Catalog:
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
         """BEGIN IMMEDIATE … COMMIT. One aiosqlite connection runs one statement
         at a time, and WAL with one writer keeps readers unblocked."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise CatalogError(f"catalog busy: {exc}") from exc
-        try:
-            yield self._db
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        try:
-            await self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise CatalogError(f"catalog commit failed: {exc}") from exc
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise CatalogError(f"catalog busy: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                await asyncio.shield(self._db.execute("ROLLBACK"))
+                raise
+            try:
+                await asyncio.shield(self._db.execute("COMMIT"))
+            except sqlite3.Error as exc:
+                raise CatalogError(f"catalog commit failed: {exc}") from exc
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        # Under the lock too: on the shared connection a read could otherwise
+        # see another coroutine's transaction half done.
         try:
-            async with self._db.execute(sql, args) as cur:
+            async with self._lock, self._db.execute(sql, args) as cur:
                 return list(await cur.fetchall())
         except sqlite3.Error as exc:
             raise CatalogError(f"catalog query failed: {exc}") from exc
@@ -290,11 +298,12 @@ class Catalog:
             )
             await db.execute(
                 "INSERT INTO tasks (id, image_id, owner, user_id, method, stores, "
-                "all_stores_must_succeed, status, message, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "all_stores_must_succeed, status, message, input, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (task.id, task.image_id, task.owner, task.user_id, task.method,
                  json.dumps(task.stores), int(task.all_stores_must_succeed),
-                 task.status.value, task.message, task.created_at, task.updated_at),
+                 task.status.value, task.message, json.dumps(task.input),
+                 task.created_at, task.updated_at),
             )
             for job in task.jobs:
                 await db.execute(
@@ -489,7 +498,7 @@ def _task_from_row(row: aiosqlite.Row) -> Task:
         method=row["method"], stores=json.loads(row["stores"]),
         all_stores_must_succeed=bool(row["all_stores_must_succeed"]),
         status=TaskStatus(row["status"]), message=row["message"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        input=json.loads(row["input"]), created_at=row["created_at"], updated_at=row["updated_at"],
     )
 
 
@@ -552,9 +561,10 @@ def _image_filters(q: ImageQuery) -> tuple[list[str], list[Any]]:
         )
         args += [q.viewer_project, q.viewer_project]
     if q.visibility is None:
-        # Glance leaves community images out of the default listing.
-        where.append("(visibility != 'community' OR owner = ?)")
-        args.append(q.viewer_project)
+        if not q.include_community:
+            # Glance leaves community images out of the default listing.
+            where.append("(visibility != 'community' OR owner = ?)")
+            args.append(q.viewer_project)
     else:
         where.append("visibility = ?")
         args.append(q.visibility)
@@ -568,6 +578,9 @@ def _image_filters(q: ImageQuery) -> tuple[list[str], list[Any]]:
         args.append(int(q.protected))
     where.append("os_hidden = ?")
     args.append(int(q.os_hidden))
+    for key, value in q.properties.items():
+        where.append("id IN (SELECT image_id FROM image_properties WHERE key = ? AND value = ?)")
+        args += [key, value]
     for tag in q.tags:
         where.append("id IN (SELECT image_id FROM image_tags WHERE tag = ?)")
         args.append(tag)

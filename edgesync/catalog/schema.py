@@ -65,6 +65,7 @@ MIGRATIONS: list[str] = [
         all_stores_must_succeed INTEGER NOT NULL,
         status                  TEXT NOT NULL,
         message                 TEXT NOT NULL DEFAULT '',
+        input                   TEXT NOT NULL DEFAULT '{}',
         created_at              TEXT NOT NULL,
         updated_at              TEXT NOT NULL
     );

@@ -120,6 +120,10 @@ class ImageStore(abc.ABC):
         """Remove a published copy. StoreImageInUse if something depends on it."""
 
     @abc.abstractmethod
+    async def discard_unpublished(self, image_id: str) -> None:
+        """Remove what an interrupted writer left (after a crash). No-op if none."""
+
+    @abc.abstractmethod
     def location_url(self, image_id: str) -> str:
         """The URL a published copy of `image_id` has in this store."""
 

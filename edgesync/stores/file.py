@@ -181,6 +181,9 @@ class FileStore(ImageStore):
 
         await asyncio.to_thread(_unlink)
 
+    async def discard_unpublished(self, image_id: str) -> None:
+        await asyncio.to_thread(self._partial_path(image_id).unlink, True)
+
     async def capacity(self) -> StoreCapacity:
         usage = await asyncio.to_thread(shutil.disk_usage, self.root)
         return StoreCapacity(used_bytes=usage.used, free_bytes=usage.free)

@@ -1,0 +1,5 @@
+import sys
+
+from edgesync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,272 @@
+"""`/v2/images…` and `/v2/stores/{store}/{id}`: thin HTTP over the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from edgesync.catalog import ImageQuery
+from edgesync.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType
+from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.serialize import image_json, task_json
+from edgesync.model import Image
+
+routes = web.RouteTableDef()
+
+PATCH_MEDIA_TYPES = (
+    "application/openstack-images-v2.1-json-patch",
+    "application/openstack-images-v2.0-json-patch",
+)
+DEFAULT_LIMIT = 25
+MAX_LIMIT = 1000
+_QUERY_KEYS = {"limit", "marker", "sort_key", "sort_dir", "sort", "name", "status", "visibility",
+               "owner", "tag", "protected", "os_hidden", "member_status"}
+
+
+def _image_body(request: web.Request, image: Image) -> dict[str, Any]:
+    hub = hub_of(request)
+    return image_json(image, caller_of(request), show_locations=hub.config.show_locations)
+
+
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(1024 * 1024):
+        yield chunk
+
+
+def _size_header(request: web.Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+# --- collection -----------------------------------------------------------------
+
+
+@routes.post("/v2/images")
+async def create_image(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    image = await hub.images.create(caller_of(request), await json_body(request))
+    return web.json_response(_image_body(request, image), status=201, headers={
+        "Location": f"{hub.config.public_url}/v2/images/{image.id}",
+        "OpenStack-image-import-methods": ",".join(hub.config.imports.enabled_methods),
+        "OpenStack-image-store-ids": ",".join(hub.stores),
+    })
+
+
+@routes.get("/v2/images")
+async def list_images(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    query, limit, marker = _parse_list_query(request)
+    images = await hub.images.list(caller_of(request), query)
+    if marker is not None:
+        ids = [i.id for i in images]
+        if marker not in ids:
+            raise BadRequest(f"marker {marker} is not an image in this listing")
+        images = images[ids.index(marker) + 1:]
+    page = images[:limit]
+    body: dict[str, Any] = {
+        "images": [_image_body(request, i) for i in page],
+        "first": "/v2/images", "schema": "/v2/schemas/images",
+    }
+    if len(images) > limit:
+        params = [(k, v) for k, v in request.query.items() if k != "marker"]
+        body["next"] = "/v2/images?" + urlencode(params + [("marker", page[-1].id)])
+    return web.json_response(body)
+
+
+def _parse_list_query(request: web.Request) -> tuple[ImageQuery, int, str | None]:
+    q = request.query
+    limit = _int_param(q.get("limit"), "limit", DEFAULT_LIMIT)
+    if limit < 0:
+        raise BadRequest("limit must not be negative")
+    query = ImageQuery(
+        name=q.get("name"), status=q.get("status"), visibility=q.get("visibility"),
+        owner=q.get("owner"), tags=q.getall("tag", []),
+        protected=_bool_param(q.get("protected"), "protected"),
+        os_hidden=bool(_bool_param(q.get("os_hidden"), "os_hidden")),
+        sort=_sort_param(request), properties={k: v for k, v in q.items() if k not in _QUERY_KEYS},
+    )
+    if query.visibility is not None and query.visibility not in ("public", "private", "shared", "community", "all"):
+        raise BadRequest("visibility must be public, private, shared, community or all")
+    if query.visibility == "all":
+        query.visibility = None
+        query.include_community = True
+    return query, min(limit, MAX_LIMIT), q.get("marker")
+
+
+def _int_param(raw: str | None, name: str, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _bool_param(raw: str | None, name: str) -> bool | None:
+    if raw is None:
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {raw!r}")
+
+
+def _sort_param(request: web.Request) -> list[tuple[str, str]]:
+    q = request.query
+    if "sort" in q:  # new syntax: sort=name:asc,created_at
+        pairs = [p.partition(":") for p in q["sort"].split(",") if p]
+        sort = [(k, d or "desc") for k, _, d in pairs]
+    else:
+        keys = [k for raw in q.getall("sort_key", []) for k in raw.split(",") if k] or ["created_at"]
+        dirs = [d for raw in q.getall("sort_dir", []) for d in raw.split(",") if d]
+        sort = [(k, dirs[i] if i < len(dirs) else (dirs[-1] if dirs else "desc")) for i, k in enumerate(keys)]
+    for _, direction in sort:
+        if direction not in ("asc", "desc"):
+            raise BadRequest(f"sort direction must be asc or desc, got {direction!r}")
+    return sort
+
+
+# --- one image --------------------------------------------------------------------
+
+
+@routes.get("/v2/images/{image_id}")
+async def show_image(request: web.Request) -> web.Response:
+    image = await hub_of(request).images.get(caller_of(request), request.match_info["image_id"])
+    return web.json_response(_image_body(request, image))
+
+
+@routes.patch("/v2/images/{image_id}")
+async def update_image(request: web.Request) -> web.Response:
+    if request.content_type not in PATCH_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"PATCH needs Content-Type {PATCH_MEDIA_TYPES[0]}, got {request.content_type!r}"
+        )
+    image = await hub_of(request).images.update(
+        caller_of(request), request.match_info["image_id"], await json_body(request))
+    return web.json_response(_image_body(request, image))
+
+
+@routes.delete("/v2/images/{image_id}")
+async def delete_image(request: web.Request) -> web.Response:
+    await hub_of(request).images.delete(caller_of(request), request.match_info["image_id"])
+    return web.Response(status=204)
+
+
+@routes.put("/v2/images/{image_id}/tags/{tag}")
+async def add_tag(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    image = await hub.images.get(caller, request.match_info["image_id"])
+    tag = request.match_info["tag"]
+    if tag not in image.tags:
+        await hub.images.update(caller, image.id, [{"op": "replace", "path": "/tags", "value": image.tags + [tag]}])
+    return web.Response(status=204)
+
+
+@routes.delete("/v2/images/{image_id}/tags/{tag}")
+async def remove_tag(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    image = await hub.images.get(caller, request.match_info["image_id"])
+    tag = request.match_info["tag"]
+    if tag not in image.tags:
+        raise web.HTTPNotFound(text=f"Image {image.id} has no tag {tag!r}")
+    await hub.images.update(caller, image.id,
+                            [{"op": "replace", "path": "/tags", "value": [t for t in image.tags if t != tag]}])
+    return web.Response(status=204)
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+@routes.put("/v2/images/{image_id}/stage")
+async def stage(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    await hub.images.stage(caller_of(request), request.match_info["image_id"], _body_chunks(request),
+                           _size_header(request, "x-openstack-image-size"))
+    return web.Response(status=204)
+
+
+@routes.put("/v2/images/{image_id}/file")
+async def upload(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    image = await hub.images.get(caller, request.match_info["image_id"])
+    await hub.importer.upload(image, caller, _body_chunks(request),
+                              store=request.headers.get("X-Image-Meta-Store"),
+                              expected_size=_size_header(request, "x-openstack-image-size"))
+    return web.Response(status=204)
+
+
+@routes.get("/v2/images/{image_id}/file")
+async def download(request: web.Request) -> web.StreamResponse:
+    hub = hub_of(request)
+    image, store = await hub.images.open_data(caller_of(request), request.match_info["image_id"])
+    size = image.size or 0
+    start, end, partial = _byte_range(request.headers.get("Range"), size)
+    response = web.StreamResponse(status=206 if partial else 200, headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(end - start),
+        "Accept-Ranges": "bytes",
+    })
+    if image.checksum and not partial:
+        response.headers["Content-MD5"] = image.checksum
+    if partial:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    await response.prepare(request)
+    async for chunk in hub.images.read_range(store, image.id, start, end):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int, bool]:
+    """One `bytes=a-b` / `bytes=a-` / `bytes=-n` range → [start, end)."""
+    if not header:
+        return 0, size, False
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise RangeNotSatisfiable(f"Only a single bytes range is supported, got {header!r}")
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            start, end = max(0, size - int(last)), size
+        else:
+            start = int(first)
+            end = min(size, int(last) + 1) if last else size
+    except ValueError as exc:
+        raise RangeNotSatisfiable(f"Malformed Range header {header!r}") from exc
+    if start >= size or start >= end:
+        raise RangeNotSatisfiable(f"Range {header!r} is outside the image's {size} bytes")
+    return start, end, True
+
+
+# --- import, tasks, stores ----------------------------------------------------------------
+
+
+@routes.post("/v2/images/{image_id}/import")
+async def import_image(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    image = await hub.images.get(caller, request.match_info["image_id"])
+    await hub.importer.request_import(image, caller, await json_body(request))
+    return web.Response(status=202)
+
+
+@routes.get("/v2/images/{image_id}/tasks")
+async def image_tasks(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    image = await hub.images.get(caller, request.match_info["image_id"])
+    tasks = await hub.catalog.tasks_for_image(image.id)
+    return web.json_response({"tasks": [task_json(t) for t in tasks]})
+
+
+@routes.delete("/v2/stores/{store}/{image_id}")
+async def delete_from_store(request: web.Request) -> web.Response:
+    await hub_of(request).images.delete_from_store(
+        caller_of(request), request.match_info["store"], request.match_info["image_id"])
+    return web.Response(status=204)

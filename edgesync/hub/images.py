@@ -1,0 +1,187 @@
+"""Image operations other than imports: create, read, list, update, delete,
+delete from one store, stage, and reading the data back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from edgesync.catalog import SORTABLE, Catalog, ImageQuery
+from edgesync.config import CONTAINER_FORMATS, HubConfig
+from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound
+from edgesync.hub.auth import Caller, can_see, require_owner_or_admin
+from edgesync.hub.patch import (
+    READ_ONLY,
+    WRITABLE_CORE,
+    check_core_value,
+    check_extra_property,
+    plan_patch,
+)
+from edgesync.hub.replicator import Replicator
+from edgesync.hub.staging import Staging
+from edgesync.model import Image, ImageStatus, Visibility
+from edgesync.stores.base import ImageStore
+
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+class ImageService:
+    def __init__(self, *, catalog: Catalog, stores: dict[str, ImageStore], config: HubConfig,
+                 staging: Staging, replicator: Replicator) -> None:
+        self.catalog = catalog
+        self.stores = stores
+        self.config = config
+        self.central = config.central.name
+        self.staging = staging
+        self.replicator = replicator
+
+    def _formats(self) -> dict[str, tuple[str, ...]]:
+        return {"disk_formats": self.config.imports.disk_formats, "container_formats": CONTAINER_FORMATS}
+
+    # --- read -------------------------------------------------------------------
+
+    async def get(self, caller: Caller, image_id: str) -> Image:
+        image = await self.catalog.get_image(image_id)
+        if image is None or not can_see(caller, image):
+            raise NotFound(f"No image found with ID {image_id}")
+        return image
+
+    async def list(self, caller: Caller, query: ImageQuery) -> list[Image]:
+        query.viewer_project = caller.project
+        query.is_admin = caller.is_admin
+        for key, _ in query.sort:
+            if key not in SORTABLE:
+                raise BadRequest(f"Can't sort on '{key}'; sortable keys: {', '.join(sorted(SORTABLE))}")
+        return await self.catalog.list_images(query)
+
+    # --- create / update / delete ---------------------------------------------
+
+    async def create(self, caller: Caller, body: Any) -> Image:
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object describing the image")
+        body = dict(body)
+        image_id = body.pop("id", None) or str(uuid.uuid4())
+        _check_uuid(image_id)
+        if await self.catalog.get_image(image_id) is not None:
+            raise Conflict(f"An image with id {image_id} already exists")
+        image = Image(id=image_id, owner=caller.project)
+        for key, value in body.items():
+            self._apply_create_field(caller, image, key, value)
+        self._check_visibility_change(caller, image.visibility)
+        return await self.catalog.insert_image(image)
+
+    def _apply_create_field(self, caller: Caller, image: Image, key: str, value: Any) -> None:
+        if key in READ_ONLY:
+            raise Forbidden(f"Attribute '{key}' is read-only.")
+        if key in WRITABLE_CORE:
+            value = check_core_value(key, value, **self._formats())
+            if key == "owner" and value != caller.project and not caller.is_admin:
+                raise Forbidden("Only an admin may create an image owned by another project")
+            setattr(image, key, list(dict.fromkeys(value)) if key == "tags" else value)
+        else:
+            image.properties[key] = check_extra_property(key, value)
+
+    @staticmethod
+    def _check_visibility_change(caller: Caller, visibility: Visibility | str) -> None:
+        if Visibility(visibility) == Visibility.PUBLIC and not caller.is_admin:
+            raise Forbidden("Only an admin may make an image public; use community or shared instead")
+
+    async def update(self, caller: Caller, image_id: str, ops: Any) -> Image:
+        image = await self.get(caller, image_id)
+        require_owner_or_admin(caller, image, "change it")
+        changes = plan_patch(image, ops, **self._formats())
+        if "visibility" in changes.fields:
+            self._check_visibility_change(caller, changes.fields["visibility"])
+        if "owner" in changes.fields and not caller.is_admin:
+            raise Forbidden("Only an admin may change an image's owner")
+        return await self.catalog.update_image(
+            image_id, fields=changes.fields, set_properties=changes.set_properties,
+            remove_properties=changes.remove_properties, tags=changes.tags,
+        )
+
+    async def delete(self, caller: Caller, image_id: str) -> None:
+        """Delete the image and every copy of it. Edge copies go first, central
+        last, so a copy in use (409) never leaves an image without its central copy."""
+        image = await self.get(caller, image_id)
+        require_owner_or_admin(caller, image, "delete it")
+        if image.protected:
+            raise Forbidden(f"Image {image_id} is protected; set protected=false before deleting it")
+        await self._refuse_if_locked(image_id, "deleted")
+        for store in sorted(image.stores, key=lambda s: s == self.central):
+            await self._delete_copy(image_id, store)
+        self.staging.discard(image_id)
+        await self.catalog.delete_image(image_id)
+
+    async def delete_from_store(self, caller: Caller, store: str, image_id: str) -> None:
+        if store not in self.stores:
+            raise NotFound(f"Unknown store '{store}'; known stores: {', '.join(self.stores)}")
+        image = await self.get(caller, image_id)
+        require_owner_or_admin(caller, image, "delete it from a store")
+        if store not in image.stores:
+            raise NotFound(f"Image {image_id} has no copy in store '{store}'")
+        if image.stores == [store]:
+            raise Forbidden(
+                f"Store '{store}' holds the last copy of image {image_id}; delete the image instead"
+            )
+        if store == self.central:
+            raise Forbidden(
+                f"Every image keeps a copy in the central store '{store}' (hub first); "
+                "delete the image to remove it everywhere"
+            )
+        await self._refuse_if_locked(image_id, "changed")
+        await self._delete_copy(image_id, store)
+
+    async def _delete_copy(self, image_id: str, store: str) -> None:
+        try:
+            await self.replicator.remove(image_id, store)
+        except NotFound:
+            pass  # already gone from the store: just forget the location
+        await self.catalog.remove_location(image_id, store)
+
+    async def _refuse_if_locked(self, image_id: str, what: str) -> None:
+        holder = await self.catalog.lock_holder(image_id)
+        if holder is not None:
+            raise Conflict(f"Image {image_id} can't be {what} while import task {holder} runs; try again when it ends")
+
+    # --- data -----------------------------------------------------------------
+
+    async def stage(self, caller: Caller, image_id: str, chunks: AsyncIterator[bytes],
+                    expected_size: int | None) -> None:
+        image = await self.get(caller, image_id)
+        require_owner_or_admin(caller, image, "stage data for it")
+        # queued → uploading atomically: a second concurrent stage gets 409.
+        await self.catalog.update_image(image_id, fields={"status": ImageStatus.UPLOADING},
+                                        expect_status=[ImageStatus.QUEUED])
+        try:
+            await self.staging.receive(image_id, chunks, expected_size=expected_size,
+                                       max_bytes=self.config.imports.max_image_size_bytes)
+        except BaseException:
+            await self.catalog.update_image(image_id, fields={"status": ImageStatus.QUEUED})
+            raise
+
+    async def open_data(self, caller: Caller, image_id: str) -> tuple[Image, ImageStore]:
+        image = await self.get(caller, image_id)
+        if image.status != ImageStatus.ACTIVE:
+            raise Conflict(f"Image {image_id} is {image.status.value}; only active images have data to download")
+        store = self.central if self.central in image.stores else image.stores[0]
+        return image, self.stores[store]
+
+    @staticmethod
+    async def read_range(store: ImageStore, image_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a copy, in chunks (streamed, never whole)."""
+        pos = start
+        while pos < end:
+            n = min(READ_CHUNK_BYTES, end - pos)
+            data = await store.read(image_id, pos, n)
+            if len(data) != n:
+                raise EdgesyncError(f"short read from store {store.name} at {pos}")
+            yield data
+            pos += n
+
+
+def _check_uuid(value: Any) -> None:
+    try:
+        uuid.UUID(str(value))
+    except ValueError as exc:
+        raise BadRequest(f"Image id must be a UUID, got {value!r}") from exc

@@ -1,0 +1,62 @@
+"""The seam through which the hub has copies made between stores.
+
+`Replicator` is what the import orchestration calls; it never touches store
+internals. `InHubReplicator` does the copy inside the hub process, reading
+from the source store and writing the destination store through the store
+interface. Site agents (next step) take over non-central destinations behind
+this same seam.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from edgesync.errors import StoreError, StoreImageExists
+from edgesync.model import Image
+from edgesync.stores.base import ImageStore, Location
+from edgesync.transfer.pipeline import ProgressFn, StoreSource, pump
+
+log = logging.getLogger(__name__)
+
+
+class DigestMismatch(StoreError):
+    """Data read back doesn't hash to the image's os_hash_value."""
+
+    retryable = True
+
+
+class Replicator(Protocol):
+    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn) -> Location:
+        """Make a verified, published copy of `image` from store `source` in `dest`."""
+
+    async def remove(self, image_id: str, store: str) -> None:
+        """Delete the copy of `image_id` in `store`."""
+
+
+class InHubReplicator:
+    def __init__(self, stores: dict[str, ImageStore]) -> None:
+        self._stores = stores
+
+    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn) -> Location:
+        assert image.size is not None and image.os_hash_value, "only active images are copied"
+        target = self._stores[dest]
+        try:
+            writer = await target.open_writer(image.id, image.size)
+        except StoreImageExists:
+            # A copy published by an attempt the catalog never recorded (the
+            # hub died between publish and commit): nothing references it.
+            log.warning("replacing unrecorded copy of %s in %s", image.id, dest)
+            await target.delete(image.id)
+            writer = await target.open_writer(image.id, image.size)
+        async with writer:
+            digest = await pump(StoreSource(self._stores[source], image.id), writer,
+                                size=image.size, on_progress=on_progress)
+            if digest.os_hash_value != image.os_hash_value:
+                raise DigestMismatch(
+                    f"copy of {image.id} to {dest} does not match os_hash_value; not published"
+                )
+            return await writer.publish()
+
+    async def remove(self, image_id: str, store: str) -> None:
+        await self._stores[store].delete(image_id)

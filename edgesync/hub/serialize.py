@@ -1,0 +1,65 @@
+"""Images and tasks as the Glance v2 API shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgesync.hub.auth import Caller
+from edgesync.model import CORE_FIELDS, Image, Task
+
+
+def image_json(image: Image, caller: Caller, *, show_locations: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {field: getattr(image, field) for field in CORE_FIELDS}
+    body["status"] = image.status.value
+    body["visibility"] = image.visibility.value
+    body["id"] = image.id
+    body["tags"] = list(image.tags)
+    body["self"] = f"/v2/images/{image.id}"
+    body["file"] = f"/v2/images/{image.id}/file"
+    body["schema"] = "/v2/schemas/image"
+    # Extra properties are top-level string keys; core fields win on a clash.
+    for key, value in image.properties.items():
+        body.setdefault(key, value)
+    if image.locations:
+        body["stores"] = ",".join(image.stores)
+    if show_locations and caller.is_admin:
+        body["locations"] = [loc.as_glance() for loc in image.locations]
+        if image.locations:
+            body["direct_url"] = image.locations[0].url
+    return body
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as `GET /v2/images/{id}/tasks` lists it, plus per-store detail."""
+    return {
+        "id": task.id,
+        "type": "api_image_import",
+        "status": task.status.value,
+        "owner": task.owner,
+        "user_id": task.user_id,
+        "image_id": task.image_id,
+        "message": task.message,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "expires_at": None,
+        "request_id": task.id,
+        "input": {
+            "import_req": {
+                "method": {"name": task.method},
+                "stores": task.stores,
+                "all_stores_must_succeed": task.all_stores_must_succeed,
+            }
+        },
+        "result": {
+            "stores": {
+                job.store: {
+                    "state": job.state.value,
+                    "reason": job.reason,
+                    "bytes_done": job.bytes_done,
+                    "bytes_total": job.bytes_total,
+                    "updated_at": job.updated_at,
+                }
+                for job in task.jobs
+            }
+        },
+    }

@@ -1,0 +1,547 @@
+"""Real Ceph clusters for the lab and the tests: one small cluster per site.
+
+Each site gets a single-mon, single-OSD cluster in `base_dir/<site>/`, with its
+own fsid, its own `ceph.conf`, cephx, bluestore on a sparse file, and the RBD
+pool `images`. No systemd, no cephadm, no mgr: the daemons are started
+directly and stopped by pid. `up()` bootstraps all sites in parallel (about
+10-15 s for three) and is idempotent: a cluster whose daemons are running is
+reused untouched, one whose daemons died is restarted on its recorded ports.
+
+Layout of a cluster directory B:
+
+    B/ceph.conf                      clients need only `-c B/ceph.conf`
+    B/ceph.client.admin.keyring      admin key (CLI, tests)
+    B/ceph.client.edgesync-<site>.keyring   the store's least-privilege key
+    B/cluster.json                   `CephCluster.to_json()`; written last, so
+                                     its presence means "bootstrap finished"
+    B/mon/, B/osd/                   daemon data (bluestore block is sparse)
+    B/run/<daemon>.pid, B/log/       pid files, logs
+
+The module only drives the Ceph command line tools (the one module allowed to
+import the rados/rbd bindings is `edgesync.stores.rbd`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgesync.config import StoreConfig
+from edgesync.errors import EdgesyncError
+
+POOL = "images"
+HOST = "127.0.0.1"
+STATE_FILE = "cluster.json"
+MON_ID = "a"
+OSD_ID = 0
+BLOCK_SIZE = 10 << 30  # sparse: only written data uses disk
+# Mon ports come from below the kernel's ephemeral range (32768+), so an
+# outgoing connection can't be holding the port we picked.
+PORT_RANGE = (20000, 32000)
+CLI_TIMEOUT_S = 30.0
+OSD_UP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+class LabError(EdgesyncError):
+    """The lab's Ceph clusters could not be brought up or down."""
+
+
+@dataclass(frozen=True)
+class CephCluster:
+    site: str
+    dir: Path
+    conf: Path
+    fsid: str
+    user: str  # rados client name without "client.", e.g. "edgesync-dcn0"
+    keyring: Path
+    admin_keyring: Path
+    mon_addr: str  # HOST:PORT of the mon's msgr2 endpoint
+    mon_addr_v1: str  # HOST:PORT of its legacy msgr1 endpoint
+    pool: str = POOL
+
+    @property
+    def cli_args(self) -> list[str]:
+        """Arguments that make `ceph`/`rbd`/`rados` talk to this cluster as admin."""
+        return ["-c", str(self.conf)]
+
+    def store_config(self, *, connect_timeout_s: float = 10.0) -> StoreConfig:
+        """The `[store]` config of an rbd store on this cluster, as the site's user."""
+        return StoreConfig(
+            type="rbd", description=f"{self.site} (rbd)", ceph_conf=self.conf,
+            pool=self.pool, user=self.user, keyring=self.keyring,
+            connect_timeout_s=connect_timeout_s,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "site": self.site, "dir": str(self.dir), "conf": str(self.conf),
+            "fsid": self.fsid, "pool": self.pool, "user": self.user,
+            "keyring": str(self.keyring), "admin_keyring": str(self.admin_keyring),
+            "mon_addr": self.mon_addr, "mon_addr_v1": self.mon_addr_v1,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CephCluster":
+        paths = ("dir", "conf", "keyring", "admin_keyring")
+        return cls(**{k: Path(v) if k in paths else v for k, v in data.items()})
+
+
+# --- public API ----------------------------------------------------------------
+
+
+async def up(base_dir: Path, sites: list[str]) -> dict[str, CephCluster]:
+    """Bring up (or reuse) one cluster per site under `base_dir`, in parallel."""
+    base_dir = Path(base_dir).resolve()
+    base_dir.mkdir(parents=True, exist_ok=True)
+    for site in sites:
+        _check_site_name(site)
+    fresh = [s for s in sites if _load_state(base_dir / s) is None]
+    ports = _pick_free_ports(2 * len(fresh))
+    mon_ports = {site: (ports[2 * i], ports[2 * i + 1]) for i, site in enumerate(fresh)}
+    results = await asyncio.gather(
+        *(_up_one(base_dir / site, site, mon_ports.get(site)) for site in sites),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        # Every failed site already stopped its own daemons; surface the first.
+        raise failures[0]
+    return {site: r for site, r in zip(sites, results)}  # type: ignore[misc]
+
+
+async def down(base_dir: Path) -> None:
+    """Stop every cluster under `base_dir`: OSDs first, then mons. Idempotent."""
+    base_dir = Path(base_dir).resolve()
+    if not base_dir.is_dir():
+        return
+    cluster_dirs = sorted(p.parent.parent for p in base_dir.glob("*/run/*.pid"))
+    await asyncio.gather(*(_stop_cluster(d) for d in set(cluster_dirs)))
+
+
+def load(base_dir: Path) -> dict[str, CephCluster]:
+    """The clusters whose bootstrap finished under `base_dir` (running or not)."""
+    found = (_load_state(p.parent) for p in sorted(Path(base_dir).glob(f"*/{STATE_FILE}")))
+    return {c.site: c for c in found if c is not None}
+
+
+def is_running(cluster_dir: Path) -> bool:
+    """Whether both daemons of the cluster in `cluster_dir` are alive."""
+    alive = _alive_daemons(Path(cluster_dir))
+    return f"mon.{MON_ID}" in alive and f"osd.{OSD_ID}" in alive
+
+
+# --- one site ------------------------------------------------------------------
+
+
+async def _up_one(cdir: Path, site: str, ports: tuple[int, int] | None) -> CephCluster:
+    cluster = _load_state(cdir)
+    if cluster is not None:
+        if not is_running(cdir):
+            await _restart(cluster)
+        return cluster
+    assert ports is not None
+    try:
+        return await _bootstrap(cdir, site, ports)
+    except BaseException:
+        await _stop_cluster(cdir)
+        raise
+
+
+async def _bootstrap(cdir: Path, site: str, ports: tuple[int, int]) -> CephCluster:
+    await _stop_cluster(cdir)  # leftovers of an interrupted bootstrap
+    if cdir.exists():
+        await asyncio.to_thread(shutil.rmtree, cdir)
+    for sub in ("mon", "osd", "run", "log"):
+        (cdir / sub).mkdir(parents=True)
+    v2, v1 = ports
+    user = f"edgesync-{site}"
+    cluster = CephCluster(
+        site=site, dir=cdir, conf=cdir / "ceph.conf", fsid=str(uuid.uuid4()), user=user,
+        keyring=cdir / f"ceph.client.{user}.keyring",
+        admin_keyring=cdir / "ceph.client.admin.keyring",
+        mon_addr=f"{HOST}:{v2}", mon_addr_v1=f"{HOST}:{v1}",
+    )
+    cluster.conf.write_text(_render_conf(cluster))
+    osd_uuid = str(uuid.uuid4())
+    osd_key = _write_keyrings(cluster)
+    await _make_mon(cluster)
+    # The OSD's mkfs is offline (--no-mon-config) and the slowest step, so it
+    # runs while the mon starts and takes the first commands.
+    await asyncio.gather(
+        _make_osd(cluster, osd_uuid),
+        _start_mon_and_configure(cluster, osd_uuid, osd_key),
+    )
+    await _start_daemon(cluster, "osd")
+    await _wait_osd_up(cluster)
+    await _ceph(cluster, "osd", "pool", "create", cluster.pool, "8", "8")
+    await _run(["rbd", *cluster.cli_args, "pool", "init", cluster.pool], what=f"{site}: rbd pool init")
+    _save_state(cluster)
+    return cluster
+
+
+async def _start_mon_and_configure(cluster: CephCluster, osd_uuid: str, osd_key: str) -> None:
+    await _start_daemon(cluster, "mon")
+    secret = json.dumps({"cephx_secret": osd_key}).encode()
+    await _ceph(cluster, "osd", "new", osd_uuid, str(OSD_ID), "-i", "-", stdin=secret)
+    await asyncio.gather(
+        # Clone v2: COW clones of snapshots without requiring protection,
+        # and trash-aware snapshot removal.
+        _ceph(cluster, "osd", "set-require-min-compat-client", "mimic"),
+        _ceph(
+            cluster, "auth", "get-or-create", f"client.{cluster.user}",
+            "mon", "profile rbd", "osd", f"profile rbd pool={cluster.pool}",
+            "-o", str(cluster.keyring),
+        ),
+    )
+
+
+async def _make_mon(cluster: CephCluster) -> None:
+    monmap = cluster.dir / "monmap"
+    addrs = f"[v2:{cluster.mon_addr},v1:{cluster.mon_addr_v1}]"
+    await _run(
+        ["monmaptool", "--create", "--clobber", "--fsid", cluster.fsid,
+         "--addv", MON_ID, addrs, str(monmap)],
+        what=f"{cluster.site}: monmaptool",
+    )
+    await _run(
+        ["ceph-mon", "-c", str(cluster.conf), "--mkfs", "-i", MON_ID,
+         "--monmap", str(monmap), "--keyring", str(cluster.dir / "mon.keyring")],
+        what=f"{cluster.site}: ceph-mon --mkfs", log=_log_path(cluster, "mon"),
+    )
+
+
+async def _make_osd(cluster: CephCluster, osd_uuid: str) -> None:
+    await _run(
+        ["ceph-osd", "-c", str(cluster.conf), "-i", str(OSD_ID), "--mkfs",
+         "--osd-uuid", osd_uuid, "--no-mon-config"],
+        what=f"{cluster.site}: ceph-osd --mkfs", log=_log_path(cluster, "osd"),
+        timeout=120.0,
+    )
+
+
+async def _restart(cluster: CephCluster) -> None:
+    """Start whichever daemon of a finished cluster is not running."""
+    alive = _alive_daemons(cluster.dir)
+    try:
+        if f"mon.{MON_ID}" not in alive:
+            for addr in (cluster.mon_addr, cluster.mon_addr_v1):
+                if not _port_is_free(int(addr.rsplit(":", 1)[1])):
+                    raise LabError(
+                        f"{cluster.site}: cannot restart its mon, port {addr} is taken "
+                        f"by another process; `down` and remove {cluster.dir} to re-create it"
+                    )
+            await _start_daemon(cluster, "mon")
+        if f"osd.{OSD_ID}" not in alive:
+            await _start_daemon(cluster, "osd")
+        await _wait_osd_up(cluster)
+    except BaseException:
+        await _stop_cluster(cluster.dir)
+        raise
+
+
+async def _start_daemon(cluster: CephCluster, kind: str) -> None:
+    """Start a mon or OSD; both daemonise and write their pid file."""
+    daemon_id = MON_ID if kind == "mon" else str(OSD_ID)
+    await _run(
+        [f"ceph-{kind}", "-c", str(cluster.conf), "-i", daemon_id],
+        what=f"{cluster.site}: starting ceph-{kind}", log=_log_path(cluster, kind),
+    )
+
+
+async def _wait_osd_up(cluster: CephCluster) -> None:
+    deadline = time.monotonic() + OSD_UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        stat = json.loads(await _ceph(cluster, "osd", "stat", "-f", "json"))
+        if stat.get("num_up_osds", 0) >= 1:
+            return
+        if f"osd.{OSD_ID}" not in _alive_daemons(cluster.dir):
+            raise LabError(f"{cluster.site}: ceph-osd exited while booting{_tail(_log_path(cluster, 'osd'))}")
+        await asyncio.sleep(0.3)
+    raise LabError(
+        f"{cluster.site}: the OSD was not up after {OSD_UP_TIMEOUT_S:.0f}s"
+        f"{_tail(_log_path(cluster, 'osd'))}"
+    )
+
+
+# --- configuration and keys -------------------------------------------------------
+
+
+def _render_conf(c: CephCluster) -> str:
+    d = c.dir
+    return f"""\
+# Lab cluster of site {c.site}; generated by edgesync.lab.ceph.
+[global]
+fsid = {c.fsid}
+mon initial members = {MON_ID}
+mon host = [v2:{c.mon_addr},v1:{c.mon_addr_v1}]
+public addr = {HOST}
+cluster addr = {HOST}
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+auth allow insecure global id reclaim = false
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+mon allow pool size one = true
+mon allow pool delete = true
+mon warn on pool no redundancy = false
+osd crush chooseleaf type = 0
+# Lab disks are often fuller than the 30 % default; under 5 % the mon stops.
+mon data avail warn = 5
+mon data avail crit = 1
+# There is no mgr; without this the cluster warns MGR_DOWN after ~2 minutes.
+mon mgr mkfs grace = 315360000
+mon cluster log file = {d}/log/cluster.log
+run dir = {d}/run
+
+# Log files and admin sockets only for daemons: in [global] every CLI and
+# library client would try to bind the same socket.
+[mon]
+mon data = {d}/mon/$cluster-$id
+keyring = $mon_data/keyring
+pid file = {d}/run/$name.pid
+log file = {d}/log/$name.log
+admin socket = {d}/run/$name.asok
+
+[osd]
+osd data = {d}/osd/$cluster-$id
+keyring = $osd_data/keyring
+osd objectstore = bluestore
+bluestore block path = {d}/osd/block-$id
+bluestore block create = true
+bluestore block size = {BLOCK_SIZE}
+osd memory target = 1073741824
+pid file = {d}/run/$name.pid
+log file = {d}/log/$name.log
+admin socket = {d}/run/$name.asok
+
+[client]
+keyring = {d}/ceph.$name.keyring
+"""
+
+
+def _new_cephx_key() -> str:
+    """A cephx secret, encoded as `ceph-authtool --gen-print-key` does.
+
+    CryptoKey encoding: u16 type (1 = AES), utime created (u32 s, u32 ns),
+    u16 length, then the 16 key bytes; base64 of the lot.
+    """
+    secret = os.urandom(16)
+    header = struct.pack("<HIIH", 1, int(time.time()), 0, len(secret))
+    return base64.b64encode(header + secret).decode()
+
+
+def _keyring_entry(name: str, key: str, caps: dict[str, str]) -> str:
+    lines = [f"[{name}]", f"\tkey = {key}"]
+    lines += [f'\tcaps {svc} = "{cap}"' for svc, cap in caps.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_keyrings(c: CephCluster) -> str:
+    """Write the mon (with admin imported) and admin keyrings; return the OSD's key."""
+    admin = _keyring_entry(
+        "client.admin", _new_cephx_key(),
+        {"mds": "allow *", "mgr": "allow *", "mon": "allow *", "osd": "allow *"},
+    )
+    mon = _keyring_entry("mon.", _new_cephx_key(), {"mon": "allow *"})
+    _write_private(c.admin_keyring, admin)
+    _write_private(c.dir / "mon.keyring", mon + admin)
+    osd_key = _new_cephx_key()
+    osd_dir = c.dir / "osd" / f"ceph-{OSD_ID}"
+    osd_dir.mkdir(parents=True)
+    _write_private(osd_dir / "keyring", _keyring_entry(f"osd.{OSD_ID}", osd_key, {}))
+    return osd_key
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _check_site_name(site: str) -> None:
+    if not site or not site.replace("-", "").replace("_", "").isalnum():
+        raise LabError(f"site name {site!r} must be letters, digits, '-' or '_'")
+
+
+# --- state ---------------------------------------------------------------------
+
+
+def _save_state(cluster: CephCluster) -> None:
+    tmp = cluster.dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(cluster.to_json(), indent=2) + "\n")
+    os.replace(tmp, cluster.dir / STATE_FILE)
+
+
+def _load_state(cdir: Path) -> CephCluster | None:
+    try:
+        return CephCluster.from_json(json.loads((cdir / STATE_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise LabError(f"{cdir / STATE_FILE} is unreadable ({exc}); remove {cdir} to re-create it") from exc
+
+
+def _pick_free_ports(count: int) -> list[int]:
+    """`count` distinct ports that are free now, held bound until all are chosen."""
+    ports: list[int] = []
+    with ExitStack() as held:
+        while len(ports) < count:
+            port = random.randrange(*PORT_RANGE)
+            if port in ports:
+                continue
+            sock = socket.socket()
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                sock.close()
+                continue
+            held.callback(sock.close)
+            ports.append(port)
+    return ports
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+# --- processes -------------------------------------------------------------------
+
+
+def _alive_daemons(cdir: Path) -> dict[str, int]:
+    """daemon name ("mon.a", "osd.0") → pid, for this cluster's live daemons."""
+    alive = {}
+    for pid_file in (cdir / "run").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _is_our_daemon(pid, cdir / "ceph.conf"):
+            alive[pid_file.stem] = pid
+    return alive
+
+
+def _is_our_daemon(pid: int, conf: Path) -> bool:
+    """Alive, not a zombie, and a ceph daemon started with this cluster's conf.
+
+    The check guards against pid reuse: we only ever signal our own daemons.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state in ("Z", "X"):
+        return False
+    is_ceph = bool(cmdline) and os.path.basename(cmdline[0]).decode() in ("ceph-mon", "ceph-osd")
+    return is_ceph and str(conf).encode() in cmdline
+
+
+async def _stop_cluster(cdir: Path) -> None:
+    # OSDs first: an OSD whose mon is gone lingers for seconds before exiting.
+    for kind in ("osd", "mon"):
+        alive = {n: p for n, p in _alive_daemons(cdir).items() if n.startswith(kind + ".")}
+        await asyncio.gather(*(_stop_pid(pid, cdir / "ceph.conf") for pid in alive.values()))
+
+
+async def _stop_pid(pid: int, conf: Path) -> None:
+    for sig, patience in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if not _is_our_daemon(pid, conf):
+                return
+            await asyncio.sleep(0.1)
+    raise LabError(f"ceph daemon {pid} ({conf.parent}) did not exit")
+
+
+async def _ceph(cluster: CephCluster, *args: str, stdin: bytes | None = None) -> str:
+    # --connect-timeout bounds the wait for the mon; the asyncio timeout in
+    # _run also covers commands that hang once connected (no mgr here).
+    return await _run(
+        ["ceph", *cluster.cli_args, "--connect-timeout", str(int(CLI_TIMEOUT_S - 5)), *args],
+        what=f"{cluster.site}: ceph {' '.join(args[:3])}", stdin=stdin,
+    )
+
+
+async def _run(
+    argv: list[str], *, what: str, stdin: bytes | None = None,
+    timeout: float = CLI_TIMEOUT_S, log: Path | None = None,
+) -> str:
+    """Run a command without blocking the loop; LabError with context on failure.
+
+    Daemon starts get stdout/stderr as files, not pipes: the daemonised child
+    keeps them open, and waiting for EOF on a pipe would wait for its death.
+    """
+    with ExitStack() as stack:
+        if log is not None:
+            err_path = log.with_suffix(".stderr")
+            out = stack.enter_context(err_path.open("ab"))
+            stdout: Any = out
+            stderr: Any = out
+        else:
+            stdout = stderr = asyncio.subprocess.PIPE
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=stdout, stderr=stderr,
+        )
+        try:
+            out_b, err_b = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except TimeoutError:
+            raise LabError(f"{what}: `{' '.join(argv)}` timed out after {timeout:.0f}s{_tail(log)}") from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: leave no orphan
+                proc.kill()
+                await proc.wait()
+    if proc.returncode != 0:
+        detail = (err_b or b"").decode(errors="replace").strip()[-2000:]
+        raise LabError(
+            f"{what}: `{' '.join(argv)}` exited with {proc.returncode}"
+            + (f":\n{detail}" if detail else "") + _tail(log)
+        )
+    return (out_b or b"").decode()
+
+
+def _log_path(cluster: CephCluster, kind: str) -> Path:
+    name = f"mon.{MON_ID}" if kind == "mon" else f"osd.{OSD_ID}"
+    return cluster.dir / "log" / f"{name}.log"
+
+
+def _tail(path: Path | None, lines: int = 25) -> str:
+    """The end of a daemon log (and its stderr file), to put in an error message."""
+    if path is None:
+        return ""
+    chunks = []
+    for p in (path, path.with_suffix(".stderr")):
+        try:
+            text = p.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        if text:
+            chunks.append(f"\n--- last lines of {p} ---\n" + "\n".join(text))
+    return "".join(chunks)

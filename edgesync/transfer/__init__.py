@@ -1,0 +1,1 @@
+"""Moving image bytes: extent-guided, concurrent, hashed in order."""
