@@ -51,7 +51,7 @@ class InHubReplicator:
             writer = await target.open_writer(image.id, image.size)
         async with writer:
             digest = await pump(StoreSource(self._stores[source], image.id), writer,
-                                size=image.size, on_progress=on_progress)
+                                size=image.size, on_progress=on_progress, with_md5=False)
             if digest.os_hash_value != image.os_hash_value:
                 raise DigestMismatch(
                     f"copy of {image.id} to {dest} does not match os_hash_value; not published"

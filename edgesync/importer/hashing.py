@@ -41,9 +41,12 @@ class ImageDigest:
 
     os_hash_algo = "sha512"
 
-    def __init__(self) -> None:
-        self._md5 = hashlib.md5(usedforsecurity=False)
+    def __init__(self, *, with_md5: bool = True) -> None:
+        """`with_md5=False` for verification only (sha512 against
+        os_hash_value): md5 would cost as much again for nothing."""
         self._sha512 = hashlib.sha512()
+        self._md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
+        self._hashers = [h for h in (self._sha512, self._md5) if h is not None]
         self.size = 0
         self._busy = False
         self._broken = False
@@ -52,6 +55,8 @@ class ImageDigest:
     def checksum(self) -> str:
         """Glance's `checksum`: md5, hex."""
         self._check_usable()
+        if self._md5 is None:
+            raise RuntimeError("this digest was made without md5 (with_md5=False)")
         return self._md5.hexdigest()
 
     @property
@@ -68,7 +73,7 @@ class ImageDigest:
             self._feed(view)
             return
         with self._exclusive():
-            await _both_in_threads(self._md5.update, self._sha512.update, view)
+            await _in_threads([h.update for h in self._hashers], view)
             self.size += len(view)
 
     async def update_zeros(self, count: int) -> None:
@@ -78,13 +83,13 @@ class ImageDigest:
         with self._exclusive():
             while count:
                 step = min(count, _ZERO_SLICE)
-                await _both_in_threads(_zero_feeder(self._md5, step), _zero_feeder(self._sha512, step))
+                await _in_threads([_zero_feeder(h, step) for h in self._hashers])
                 self.size += step
                 count -= step
 
     def _feed(self, view: memoryview) -> None:
-        self._md5.update(view)
-        self._sha512.update(view)
+        for hasher in self._hashers:
+            hasher.update(view)
         self.size += len(view)
 
     def _check_usable(self) -> None:
@@ -107,11 +112,11 @@ class ImageDigest:
             self._busy = False
 
 
-async def _both_in_threads(md5_work: Any, sha_work: Any, *args: Any) -> None:
+async def _in_threads(works: list[Any], *args: Any) -> None:
     # Shielded: a cancelled update must not return while a thread still
     # mutates the hashes (the caller might reuse the buffer); it waits for
-    # both threads, then the cancellation goes on (and the digest is broken).
-    both = asyncio.gather(asyncio.to_thread(md5_work, *args), asyncio.to_thread(sha_work, *args))
+    # every thread, then the cancellation goes on (and the digest is broken).
+    both = asyncio.gather(*(asyncio.to_thread(work, *args) for work in works))
     try:
         await asyncio.shield(both)
     except asyncio.CancelledError:

@@ -88,10 +88,11 @@ async def pump(
     size: int,
     window: int = WINDOW,
     on_progress: ProgressFn | None = None,
+    with_md5: bool = True,
 ) -> ImageDigest:
     """Copy every data extent of `source` into `writer`; return the digest of
     the whole logical image (holes included as zeros)."""
-    digest = ImageDigest()
+    digest = ImageDigest(with_md5=with_md5)
     chunks = list(chunked(await source.extents()))
     reads: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=window)
     writes: set[asyncio.Task[None]] = set()
