@@ -254,12 +254,69 @@ async def _restart(cluster: CephCluster) -> None:
 
 
 async def _start_daemon(cluster: CephCluster, kind: str) -> None:
-    """Start a mon or OSD; both daemonise and write their pid file."""
+    """Start a mon or OSD in the foreground, as our child in a session of its own.
+
+    Foreground rather than self-daemonising because on hosts whose PID 1 does
+    not reap orphans (containers, microVMs) every exited daemon would stay a
+    zombie; as our child, `down()` reaps it when the same process stops it
+    (tests, bench, demo). The new session keeps terminal signals away from it.
+    """
     daemon_id = MON_ID if kind == "mon" else str(OSD_ID)
-    await _run(
-        [f"ceph-{kind}", "-c", str(cluster.conf), "-i", daemon_id],
-        what=f"{cluster.site}: starting ceph-{kind}", log=_log_path(cluster, kind),
-    )
+    binary = shutil.which(f"ceph-{kind}")
+    if binary is None:
+        raise LabError(f"ceph-{kind} is not installed (run scripts/setup.sh)")
+    log = _log_path(cluster, kind)
+    pid_file = cluster.dir / "run" / f"{kind}.{daemon_id}.pid"
+    pid_file.unlink(missing_ok=True)
+    with log.with_suffix(".stderr").open("ab") as out:
+        pid = os.posix_spawn(
+            binary, [binary, "-f", "-c", str(cluster.conf), "-i", daemon_id], os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, out.fileno(), 2),
+            ],
+            setsid=True,
+        )
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while not await _daemon_ready(kind, pid, pid_file, cluster.mon_addr):
+        if _reap(pid):
+            raise LabError(f"{cluster.site}: ceph-{kind} exited while starting{_tail(log)}")
+        if time.monotonic() > deadline:
+            await _stop_pid(pid, cluster.conf)
+            raise LabError(f"{cluster.site}: ceph-{kind} not ready after {CLI_TIMEOUT_S:.0f}s{_tail(log)}")
+        await asyncio.sleep(0.05)
+
+
+async def _daemon_ready(kind: str, pid: int, pid_file: Path, mon_addr: str) -> bool:
+    """Started: it wrote its pid file and, for a mon, accepts connections.
+
+    (For an OSD, `_wait_osd_up` then waits until the mon sees it up.)
+    """
+    try:
+        if pid_file.read_text().strip() != str(pid):
+            return False
+    except OSError:
+        return False
+    if kind == "osd":
+        return True
+    host, port = mon_addr.rsplit(":", 1)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+def _reap(pid: int) -> bool:
+    """Collect `pid`'s exit status if it is our child; True if it has exited."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: someone else reaps it
+        return False
+    return reaped == pid
 
 
 async def _wait_osd_up(cluster: CephCluster) -> None:
@@ -408,6 +465,7 @@ def _pick_free_ports(count: int) -> list[int]:
             if port in ports:
                 continue
             sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((HOST, port))
             except OSError:
@@ -420,6 +478,8 @@ def _pick_free_ports(count: int) -> list[int]:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the mon does: connections of a past run in TIME_WAIT don't count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -475,6 +535,7 @@ async def _stop_pid(pid: int, conf: Path) -> None:
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             if not _is_our_daemon(pid, conf):
+                _reap(pid)  # our child's zombie would otherwise linger
                 return
             await asyncio.sleep(0.1)
     raise LabError(f"ceph daemon {pid} ({conf.parent}) did not exit")
