@@ -36,6 +36,7 @@ from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
 from edgesync.importer.download import download
 from edgesync.importer.inject import properties_to_inject
+from edgesync.importer.uri_filter import check_uri
 from edgesync.model import (
     FAILED_IMPORT,
     IMPORT_TASK,
@@ -132,6 +133,11 @@ class Importer:
     async def _request_new(self, image: Image, caller: Caller, req: ImportRequest) -> Task:
         require_owner_or_admin(caller, image, "import data into it")
         require_formats(image)
+        if req.method == "web-download":
+            assert req.uri is not None  # parse_import_request requires it
+            # A source the operator doesn't allow is refused now, with 400 and
+            # nothing started; redirects are re-checked as the task follows them.
+            check_uri(req.uri, self.config.uri_filter)
         expected = ImageStatus.UPLOADING if req.method == "glance-direct" else ImageStatus.QUEUED
         if image.status != expected:
             hint = "stage data first (PUT /v2/images/{id}/stage)" if req.method == "glance-direct" \
