@@ -164,6 +164,9 @@ class Importer:
 
     async def _request_copy(self, image: Image, caller: Caller, req: ImportRequest) -> Task | None:
         require_owner_or_admin(caller, image, "copy it to other stores")
+        if not req.all_stores and not req.stores:
+            # Otherwise a task with no store to do is started, and fails.
+            raise BadRequest('copy-image needs "stores": [names of the stores to copy to] or "all_stores": true')
         if image.status != ImageStatus.ACTIVE:
             raise Conflict(f"Image {image.id} is {image.status.value}; only active images can be copied")
         if self.central not in image.stores:
