@@ -96,6 +96,14 @@ def parse_import_request(body: Any, known_stores: list[str], enabled: tuple[str,
     return ImportRequest(method, uri, stores, all_stores, must_succeed)
 
 
+def _reason(exc: Exception) -> str:
+    """A failure as a store job's reason; a store error that escaped
+    translation into edgesync's family still says what happened."""
+    if isinstance(exc, EdgesyncError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
 def require_formats(image: Image) -> None:
     if not image.disk_format or not image.container_format:
         raise BadRequest(
@@ -329,9 +337,13 @@ class Importer:
         try:
             location = await self.replicator.replicate(
                 image, self.central, store, self._progress_recorder(task, store))
-        except EdgesyncError as exc:
-            log.warning("copy of %s to %s failed: %s", image.id, store, exc.message)
-            await self._set_job(task, store, StoreJobState.FAILED, reason=exc.message)
+        except Exception as exc:
+            # Any failure fails this store only: letting one escape would end
+            # the gather while sibling copies still run, and finalize under them.
+            reason = _reason(exc)
+            log.warning("copy of %s to %s failed: %s", image.id, store, reason,
+                        exc_info=not isinstance(exc, EdgesyncError))
+            await self._set_job(task, store, StoreJobState.FAILED, reason=reason)
             return
         await self._set_job(task, store, StoreJobState.DONE, bytes_done=image.size, location=location)
 
@@ -379,8 +391,9 @@ class Importer:
         for store in stores:
             try:
                 await self.replicator.remove(task.image_id, store)
-            except EdgesyncError as exc:
-                log.error("rollback of %s in %s failed: %s", task.image_id, store, exc.message)
+            except Exception as exc:  # must not stop the task from finishing and unlocking
+                log.error("rollback of %s in %s failed: %s", task.image_id, store, _reason(exc),
+                          exc_info=not isinstance(exc, EdgesyncError))
             await self.catalog.remove_location(task.image_id, store)
             await self._set_job(task, store, StoreJobState.ROLLED_BACK, reason="rolled back: another store failed")
 
