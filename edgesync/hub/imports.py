@@ -266,8 +266,10 @@ class Importer:
         image = await self.catalog.require_image(task.image_id)
         try:
             await self._write_central(task, image)
-        except EdgesyncError as exc:
-            await self._fail_all(task, f"central store '{self.central}' failed: {exc.message}")
+        except Exception as exc:  # an untranslated store error too: say which store failed
+            if not isinstance(exc, EdgesyncError):
+                log.exception("task %s: writing central failed", task.id)
+            await self._fail_all(task, f"central store '{self.central}' failed: {_reason(exc)}")
             await self._finalize(task.id)
             return
         finally:
