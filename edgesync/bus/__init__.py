@@ -1,0 +1,35 @@
+"""The message bus between the hub and the site agents (MQTT 5 through Mosquitto).
+
+- `topics`: the topic tree (`edgesync/v1/site/<site>/{cmd,event,status}`) and
+  the per-site broker ACL that follows from it.
+- `messages`: typed messages and their JSON wire format.
+- `mqtt` (next): the connection itself, the only module importing aiomqtt.
+"""
+
+from edgesync.bus import topics
+from edgesync.bus.backoff import Backoff
+from edgesync.bus.errors import BusError, InvalidMessage
+from edgesync.bus.messages import (
+    CopyCommand,
+    DeleteCommand,
+    Delivery,
+    DoneEvent,
+    FailedEvent,
+    Heartbeat,
+    Inventory,
+    Message,
+    ProgressEvent,
+    SiteState,
+    SiteStatus,
+    decode,
+    decode_delivery,
+    encode,
+)
+from edgesync.bus.topics import Channel, SiteTopic
+
+__all__ = [
+    "Backoff", "BusError", "Channel", "CopyCommand", "DeleteCommand",
+    "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "Inventory", "InvalidMessage",
+    "Message", "ProgressEvent", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
+    "encode", "topics",
+]
