@@ -3,7 +3,8 @@
 - `topics`: the topic tree (`edgesync/v1/site/<site>/{cmd,event,status}`) and
   the per-site broker ACL that follows from it.
 - `messages`: typed messages and their JSON wire format.
-- `mqtt` (next): the connection itself, the only module importing aiomqtt.
+- `mqtt`: `BusClient` (QoS 1, persistent sessions, publish refusals raised)
+  and the `run_forever` reconnect loop; the only module importing aiomqtt.
 """
 
 from edgesync.bus import topics
@@ -25,11 +26,12 @@ from edgesync.bus.messages import (
     decode_delivery,
     encode,
 )
+from edgesync.bus.mqtt import BusClient, BusSettings, LastWill, run_forever
 from edgesync.bus.topics import Channel, SiteTopic
 
 __all__ = [
-    "Backoff", "BusError", "Channel", "CopyCommand", "DeleteCommand",
-    "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "Inventory", "InvalidMessage",
+    "Backoff", "BusClient", "BusError", "BusSettings", "Channel", "CopyCommand", "DeleteCommand",
+    "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "Inventory", "InvalidMessage", "LastWill",
     "Message", "ProgressEvent", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
-    "encode", "topics",
+    "encode", "run_forever", "topics",
 ]
