@@ -1,0 +1,364 @@
+"""The lab's Mosquitto: one private broker with a user per site and an ACL.
+
+Everything lives in `base_dir`:
+
+    base_dir/mosquitto.conf     listener 127.0.0.1:<port>, no anonymous access
+    base_dir/passwd             hashed by `mosquitto_passwd -U`
+    base_dir/acl                `hub` → edgesync/#; `site-<name>` → its own topics
+    base_dir/data/              persistence (sessions, queued and retained messages)
+    base_dir/mosquitto.pid, base_dir/mosquitto.log
+    base_dir/broker.json        `BrokerInfo.to_json()`, passwords included (0600)
+
+`up()` is idempotent: a running broker with the same users is reused
+untouched; a stopped one is started again on its recorded port with its
+recorded passwords and persistence, so sessions and queued messages survive.
+The broker runs detached (`mosquitto -d`) and is stopped by pid.
+
+The ACL comes from `edgesync.bus.topics`, so topics and permissions can't
+drift apart. Mosquitto's denials are silent (a denied subscribe delivers
+nothing; a denied publish is dropped), so tests check them by delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgesync.bus import topics
+from edgesync.errors import EdgesyncError
+
+HOST = "127.0.0.1"
+STATE_FILE = "broker.json"
+# Below the kernel's ephemeral range (32768+), so while the broker is down for
+# a restart no outgoing connection can be handed its port.
+PORT_RANGE = (20000, 32000)
+START_ATTEMPTS = 3
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.05
+# Mosquitto's default is 1000 queued messages per offline session, after which
+# it silently drops; a site down for a while can owe the hub more than that.
+MAX_QUEUED_MESSAGES = 100_000
+_USER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # lands in the ACL and password files
+
+
+class LabError(EdgesyncError):
+    """The lab's broker could not be brought up or down."""
+
+
+def site_user(site: str) -> str:
+    """The broker user a site's agent connects as."""
+    return f"site-{topics.check_site(site)}"
+
+
+def _check_user(user: str) -> str:
+    if not _USER_NAME.fullmatch(user) or user.startswith("site-"):
+        raise LabError(f"invalid broker user name {user!r}: use ASCII letters, digits, '-' or '_', "
+                       "not starting with 'site-'")
+    return user
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    host: str
+    port: int
+    pid: int | None
+    users: dict[str, str]  # user name → password
+    conf: Path
+    hub_user: str = "hub"
+
+    @property
+    def dir(self) -> Path:
+        return self.conf.parent
+
+    def password(self, user: str) -> str:
+        try:
+            return self.users[user]
+        except KeyError:
+            raise LabError(f"the lab broker has no user {user!r}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "pid": self.pid, "users": dict(self.users),
+                "conf": str(self.conf), "hub_user": self.hub_user}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BrokerInfo":
+        return cls(host=data["host"], port=int(data["port"]), pid=data.get("pid"),
+                   users=dict(data["users"]), conf=Path(data["conf"]),
+                   hub_user=data.get("hub_user", "hub"))
+
+
+# --- public API ----------------------------------------------------------------
+
+
+async def up(base_dir: Path, sites: list[str], hub_user: str = "hub") -> BrokerInfo:
+    """Start (or reuse) the lab broker with users `hub_user` and `site-<site>`."""
+    base_dir = Path(base_dir).resolve()
+    base_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [_check_user(hub_user), *(site_user(s) for s in sites)]
+    old = load(base_dir)
+    running = old is not None and _is_our_broker(old.pid, old.conf)
+    users = {u: (old.users.get(u) if old else None) or secrets.token_urlsafe(18) for u in wanted}
+    if running and old is not None and old.users == users and old.hub_user == hub_user:
+        return old
+    if old is not None:
+        # The users changed (restart on the new files), or a broker whose
+        # state was never saved may still hold the port: stop what is ours.
+        await _stop(old)
+    info = BrokerInfo(host=HOST, port=old.port if old else _pick_port(), pid=None,
+                      users=users, conf=base_dir / "mosquitto.conf", hub_user=hub_user)
+    await _write_files(info, sites)
+    return await _start(info, may_move_port=True)
+
+
+async def down(base_dir: Path) -> None:
+    """Stop the broker (it saves its persistence on the way out). Idempotent."""
+    info = load(Path(base_dir).resolve())
+    if info is None:
+        return
+    await _stop(info)
+    _save(replace(info, pid=None))
+
+
+async def restart(base_dir: Path) -> BrokerInfo:
+    """Stop and start the broker on the same port, config and persistence."""
+    info = load(Path(base_dir).resolve())
+    if info is None:
+        raise LabError(f"no broker in {base_dir} (call up() first)")
+    await _stop(info)
+    return await _start(replace(info, pid=None), may_move_port=False)
+
+
+def load(base_dir: Path) -> BrokerInfo | None:
+    """The broker recorded in `base_dir` (running or not), or None."""
+    path = Path(base_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    return BrokerInfo.from_json(json.loads(path.read_text()))
+
+
+def is_running(base_dir: Path) -> bool:
+    info = load(Path(base_dir).resolve())
+    return info is not None and _is_our_broker(info.pid, info.conf)
+
+
+# --- files ---------------------------------------------------------------------
+
+
+async def _write_files(info: BrokerInfo, sites: list[str]) -> None:
+    base = info.dir
+    (base / "data").mkdir(exist_ok=True)
+    _write_private(base / "passwd", "".join(f"{u}:{p}\n" for u, p in info.users.items()))
+    await _hash_passwords(base / "passwd")
+    _write_private(base / "acl", _render_acl(info.hub_user, sites))
+    info.conf.write_text(_render_conf(info))
+
+
+def _render_conf(info: BrokerInfo) -> str:
+    base = info.dir
+    lines = [
+        f"listener {info.port} {info.host}",
+        "allow_anonymous false",
+        f"password_file {base / 'passwd'}",
+        f"acl_file {base / 'acl'}",
+        "persistence true",
+        f"persistence_location {base / 'data'}/",  # mosquitto wants the trailing slash
+        "autosave_interval 1",  # a crash loses at most a second of queued messages
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "set_tcp_nodelay true",
+        f"pid_file {base / 'mosquitto.pid'}",
+        f"log_dest file {base / 'mosquitto.log'}",
+        "log_type error", "log_type warning", "log_type notice", "log_type information",
+        "connection_messages true",
+    ]
+    if os.geteuid() == 0:
+        # Otherwise it drops to user `mosquitto`, which can't write our files.
+        lines.append("user root")
+    return "\n".join(lines) + "\n"
+
+
+def _render_acl(hub_user: str, sites: list[str]) -> str:
+    blocks = [_acl_block(hub_user, topics.hub_acl())]
+    blocks += [_acl_block(site_user(s), topics.site_acl(s)) for s in sites]
+    return "\n".join(blocks)
+
+
+def _acl_block(user: str, rules: list[tuple[str, str]]) -> str:
+    return f"user {user}\n" + "".join(f"topic {access} {topic}\n" for access, topic in rules)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+async def _hash_passwords(path: Path) -> None:
+    """Replace the plain `user:password` lines with mosquitto's salted hashes."""
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_passwd", "-U", str(path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise LabError(f"mosquitto_passwd -U {path} failed: {output.decode(errors='replace').strip()}")
+
+
+def _save(info: BrokerInfo) -> None:
+    _write_private(info.dir / STATE_FILE, json.dumps(info.to_json(), indent=2) + "\n")
+
+
+# --- process -------------------------------------------------------------------
+
+
+async def _start(info: BrokerInfo, *, may_move_port: bool) -> BrokerInfo:
+    """Start mosquitto for `info` and wait until it accepts connections.
+
+    A fresh start may move to another port if the recorded one is taken; a
+    restart may not, since clients are waiting to reconnect to that port.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            pid = await _spawn_and_wait(info)
+        except _PortTaken:
+            if not may_move_port or attempt == START_ATTEMPTS:
+                raise LabError(f"port {info.port} is taken; the broker can't listen there") from None
+            info = replace(info, port=_pick_port())
+            info.conf.write_text(_render_conf(info))
+            continue
+        info = replace(info, pid=pid)
+        _save(info)
+        return info
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+async def _spawn_and_wait(info: BrokerInfo) -> int:
+    pid_file = info.dir / "mosquitto.pid"
+    log = info.dir / "mosquitto.log"
+    pid_file.unlink(missing_ok=True)
+    log_offset = log.stat().st_size if log.exists() else 0
+    # -d: mosquitto forks into its own session and the parent exits at once;
+    # config errors still come back on stderr with a non-zero status.
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto", "-c", str(info.conf), "-d",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    output, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise LabError(f"mosquitto did not start: {output.decode(errors='replace').strip()}")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        new_log = _read_from(log, log_offset)
+        if "Address already in use" in new_log:
+            await _stop_pid(_read_pid(pid_file), info.conf)
+            raise _PortTaken()
+        pid = _read_pid(pid_file)
+        alive = pid is not None and _is_our_broker(pid, info.conf)
+        # "… running" is logged once the listeners are open, so a connection
+        # that succeeds now reached this broker, not whatever held the port.
+        if pid is not None and alive and " running" in new_log and await _accepts(info.host, info.port):
+            return pid
+        if not alive and "Error" in new_log:
+            break  # it died saying why (the pid file may never have been written)
+        await asyncio.sleep(POLL_INTERVAL_S)
+    await _stop_pid(_read_pid(pid_file), info.conf)
+    raise LabError(f"mosquitto did not come up on {info.host}:{info.port}; its log says:\n"
+                   f"{_read_from(log, log_offset)[-3000:]}")
+
+
+async def _stop(info: BrokerInfo) -> None:
+    await _stop_pid(info.pid, info.conf)
+    # A broker started by another `up` whose state file wasn't saved (crash):
+    # its pid file still names it.
+    await _stop_pid(_read_pid(info.dir / "mosquitto.pid"), info.conf)
+
+
+async def _stop_pid(pid: int | None, conf: Path) -> None:
+    """SIGTERM (mosquitto saves its persistence), wait, then SIGKILL."""
+    for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 2.0)):
+        if not _is_our_broker(pid, conf):
+            return
+        assert pid is not None
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _is_our_broker(pid, conf):
+            await asyncio.sleep(POLL_INTERVAL_S)
+    if _is_our_broker(pid, conf):
+        raise LabError(f"mosquitto {pid} ({conf}) did not exit")
+
+
+def _is_our_broker(pid: int | None, conf: Path) -> bool:
+    """Whether `pid` is a live mosquitto running `conf` (guards against pid reuse)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and os.fsencode(str(conf)) in cmdline
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+def _pick_port() -> int:
+    for _ in range(100):
+        port = random.randint(*PORT_RANGE)
+        if _port_is_free(port):
+            return port
+    raise LabError(f"no free port found in {PORT_RANGE}")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
