@@ -2,3 +2,4 @@
 
 from tests.fixtures.ceph import ceph_clusters  # noqa: F401  (session fixture)
 from tests.fixtures.lab import file_lab  # noqa: F401  (session fixture)
+from tests.fixtures.broker import broker  # noqa: F401  (session fixture)
