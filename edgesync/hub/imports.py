@@ -18,7 +18,6 @@ recovers unfinished tasks after a crash, so the outcome rules live in one place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -455,9 +454,14 @@ class Importer:
         """After a restart: finish every task the last run left open, so no
         image stays locked or `importing`, and clear staging residue."""
         for task in await self.catalog.tasks(unfinished_only=True, limit=10_000):
-            for store in task.unfinished_stores:
-                with contextlib.suppress(EdgesyncError):
-                    await self.stores[store].discard_unpublished(task.image_id)
+            for name in task.unfinished_stores:
+                store = self.stores.get(name)  # None: the site was removed from the config
+                if store is None:
+                    continue
+                try:
+                    await store.discard_unpublished(task.image_id)
+                except Exception as exc:  # a broken store must not stop the hub starting
+                    log.warning("recovery: cleaning %s in %s failed: %s", task.image_id, name, _reason(exc))
             await self._fail_all(task, "interrupted: the hub restarted while this store was being written")
             await self._finalize(task.id)
         for image_id in self.staging.staged_ids():
