@@ -454,12 +454,18 @@ class Importer:
         """After a restart: finish every task the last run left open, so no
         image stays locked or `importing`, and clear staging residue."""
         for task in await self.catalog.tasks(unfinished_only=True, limit=10_000):
+            image = await self.catalog.get_image(task.image_id)
+            recorded = image.stores if image is not None else []
             for name in task.unfinished_stores:
                 store = self.stores.get(name)  # None: the site was removed from the config
                 if store is None:
                     continue
                 try:
                     await store.discard_unpublished(task.image_id)
+                    if name not in recorded and await store.exists(task.image_id):
+                        # Published, but the run died before the catalog
+                        # recorded it: no location refers to this copy.
+                        await store.delete(task.image_id)
                 except Exception as exc:  # a broken store must not stop the hub starting
                     log.warning("recovery: cleaning %s in %s failed: %s", task.image_id, name, _reason(exc))
             await self._fail_all(task, "interrupted: the hub restarted while this store was being written")
