@@ -372,6 +372,9 @@ run dir = {d}/run
 # library client would try to bind the same socket.
 [mon]
 mon data = {d}/mon/$cluster-$id
+# One mon has nobody to batch proposals with: commit map changes at once
+# instead of once a second (snapshot removal waits for one, ~1 s otherwise).
+paxos propose interval = 0.05
 keyring = $mon_data/keyring
 pid file = {d}/run/$name.pid
 log file = {d}/log/$name.log
