@@ -84,6 +84,9 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(str(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+        try:
             db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
@@ -91,8 +94,12 @@ class Catalog:
             await db.execute("PRAGMA busy_timeout=5000")
             catalog = cls(db)
             await catalog._migrate()
-        except sqlite3.Error as exc:
-            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+        except BaseException as exc:
+            # Close it, or its thread keeps a refusing process from exiting.
+            await asyncio.shield(db.close())
+            if isinstance(exc, sqlite3.Error):
+                raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+            raise
         return catalog
 
     async def close(self) -> None:
