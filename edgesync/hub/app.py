@@ -50,14 +50,22 @@ class Hub:
         """Everything but the HTTP server (tests drive `app()` directly)."""
         cfg = self.config
         self.catalog = await Catalog.open(cfg.catalog_path)
-        self.stores = {site.name: open_store(site) for site in cfg.sites}
-        staging = Staging(cfg.staging_dir)
-        replicator = InHubReplicator(self.stores)
-        self.images = ImageService(catalog=self.catalog, stores=self.stores, config=cfg,
-                                   staging=staging, replicator=replicator)
-        self.importer = Importer(catalog=self.catalog, stores=self.stores, central=self.central,
-                                 staging=staging, config=cfg.imports, replicator=replicator)
-        await self.importer.recover()
+        self.stores = {}
+        try:
+            for site in cfg.sites:
+                self.stores[site.name] = open_store(site)
+            staging = Staging(cfg.staging_dir)
+            replicator = InHubReplicator(self.stores)
+            self.images = ImageService(catalog=self.catalog, stores=self.stores, config=cfg,
+                                       staging=staging, replicator=replicator)
+            self.importer = Importer(catalog=self.catalog, stores=self.stores, central=self.central,
+                                     staging=staging, config=cfg.imports, replicator=replicator)
+            await self.importer.recover()
+        except BaseException:
+            # Release what was opened: an open catalog's thread would keep a
+            # hub that failed to start from exiting.
+            await self._close_stores_and_catalog()
+            raise
 
     def app(self) -> web.Application:
         tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]
@@ -70,17 +78,28 @@ class Hub:
 
     async def start(self) -> None:
         await self.open()
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, self.config.host, self.config.port).start()
+        try:
+            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            self.runner = runner
+            await web.TCPSite(runner, self.config.host, self.config.port).start()
+        except BaseException:  # a bad tokens file, the port in use: don't hang on exit
+            await self.close()
+            raise
         log.info("hub serving on %s:%s", self.config.host, self.config.port)
 
     async def close(self, grace_s: float = 5.0) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.importer.shutdown(grace_s)
+        await self._close_stores_and_catalog()
+
+    async def _close_stores_and_catalog(self) -> None:
         for store in self.stores.values():
-            await store.close()
+            try:
+                await store.close()
+            except Exception as exc:  # the catalog must still be closed
+                log.error("closing store %s failed: %s", store.name, exc)
         await self.catalog.close()
 
 
