@@ -4,12 +4,12 @@ delete from one store, stage, and reading the data back."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from edgesync.catalog import SORTABLE, Catalog, ImageQuery
 from edgesync.config import CONTAINER_FORMATS, HubConfig
-from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound
+from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse
 from edgesync.hub.auth import Caller, can_see, require_owner_or_admin
 from edgesync.hub.patch import (
     READ_ONLY,
@@ -108,6 +108,8 @@ class ImageService:
         if image.protected:
             raise Forbidden(f"Image {image_id} is protected; set protected=false before deleting it")
         await self._refuse_if_locked(image_id, "deleted")
+        for store in image.stores:  # all or nothing: refuse before removing any copy
+            await self._in_use_hint(image_id, store, self.stores[store].ensure_deletable(image_id))
         for store in sorted(image.stores, key=lambda s: s == self.central):
             await self._delete_copy(image_id, store)
         self.staging.discard(image_id)
@@ -134,10 +136,20 @@ class ImageService:
 
     async def _delete_copy(self, image_id: str, store: str) -> None:
         try:
-            await self.replicator.remove(image_id, store)
+            await self._in_use_hint(image_id, store, self.replicator.remove(image_id, store))
         except NotFound:
             pass  # already gone from the store: just forget the location
         await self.catalog.remove_location(image_id, store)
+
+    @staticmethod
+    async def _in_use_hint(image_id: str, store: str, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except StoreImageInUse as exc:
+            raise StoreImageInUse(
+                f"Image {image_id} is in use in store '{store}' ({exc.message}); delete or "
+                "flatten the instances and volumes cloned from it, then try again"
+            ) from exc
 
     async def _refuse_if_locked(self, image_id: str, what: str) -> None:
         holder = await self.catalog.lock_holder(image_id)

@@ -119,6 +119,11 @@ class ImageStore(abc.ABC):
     async def delete(self, image_id: str) -> None:
         """Remove a published copy. StoreImageInUse if something depends on it."""
 
+    async def ensure_deletable(self, image_id: str) -> None:
+        """Raise StoreImageInUse if `delete` would be refused because something
+        depends on the copy (an RBD snapshot with COW clones). Lets an image
+        delete refuse before it removed anything anywhere."""
+
     @abc.abstractmethod
     async def discard_unpublished(self, image_id: str) -> None:
         """Remove what an interrupted writer left (after a crash). No-op if none."""

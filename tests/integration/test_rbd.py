@@ -23,7 +23,7 @@ import pytest
 from edgesync.errors import StoreError, StoreImageInUse, StoreUnavailable
 from edgesync.lab.ceph import CephCluster, LabError, down, up
 from edgesync.stores.rbd import RbdStore
-from tests.fixtures.ceph import SITES, run_in_own_loop
+from tests.fixtures.ceph import SITES
 
 pytestmark = pytest.mark.ceph
 
@@ -96,7 +96,7 @@ async def test_each_site_has_its_own_cluster(ceph_clusters: Clusters, stores: di
 async def test_up_again_reuses_the_running_clusters(ceph_clusters: Clusters) -> None:
     base = ceph_clusters["central"].dir.parent
     started = time.monotonic()
-    again = await asyncio.to_thread(run_in_own_loop, up(base, SITES))
+    again = await up(base, SITES)
     assert again == ceph_clusters
     assert time.monotonic() - started < 3
 
