@@ -697,8 +697,7 @@ class RbdStore(ImageStore):
         except rbd.ImageNotFound:
             return  # no copy: nothing can refuse its deletion
         with image:
-            if SNAP in {s["name"] for s in image.list_snaps()}:
-                self._refuse_if_cloned(image, image_id)
+            self._refuse_deletion_blockers(image, image_id)
 
     async def delete(self, image_id: str) -> None:
         _check_id(image_id)
@@ -711,23 +710,32 @@ class RbdStore(ImageStore):
         except rbd.ImageNotFound as exc:
             raise StoreImageNotFound(f"store {self.name} holds no copy of image {image_id}") from exc
         with image:
-            snaps = {s["name"] for s in image.list_snaps()}
-            if snaps - {SNAP}:
-                raise StoreImageInUse(
-                    f"store {self.name}: image {image_id} has other snapshots "
-                    f"({', '.join(sorted(snaps - {SNAP}))}); not deleting it"
-                )
-            if SNAP in snaps:
+            if self._refuse_deletion_blockers(image, image_id):
                 self._remove_published_snap(image, image_id)
         try:
             rbd.RBD().remove(ioctx, image_id)
         except (rbd.ImageBusy, rbd.ImageHasSnapshots) as exc:
             raise StoreImageInUse(f"store {self.name}: image {image_id} is still open or referenced") from exc
 
+    def _refuse_deletion_blockers(self, image: rbd.Image, image_id: str) -> bool:
+        """StoreImageInUse if anything depends on the copy; whether it has `snap`.
+
+        Someone else's snapshots (a backup) and COW clones of `snap` both
+        block. Clone v2 lets clones exist without protection and unprotect
+        does not refuse them, so clones must be looked for, not inferred.
+        """
+        snaps = {s["name"] for s in image.list_snaps()}
+        if snaps - {SNAP}:
+            raise StoreImageInUse(
+                f"store {self.name}: image {image_id} has other snapshots "
+                f"({', '.join(sorted(snaps - {SNAP}))}); not deleting it"
+            )
+        if SNAP in snaps:
+            self._refuse_if_cloned(image, image_id)
+        return SNAP in snaps
+
     def _remove_published_snap(self, image: rbd.Image, image_id: str) -> None:
-        # Clone v2 lets clones exist without protection and unprotect does not
-        # refuse them, so look for clones first: finding any removes nothing.
-        self._refuse_if_cloned(image, image_id)
+        """Unprotect and remove `snap`, once `_refuse_deletion_blockers` passed."""
         if image.is_protected_snap(SNAP):
             image.unprotect_snap(SNAP)
         try:

@@ -259,8 +259,10 @@ async def test_delete_removes_everything_and_missing_is_not_found(
     driver: Driver, store: ImageStore, image_id: str
 ) -> None:
     await publish(store, image_id, image_bytes())
+    await store.ensure_deletable(image_id)  # nothing depends on it
     await store.delete(image_id)
     assert not await store.exists(image_id)
+    await store.ensure_deletable(image_id)  # nothing to refuse either
     assert await driver.leftovers(image_id) == []
     with pytest.raises(StoreImageNotFound):
         await store.delete(image_id)

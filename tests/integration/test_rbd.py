@@ -158,6 +158,8 @@ async def test_a_cow_clone_blocks_delete_and_nothing_is_removed(
     await admin(cluster, "rbd", "clone", f"images/{image_id}@snap", clone)  # what Nova does
     try:
         with pytest.raises(StoreImageInUse, match="clone"):
+            await store.ensure_deletable(image_id)
+        with pytest.raises(StoreImageInUse, match="clone"):
             await store.delete(image_id)
         assert await store.exists(image_id)
         info = await admin_json(cluster, "rbd", "info", f"images/{image_id}@snap")
@@ -165,6 +167,7 @@ async def test_a_cow_clone_blocks_delete_and_nothing_is_removed(
         assert await read_back(store, image_id) == image
     finally:
         await admin(cluster, "rbd", "rm", "--no-progress", clone)
+    await store.ensure_deletable(image_id)
     await store.delete(image_id)
     assert not await store.exists(image_id)
     names = await admin_json(cluster, "rbd", "ls", "images")
@@ -176,6 +179,8 @@ async def test_a_foreign_snapshot_blocks_delete(ceph_clusters: Clusters, stores:
     image_id = await publish(store, striped(4 * MiB))
     await admin(cluster, "rbd", "snap", "create", f"images/{image_id}@backup")
     try:
+        with pytest.raises(StoreImageInUse, match="backup"):
+            await store.ensure_deletable(image_id)
         with pytest.raises(StoreImageInUse, match="backup"):
             await store.delete(image_id)
         assert await store.exists(image_id)
