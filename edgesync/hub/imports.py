@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgesync.catalog import Catalog
+from edgesync.catalog import Catalog, ImageQuery
 from edgesync.config import ImportConfig
 from edgesync.errors import BadRequest, Conflict, EdgesyncError
 from edgesync.hub.auth import Caller, require_owner_or_admin
@@ -472,8 +472,16 @@ class Importer:
             await self._finalize(task.id)
         for image_id in self.staging.staged_ids():
             image = await self.catalog.get_image(image_id)
-            if image is None or image.status != ImageStatus.UPLOADING:
+            if image is None or image.status != ImageStatus.UPLOADING or not self.staging.has(image_id):
                 self.staging.discard(image_id)
+        # `uploading` without whole staged data: the hub died mid-stage. Back
+        # to queued, so the client can stage again.
+        for hidden in (False, True):
+            query = ImageQuery(is_admin=True, status=ImageStatus.UPLOADING.value, os_hidden=hidden)
+            for image in await self.catalog.list_images(query):
+                if not self.staging.has(image.id):
+                    await self.catalog.update_image(image.id, fields={"status": ImageStatus.QUEUED},
+                                                    expect_status=[ImageStatus.UPLOADING])
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
         tasks = list(self._running.values())

@@ -3,6 +3,9 @@
 One sparse file per image (`<id>`), plus `<id>.raw` when the import converts
 it. Zero blocks of incoming data are skipped, so a half-empty image takes half
 the space. Every failure removes what was written: nothing is left behind.
+Data being received goes to `<id>.partial` and is renamed to `<id>` only once
+whole and of the declared size, so a crash mid-upload never leaves something
+that passes for staged data.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class Staging:
     def converted_path(self, image_id: str) -> Path:
         return self.root / f"{image_id}.raw"
 
+    def partial_path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.partial"
+
     def has(self, image_id: str) -> bool:
         return self.path(image_id).exists()
 
@@ -93,7 +99,7 @@ class Staging:
     ) -> int:
         """Stream an upload into the staging file; check its size; on any
         failure (including a client that goes away) remove it."""
-        sink = SparseFileSink(self.path(image_id))
+        sink = SparseFileSink(self.partial_path(image_id))
         try:
             async for chunk in chunks:
                 if sink.received + len(chunk) > max_bytes:
@@ -112,10 +118,11 @@ class Staging:
                 f"Uploaded {size} bytes but x-openstack-image-size said "
                 f"{expected_size}; send the whole file with its real size"
             )
+        os.replace(sink.path, self.path(image_id))
         return size
 
     def discard(self, image_id: str) -> None:
-        for path in (self.path(image_id), self.converted_path(image_id)):
+        for path in (self.path(image_id), self.converted_path(image_id), self.partial_path(image_id)):
             path.unlink(missing_ok=True)
 
     def staged_ids(self) -> list[str]:
