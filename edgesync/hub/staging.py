@@ -10,66 +10,12 @@ that passes for staged data.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from edgesync.errors import BadRequest, RequestTooLarge
-from edgesync.stores.sparse import data_runs
-
-BUFFER_BYTES = 4 * 1024 * 1024
-
-
-class SparseFileSink:
-    """Appends a byte stream to a file, leaving zero blocks as holes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        self._buffer = bytearray()
-        self.size = 0
-
-    @property
-    def received(self) -> int:
-        return self.size + len(self._buffer)
-
-    async def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= BUFFER_BYTES:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        block, self._buffer = bytes(self._buffer), bytearray()
-        offset = self.size
-        self.size += len(block)
-        await asyncio.to_thread(_write_runs, self._fd, block, offset)
-
-    async def close(self) -> int:
-        """Flush, set the final length (a trailing hole included), fsync."""
-        await self._flush()
-        await asyncio.to_thread(_finish, self._fd, self.size)
-        self._fd = -1
-        return self.size
-
-    def discard(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.path.unlink(missing_ok=True)
-
-
-def _write_runs(fd: int, block: bytes, offset: int) -> None:
-    for rel, run in data_runs(block):
-        os.pwrite(fd, run, offset + rel)
-
-
-def _finish(fd: int, size: int) -> None:
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from edgesync.importer.sparsefile import SparseFile, copy_stream
 
 
 class Staging:
@@ -99,18 +45,13 @@ class Staging:
     ) -> int:
         """Stream an upload into the staging file; check its size; on any
         failure (including a client that goes away) remove it."""
-        sink = SparseFileSink(self.partial_path(image_id))
+        sink = await SparseFile.create(self.partial_path(image_id))
         try:
-            async for chunk in chunks:
-                if sink.received + len(chunk) > max_bytes:
-                    raise RequestTooLarge(
-                        f"Image data exceeds the hub's limit of {max_bytes} bytes "
-                        "(import.max_image_size_bytes)"
-                    )
-                await sink.write(chunk)
-            size = await sink.close()
+            size = await copy_stream(chunks, sink, max_bytes=max_bytes, too_large=lambda: RequestTooLarge(
+                f"Image data exceeds the hub's limit of {max_bytes} bytes (import.max_image_size_bytes)"))
+            await sink.finish(size)
         except BaseException:
-            sink.discard()
+            await sink.discard()
             raise
         if expected_size is not None and size != expected_size:
             self.discard(image_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -24,7 +23,8 @@ from edgesync.config import UriFilter
 from edgesync.errors import BadRequest, EdgesyncError, RequestTooLarge
 from edgesync.importer.hashing import ImageDigest
 from edgesync.importer.uri_filter import check_uri
-from edgesync.stores.sparse import DEFAULT_GRANULARITY, data_runs
+from edgesync.importer.sparsefile import BATCH_BYTES, SparseFile, copy_stream
+from edgesync.stores.sparse import DEFAULT_GRANULARITY
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -32,7 +32,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 FETCHABLE_SCHEMES = frozenset({"http", "https"})
 # Bytes gathered before one write to disk: big enough to amortise the thread
 # hop, a multiple of the zero-detection granularity so holes line up.
-BATCH_BYTES = 4 << 20
 assert BATCH_BYTES % DEFAULT_GRANULARITY == 0
 
 
@@ -62,7 +61,7 @@ async def download(
     dest = Path(dest)
     timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
     async with _session_or(session) as http:
-        sink = await _SparseFile.create(dest)
+        sink = await SparseFile.create(dest)
         try:
             async with _final_response(http, uri, rules, timeout) as (response, final_uri):
                 _refuse_declared_oversize(response, final_uri, max_bytes)
@@ -202,109 +201,15 @@ def _redact(uri: str) -> str:
 async def _stream(
     response: aiohttp.ClientResponse,
     uri: str,
-    sink: "_SparseFile",
+    sink: SparseFile,
     max_bytes: int,
     digest: ImageDigest | None,
 ) -> int:
-    """Copy the body into `sink` in BATCH_BYTES batches; return the byte count."""
-    batch = bytearray()
-    offset = 0
+    """Copy the body into `sink`; return the byte count."""
     try:
-        async for chunk in response.content.iter_chunked(1 << 20):
-            if offset + len(batch) + len(chunk) > max_bytes:
-                raise _too_large(uri, max_bytes)
-            batch += chunk
-            while len(batch) >= BATCH_BYTES:
-                piece = bytes(batch[:BATCH_BYTES])
-                del batch[:BATCH_BYTES]
-                await _write(sink, offset, piece, digest)
-                offset += len(piece)
+        return await copy_stream(response.content.iter_chunked(1 << 20), sink, max_bytes=max_bytes,
+                                 too_large=lambda: _too_large(uri, max_bytes), digest=digest)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _network_error(uri, exc) from exc
-    if batch:
-        await _write(sink, offset, bytes(batch), digest)
-        offset += len(batch)
-    return offset
 
 
-async def _write(sink: "_SparseFile", offset: int, data: bytes, digest: ImageDigest | None) -> None:
-    if digest is None:
-        await sink.write(offset, data)
-        return
-    # Write and hash at once. If either fails or we are cancelled, stop and wait
-    # for both before going on: the caller closes the fd next.
-    both = [asyncio.ensure_future(sink.write(offset, data)), asyncio.ensure_future(digest.update(data))]
-    try:
-        await asyncio.gather(*both)
-    except BaseException:
-        for task in both:
-            task.cancel()
-        await asyncio.wait(both)
-        raise
-
-
-class _SparseFile:
-    """The destination: written with pwrite where there is data, holes elsewhere."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd: int | None = fd
-
-    @classmethod
-    async def create(cls, path: Path) -> "_SparseFile":
-        try:
-            fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        except OSError as exc:
-            raise EdgesyncError(f"cannot create the download file {path}: {exc.strerror}") from exc
-        return cls(path, fd)
-
-    async def write(self, offset: int, data: bytes) -> None:
-        await _finish_in_thread(self._write_sync, offset, data)
-
-    def _write_sync(self, offset: int, data: bytes) -> None:
-        assert self._fd is not None
-        try:
-            for rel, run in data_runs(data):
-                os.pwrite(self._fd, run, offset + rel)
-        except OSError as exc:
-            raise EdgesyncError(f"cannot write the download to {self.path}: {exc.strerror}") from exc
-
-    async def finish(self, size: int) -> None:
-        """Set the final length (a trailing hole is never written) and close."""
-        await _finish_in_thread(self._finish_sync, size)
-
-    def _finish_sync(self, size: int) -> None:
-        assert self._fd is not None
-        try:
-            os.ftruncate(self._fd, size)
-        except OSError as exc:
-            raise EdgesyncError(f"cannot write the download to {self.path}: {exc.strerror}") from exc
-        finally:
-            self._close()
-
-    async def discard(self) -> None:
-        # Synchronous on purpose: this runs while a cancellation unwinds, when
-        # another await could be interrupted and leave the file behind. Two
-        # cheap syscalls.
-        self._close()
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-async def _finish_in_thread(func, *args) -> None:  # type: ignore[no-untyped-def]
-    # A thread can't be interrupted: on cancellation, wait for it to finish
-    # before letting the caller close the fd it is writing to (the number
-    # could be reused by another file meanwhile).
-    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    try:
-        await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait([work])
-        raise
