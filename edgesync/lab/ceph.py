@@ -34,6 +34,7 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,10 +182,7 @@ async def _bootstrap(cdir: Path, site: str, ports: tuple[int, int]) -> CephClust
     await _make_mon(cluster)
     # The OSD's mkfs is offline (--no-mon-config) and the slowest step, so it
     # runs while the mon starts and takes the first commands.
-    await asyncio.gather(
-        _make_osd(cluster, osd_uuid),
-        _start_mon_and_configure(cluster, osd_uuid, osd_key),
-    )
+    await _together(_make_osd(cluster, osd_uuid), _start_mon_and_configure(cluster, osd_uuid, osd_key))
     await _start_daemon(cluster, "osd")
     await _wait_osd_up(cluster)
     await _ceph(cluster, "osd", "pool", "create", cluster.pool, "8", "8")
@@ -197,7 +195,7 @@ async def _start_mon_and_configure(cluster: CephCluster, osd_uuid: str, osd_key:
     await _start_daemon(cluster, "mon")
     secret = json.dumps({"cephx_secret": osd_key}).encode()
     await _ceph(cluster, "osd", "new", osd_uuid, str(OSD_ID), "-i", "-", stdin=secret)
-    await asyncio.gather(
+    await _together(
         # Clone v2: COW clones of snapshots without requiring protection,
         # and trash-aware snapshot removal.
         _ceph(cluster, "osd", "set-require-min-compat-client", "mimic"),
@@ -207,6 +205,17 @@ async def _start_mon_and_configure(cluster: CephCluster, osd_uuid: str, osd_key:
             "-o", str(cluster.keyring),
         ),
     )
+
+
+async def _together(*steps: Coroutine[Any, Any, Any]) -> None:
+    """Run bootstrap steps concurrently; the first failure cancels the others
+    (unlike gather, so no step outlives the cleanup) and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for step in steps:
+                group.create_task(step)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0]
 
 
 async def _make_mon(cluster: CephCluster) -> None:
@@ -278,12 +287,21 @@ async def _start_daemon(cluster: CephCluster, kind: str) -> None:
             ],
             setsid=True,
         )
+    try:
+        await _wait_started(cluster, kind, pid, pid_file)
+    except BaseException:
+        # Failed, timed out or cancelled: stop it even before its pid file exists.
+        await _stop_pid(pid, cluster.conf)
+        raise
+
+
+async def _wait_started(cluster: CephCluster, kind: str, pid: int, pid_file: Path) -> None:
+    log = _log_path(cluster, kind)
     deadline = time.monotonic() + CLI_TIMEOUT_S
     while not await _daemon_ready(kind, pid, pid_file, cluster.mon_addr):
         if _reap(pid):
             raise LabError(f"{cluster.site}: ceph-{kind} exited while starting{_tail(log)}")
         if time.monotonic() > deadline:
-            await _stop_pid(pid, cluster.conf)
             raise LabError(f"{cluster.site}: ceph-{kind} not ready after {CLI_TIMEOUT_S:.0f}s{_tail(log)}")
         await asyncio.sleep(0.05)
 
