@@ -4,7 +4,7 @@ Each site gets a single-mon, single-OSD cluster in `base_dir/<site>/`, with its
 own fsid, its own `ceph.conf`, cephx, bluestore on a sparse file, and the RBD
 pool `images`. No systemd, no cephadm, no mgr: the daemons are started
 directly and stopped by pid. `up()` bootstraps all sites in parallel (about
-10-15 s for three) and is idempotent: a cluster whose daemons are running is
+6 s for three here) and is idempotent: a cluster whose daemons are running is
 reused untouched, one whose daemons died is restarted on its recorded ports.
 
 Layout of a cluster directory B:
