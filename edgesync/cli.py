@@ -20,7 +20,9 @@ def _configure_logging(level: str) -> None:
 def _cmd_hub(args: argparse.Namespace) -> int:
     from edgesync.config import load_hub
     from edgesync.hub.app import serve
+    from edgesync.runtime import limit_malloc_arenas
 
+    limit_malloc_arenas()
     asyncio.run(serve(load_hub(Path(args.config))))
     return 0
 

@@ -20,7 +20,7 @@ from edgesync.stores.base import Extent, ImageStore, ImageWriter
 from edgesync.stores.file import file_extents
 
 CHUNK_BYTES = 4 * 1024 * 1024
-WINDOW = 8
+WINDOW = 4
 
 ProgressFn = Callable[[int], Awaitable[None]]
 
