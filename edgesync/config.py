@@ -136,8 +136,9 @@ class _Reader:
                 raise self._fail(key, "is required")
             return default
         value = self.table[key]
-        if isinstance(value, bool) and kind in (int, float):
-            raise self._fail(key, f"must be a {kind.__name__}, not a boolean")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self._fail(key, f"must be {_kind_name(kind)}, not a boolean")
         if not isinstance(value, kind):
             raise self._fail(key, f"must be {_kind_name(kind)}, got {value!r}")
         return value

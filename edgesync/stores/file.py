@@ -85,7 +85,14 @@ class FileWriter(ImageWriter):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._partial.unlink(missing_ok=True)
+        _unlink(self._partial, f"removing the unpublished copy of {self.image_id}")
+
+
+def _unlink(path: Path, what: str) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _translate(exc, what) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -104,7 +111,10 @@ class FileStore(ImageStore):
         self.root = Path(path)
         self.description = description or f"{name} (file)"
         self.read_only = read_only
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _translate(exc, f"opening store {name} at {self.root}") from exc
 
     def _path(self, image_id: str) -> Path:
         _check_id(image_id)
@@ -172,17 +182,19 @@ class FileStore(ImageStore):
         return data
 
     async def delete(self, image_id: str) -> None:
-        def _unlink() -> None:
+        def _delete_sync() -> None:
             try:
                 self._path(image_id).unlink()
             except FileNotFoundError as exc:
                 raise StoreImageNotFound(f"store {self.name} holds no copy of image {image_id}") from exc
-            self._partial_path(image_id).unlink(missing_ok=True)
+            except OSError as exc:
+                raise _translate(exc, f"deleting image {image_id}") from exc
+            _unlink(self._partial_path(image_id), f"deleting image {image_id}")
 
-        await asyncio.to_thread(_unlink)
+        await asyncio.to_thread(_delete_sync)
 
     async def discard_unpublished(self, image_id: str) -> None:
-        await asyncio.to_thread(self._partial_path(image_id).unlink, True)
+        await asyncio.to_thread(_unlink, self._partial_path(image_id), f"discarding the partial copy of {image_id}")
 
     async def capacity(self) -> StoreCapacity:
         usage = await asyncio.to_thread(shutil.disk_usage, self.root)
