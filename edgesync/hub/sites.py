@@ -1,0 +1,110 @@
+"""What the hub knows of each site's agent: up or down, last heartbeat, the
+availability zone it announced, what it is working on, its free space.
+
+Fed by the agents' retained status and their heartbeats. A site is up when
+its last status said online and a heartbeat arrived within `stale_after_s`.
+The hub checks the AZ an agent announces against the site's config the first
+time it hears from it: a mismatch marks the site misconfigured, and the site
+is not used until an agent with the right config comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgesync.bus.messages import Heartbeat, SiteState, SiteStatus
+from edgesync.config import SiteConfig
+
+
+@dataclass
+class SiteView:
+    name: str
+    availability_zone: str
+    role: str
+    online: bool = False
+    announced_az: str | None = None
+    problem: str | None = None
+    last_heartbeat: float | None = None
+    in_flight: tuple[str, ...] = ()
+    free_bytes: int | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def heartbeat_age_s(self, now: float) -> float | None:
+        return None if self.last_heartbeat is None else max(0.0, now - self.last_heartbeat)
+
+
+class SiteRegistry:
+    def __init__(self, sites: tuple[SiteConfig, ...], *, stale_after_s: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._sites = {s.name: SiteView(s.name, s.availability_zone, s.role) for s in sites if not s.is_central}
+        self.stale_after_s = stale_after_s
+        self._clock = clock
+
+    def __contains__(self, site: str) -> bool:
+        return site in self._sites
+
+    def view(self, site: str) -> SiteView:
+        return self._sites[site]
+
+    def on_status(self, site: str, status: SiteStatus) -> str | None:
+        """Record an online/offline status; returns a problem if the agent's AZ
+        doesn't match the site's config."""
+        view = self._sites.get(site)
+        if view is None:
+            return f"status from unknown site {site!r}"
+        view.online = status.state == SiteState.ONLINE
+        if status.availability_zone is not None:
+            view.announced_az = status.availability_zone
+            view.problem = None if status.availability_zone == view.availability_zone else (
+                f"agent of site {site} announced availability zone {status.availability_zone!r}, "
+                f"but the hub's config pairs {site} with {view.availability_zone!r}; fix the agent's "
+                "site file (Nova and Cinder AZ must equal the site's one AZ)"
+            )
+        if view.online:
+            view.last_heartbeat = self._clock()
+        self._notify(view)
+        return view.problem
+
+    def on_heartbeat(self, site: str, beat: Heartbeat) -> None:
+        view = self._sites.get(site)
+        if view is None:
+            return
+        view.last_heartbeat = self._clock()
+        view.in_flight = tuple(beat.in_flight)
+        view.free_bytes = beat.free_bytes
+        self._notify(view)
+
+    def is_up(self, site: str) -> bool:
+        view = self._sites.get(site)
+        if view is None or not view.online or view.problem is not None:
+            return False
+        age = view.heartbeat_age_s(self._clock())
+        return age is not None and age <= self.stale_after_s
+
+    async def wait_change(self, site: str, timeout_s: float) -> None:
+        """Return when anything about `site` changes, or after `timeout_s`."""
+        view = self._sites[site]
+        view.changed.clear()
+        try:
+            await asyncio.wait_for(view.changed.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        return [
+            {
+                "name": v.name, "availability_zone": v.availability_zone, "up": self.is_up(v.name),
+                "online": v.online, "problem": v.problem, "heartbeat_age_s": v.heartbeat_age_s(now),
+                "in_flight": list(v.in_flight), "free_bytes": v.free_bytes,
+            }
+            for v in self._sites.values()
+        ]
+
+    @staticmethod
+    def _notify(view: SiteView) -> None:
+        view.changed.set()
