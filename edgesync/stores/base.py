@@ -64,6 +64,29 @@ class ImageWriter(abc.ABC):
         """A `qemu-img convert -n` target writing straight into this copy, if any."""
         return None
 
+    # Resumable transfers (the site agent) need the three below: a journal may
+    # only record a range as done once `flush()` made it durable; a resumed
+    # copy re-hashes those ranges with `read_back()` instead of fetching them
+    # again; and a copy interrupted on purpose ends with `suspend()`, which
+    # keeps the partial copy where `abort()` would remove it.
+
+    async def read_back(self, offset: int, length: int) -> bytes:
+        """Bytes of the unpublished copy as written so far; unwritten ranges read as zeros."""
+        raise NotImplementedError(f"{type(self).__name__} can't read its unpublished copy back")
+
+    async def flush(self) -> None:
+        """Return once every write that returned before this call is durable.
+
+        `write()` may return before the store has the data (RBD keeps a window
+        of writes in flight).
+        """
+        raise NotImplementedError(f"{type(self).__name__} can't flush")
+
+    async def suspend(self) -> None:
+        """Stop writing and release the copy's handles, keeping the unpublished
+        copy for a later `open_writer(..., resume=True)`. `abort()` still removes it."""
+        raise NotImplementedError(f"{type(self).__name__} can't suspend")
+
     async def __aenter__(self) -> "ImageWriter":
         return self
 
@@ -123,6 +146,10 @@ class ImageStore(abc.ABC):
         """Raise StoreImageInUse if `delete` would be refused because something
         depends on the copy (an RBD snapshot with COW clones). Lets an image
         delete refuse before it removed anything anywhere."""
+
+    async def image_ids(self) -> list[str]:
+        """Ids of every published copy, sorted (a site's inventory)."""
+        raise NotImplementedError(f"store type {self.type} can't list its images")
 
     @abc.abstractmethod
     async def discard_unpublished(self, image_id: str) -> None:

@@ -61,6 +61,42 @@ class FileWriter(ImageWriter):
         except OSError as exc:
             raise _translate(exc, f"writing image {self.image_id}") from exc
 
+    async def read_back(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size_bytes:
+            raise SizeMismatch(f"read of {length} bytes at {offset} is outside image {self.image_id} "
+                               f"({self.size_bytes} bytes)")
+        return await asyncio.to_thread(self._read_back_sync, offset, length)
+
+    def _read_back_sync(self, offset: int, length: int) -> bytes:
+        try:
+            return os.pread(self._open_fd(), length, offset)
+        except OSError as exc:
+            raise _translate(exc, f"reading back image {self.image_id}") from exc
+
+    async def flush(self) -> None:
+        # When write() returns, pwrite has put the data in the page cache: that
+        # survives the process; fdatasync makes it survive the machine.
+        def sync() -> None:
+            try:
+                os.fdatasync(self._open_fd())
+            except OSError as exc:
+                raise _translate(exc, f"flushing image {self.image_id}") from exc
+
+        await asyncio.to_thread(sync)
+
+    async def suspend(self) -> None:
+        def close() -> None:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+
+        await asyncio.to_thread(close)
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise StoreError(f"writer for image {self.image_id} is closed")
+        return self._fd
+
     async def publish(self) -> Location:
         await asyncio.to_thread(self._publish_sync)
         return Location(self.store.name, self.store.location_url(self.image_id))
@@ -195,6 +231,17 @@ class FileStore(ImageStore):
 
     async def discard_unpublished(self, image_id: str) -> None:
         await asyncio.to_thread(_unlink, self._partial_path(image_id), f"discarding the partial copy of {image_id}")
+
+    async def image_ids(self) -> list[str]:
+        def published() -> list[str]:
+            try:
+                return sorted(entry.name for entry in os.scandir(self.root)
+                              if entry.is_file() and not entry.name.startswith(".")
+                              and not entry.name.endswith(PARTIAL_SUFFIX))
+            except OSError as exc:
+                raise _translate(exc, f"listing store {self.name}") from exc
+
+        return await asyncio.to_thread(published)
 
     async def capacity(self) -> StoreCapacity:
         usage = await asyncio.to_thread(shutil.disk_usage, self.root)

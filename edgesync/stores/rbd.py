@@ -173,6 +173,9 @@ class RbdWriter(ImageWriter):
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # One future per aio write in flight, so flush() can wait for exactly
+        # the writes submitted before it while later ones keep the window full.
+        self._pending: set[asyncio.Future[None]] = set()
         self._failure: StoreError | None = None
 
     # -- public
@@ -217,6 +220,31 @@ class RbdWriter(ImageWriter):
         self.store._writers.discard(self)
         return Location(self.store.name, self.store.location_url(self.image_id))
 
+    async def read_back(self, offset: int, length: int) -> bytes:
+        self._check_open()
+        if offset < 0 or length < 0 or offset + length > self.size_bytes:
+            raise SizeMismatch(f"read of {length} bytes at {offset} is outside image {self.image_id} "
+                               f"({self.size_bytes} bytes)")
+        return await self.store._run(self._read_back_sync, offset, length,
+                                     what=f"reading back unpublished image {self.image_id}")
+
+    async def flush(self) -> None:
+        self._check_open()
+        submitted = list(self._pending)
+        if submitted:
+            await asyncio.wait(submitted)  # not gather: a cancelled flush must not cancel writes
+        self._raise_if_failed()
+        # With rbd_cache on (client_options), completed writes may sit in the cache.
+        await self.store._run(self._flush_sync, what=f"flushing image {self.image_id}")
+
+    async def suspend(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "suspended"
+        self.store._writers.discard(self)
+        await self._idle.wait()
+        await asyncio.to_thread(self._close_image)
+
     async def abort(self) -> None:
         if self._state in ("aborted", "published"):
             return
@@ -248,13 +276,15 @@ class RbdWriter(ImageWriter):
         assert image is not None, "open writer without an image"
         self._inflight += 1
         self._idle.clear()
+        done = self._loop.create_future()
+        self._pending.add(done)
 
         # Runs on a librbd thread. `piece` stays referenced by this closure
         # until librbd is done with it.
         def on_complete(completion: rbd.Completion) -> None:
             ret = completion.get_return_value()
             try:
-                self._loop.call_soon_threadsafe(self._completed, ret, offset, len(piece))
+                self._loop.call_soon_threadsafe(self._completed, ret, offset, len(piece), done)
             except RuntimeError:  # loop already closed: nobody is waiting any more
                 pass
 
@@ -263,9 +293,9 @@ class RbdWriter(ImageWriter):
             # (about 0.3 ms for 4 MiB): cheap enough for the loop thread.
             image.aio_write(piece, offset, on_complete)
         except rbd.Error as exc:
-            self._completed(-(getattr(exc, "errno", None) or errno.EIO), offset, len(piece))
+            self._completed(-(getattr(exc, "errno", None) or errno.EIO), offset, len(piece), done)
 
-    def _completed(self, ret: int, offset: int, length: int) -> None:
+    def _completed(self, ret: int, offset: int, length: int, done: asyncio.Future[None]) -> None:
         if ret < 0 and self._failure is None:
             self._failure = _store_error(
                 -ret, f"store {self.store.name}: writing {length} bytes at {offset} of image {self.image_id}"
@@ -273,6 +303,8 @@ class RbdWriter(ImageWriter):
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
+        self._pending.discard(done)
+        done.set_result(None)
         self._slots.release()
 
     async def _abort_quietly(self) -> None:
@@ -298,6 +330,16 @@ class RbdWriter(ImageWriter):
             rbd.RBD().rename(ioctx, self._partial, self.image_id)
         except rbd.ImageExists as exc:
             raise StoreImageExists(f"store {self.store.name} already holds image {self.image_id}") from exc
+
+    def _read_back_sync(self, _ioctx: rados.Ioctx, offset: int, length: int) -> bytes:
+        image = self._image
+        if image is None:
+            raise StoreError(f"writer for image {self.image_id} is closed")
+        return image.read(offset, length)
+
+    def _flush_sync(self, _ioctx: rados.Ioctx) -> None:
+        if self._image is not None:
+            self._image.flush()
 
     def _abort_sync(self, ioctx: rados.Ioctx) -> None:
         self._close_image()
@@ -684,6 +726,15 @@ class RbdStore(ImageStore):
     async def discard_unpublished(self, image_id: str) -> None:
         _check_id(image_id)
         await self._run(_discard, _partial_name(image_id), what=f"discarding unpublished image {image_id}")
+
+    async def image_ids(self) -> list[str]:
+        def published(ioctx: rados.Ioctx) -> list[str]:
+            names = [n for n in rbd.RBD().list(ioctx) if not n.endswith(PARTIAL_SUFFIX)]
+            # A name without the suffix is published (the rename comes last),
+            # unless something else put an image in the pool: check for `snap`.
+            return sorted(n for n in names if _is_published(ioctx, n))
+
+        return await self._run(published, what="listing images")
 
     # -- deleting
 

@@ -341,3 +341,44 @@ async def test_properties_say_thin_provisioned(store: ImageStore) -> None:
     json.dumps(props)  # served as JSON by the info endpoint
     capacity = await store.capacity()
     assert capacity is None or (capacity.used_bytes >= 0 and capacity.free_bytes >= 0)
+
+
+async def test_a_suspended_copy_reads_back_and_resumes(driver: Driver, image_id: str) -> None:
+    """What the agent's resume relies on: flushed writes read back, and survive suspend()."""
+    image = image_bytes(seed=5)
+    half = 12 * MiB
+    store = driver.make_store()
+    try:
+        writer = await store.open_writer(image_id, SIZE)
+        await write_all(writer, image[:half])
+        await writer.flush()
+        assert await writer.read_back(0, half) == image[:half]
+        assert await writer.read_back(half, 4 * MiB) == bytes(4 * MiB)  # not written: zeros
+        await writer.suspend()
+        assert not await store.exists(image_id)
+        assert await driver.leftovers(image_id) != []
+
+        async with await store.open_writer(image_id, SIZE, resume=True) as writer:
+            assert sha512(await writer.read_back(0, half)) == sha512(image[:half])
+            for off in range(half, SIZE, MiB):
+                await writer.write(off, image[off:off + MiB])
+            await writer.publish()
+        assert sha512(await read_all(store, image_id)) == sha512(image)
+    finally:
+        await delete_if_present(store, image_id)
+        await store.close()
+
+
+async def test_image_ids_lists_published_copies_only(store: ImageStore, image_id: str) -> None:
+    unpublished = str(uuid.uuid4())
+    await publish(store, image_id, b"\5" * MiB)
+    writer = await store.open_writer(unpublished, MiB)
+    try:
+        await writer.write(0, b"\6" * MiB)
+        ids = await store.image_ids()
+        assert image_id in ids and unpublished not in ids
+        assert ids == sorted(ids)
+    finally:
+        await writer.abort()
+        await store.delete(image_id)
+    assert image_id not in await store.image_ids()
