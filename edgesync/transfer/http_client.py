@@ -1,0 +1,258 @@
+"""The pulling side of the transfer protocol: `HttpSource`, a `DataSource`
+over HTTP, so `pump` copies from a remote site as from a local store.
+
+Every range is verified against its sha256 header; a corrupt range, a broken
+connection or a 5xx/429 is fetched again after a capped, jittered backoff,
+`max_attempts` times in all. What still fails is raised as a `TransferError`
+that says whether retrying the whole task later may help (`retryable`):
+the agent's task retry and its journal (resume by range) take it from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+from edgesync.bus.backoff import Backoff
+from edgesync.errors import EdgesyncError
+from edgesync.stores.base import Extent
+from edgesync.transfer.ratelimit import RateLimiter
+from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, data_path, extents_path, sha256_hex
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# No total deadline: a rate-limited 16 MiB range may legitimately take long.
+# A peer that goes silent is what must be caught, per socket read.
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
+# An error body is a short JSON message; never hold more of it than this.
+MAX_ERROR_BODY = 64 * 1024
+
+
+class TransferError(EdgesyncError):
+    """Pulling image bytes from another site failed. `status` is the peer's
+    HTTP status when it answered, None when the network failed."""
+
+    http_status = 502
+    title = "Bad Gateway"
+    retryable = True
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+class ChunkDigestMismatch(TransferError):
+    """A range's bytes don't match the sha256 its server sent with them."""
+
+
+@dataclass(frozen=True)
+class ExtentMap:
+    size: int
+    extents: tuple[Extent, ...]
+
+
+class HttpSource:
+    """A published copy on another site, read over HTTP by range.
+
+    Counters: `bytes_fetched` (data bodies received, refetches and broken
+    bodies included; the small extent-map JSON is not counted), `refetches`
+    (data ranges requested again) and `digest_mismatches`.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        image_id: str,
+        *,
+        token: str | None,
+        limiter: RateLimiter | None = None,
+        max_attempts: int = 6,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.image_id = image_id
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._headers = {AUTH_HEADER: token} if token else {}
+        self._limiter = limiter
+        self._max_attempts = max_attempts
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._map: ExtentMap | None = None
+        self._map_lock = asyncio.Lock()
+        self.bytes_fetched = 0
+        self.refetches = 0
+        self.digest_mismatches = 0
+
+    # -- DataSource
+
+    async def size(self) -> int:
+        return (await self._extent_map()).size
+
+    async def extents(self) -> list[Extent]:
+        return list((await self._extent_map()).extents)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self._retrying(
+            lambda: self._fetch_range(offset, length),
+            what=f"bytes {offset}+{length} of image {self.image_id}",
+            on_retry=self._count_refetch,
+        )
+
+    # -- the extent map, fetched once
+
+    async def _extent_map(self) -> ExtentMap:
+        async with self._map_lock:
+            if self._map is None:
+                self._map = await self._retrying(self._fetch_map, what=f"the extent map of image {self.image_id}")
+            return self._map
+
+    async def _fetch_map(self) -> ExtentMap:
+        url = self._base_url + extents_path(self.image_id)
+        try:
+            async with self._session.get(url, headers=self._headers, timeout=REQUEST_TIMEOUT) as resp:
+                if resp.status != 200:
+                    raise await _refusal(resp)
+                body = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _network_error(exc) from exc
+        return _parse_extent_map(body, self.image_id)
+
+    # -- ranges
+
+    async def _fetch_range(self, offset: int, length: int) -> bytes:
+        if self._limiter is not None:
+            await self._limiter.acquire(length)
+        url = self._base_url + data_path(self.image_id)
+        params = {"offset": str(offset), "length": str(length)}
+        try:
+            async with self._session.get(url, params=params, headers=self._headers, timeout=REQUEST_TIMEOUT) as resp:
+                if resp.status != 200:
+                    raise await _refusal(resp)
+                expected = resp.headers.get(CHUNK_DIGEST_HEADER)
+                if not expected:
+                    raise TransferError(f"the answer has no {CHUNK_DIGEST_HEADER} header", retryable=False)
+                if resp.content_length is not None and resp.content_length != length:
+                    raise TransferError(f"the server announced {resp.content_length} bytes")
+                body = await self._read_body(resp, length)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _network_error(exc) from exc
+        if await sha256_hex(body) != expected.strip().lower():
+            self.digest_mismatches += 1
+            raise ChunkDigestMismatch("the bytes received don't match their sha256")
+        return body
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, length: int) -> bytes:
+        """Exactly `length` bytes, counted as they arrive; a server sending
+        more is cut off rather than buffered."""
+        pieces: list[bytes] = []
+        received = 0
+        async for piece in resp.content.iter_any():
+            received += len(piece)
+            self.bytes_fetched += len(piece)
+            if received > length:
+                raise TransferError(f"the server sent more than the {length} bytes asked for")
+            pieces.append(piece)
+        if received != length:
+            raise TransferError(f"the body ended after {received} of {length} bytes")
+        return b"".join(pieces)
+
+    def _count_refetch(self) -> None:
+        self.refetches += 1
+
+    # -- retries
+
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[T]], *, what: str, on_retry: Callable[[], None] | None = None
+    ) -> T:
+        """`attempt()` until it succeeds, fails for good, or `max_attempts` ran out."""
+        backoff = Backoff(initial_s=self._backoff[0], max_s=self._backoff[1])
+        for number in range(1, self._max_attempts + 1):
+            try:
+                return await attempt()
+            except TransferError as exc:
+                if not exc.retryable:
+                    raise _about(exc, f"{self._base_url}: {what}: {exc.message}") from exc
+                if number == self._max_attempts:
+                    raise _about(exc, f"{self._base_url}: {what}: {exc.message} "
+                                      f"(gave up after {number} attempts)") from exc
+                delay = backoff.next_delay_s()
+                log.warning("%s: %s: %s; attempt %d of %d in %.2fs",
+                            self._base_url, what, exc.message, number + 1, self._max_attempts, delay)
+                await asyncio.sleep(delay)
+                if on_retry is not None:
+                    on_retry()
+        raise AssertionError("unreachable")
+
+
+def _about(exc: TransferError, message: str) -> TransferError:
+    """The same error (same class, status, retryability), saying what failed."""
+    return type(exc)(message, status=exc.status, retryable=exc.retryable)
+
+
+def _network_error(exc: BaseException) -> TransferError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return TransferError("the server went silent (timeout)")
+    return TransferError(f"{type(exc).__name__}: {exc}")
+
+
+async def _refusal(resp: aiohttp.ClientResponse) -> TransferError:
+    """A non-200 answer as an error: the server's own message, retryable
+    only for what may pass (5xx, 429 Too Many Requests)."""
+    retryable = resp.status >= 500 or resp.status == 429
+    message = _error_message(await _read_at_most(resp, MAX_ERROR_BODY)) or resp.reason or "no message"
+    return TransferError(f"HTTP {resp.status}: {message}", status=resp.status, retryable=retryable)
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    pieces: list[bytes] = []
+    received = 0
+    async for piece in resp.content.iter_any():
+        pieces.append(piece[:limit - received])
+        received += len(pieces[-1])
+        if received >= limit:
+            break
+    return b"".join(pieces)
+
+
+def _error_message(body: bytes) -> str:
+    """`error.message` of a JSON error body, else the body as text."""
+    try:
+        doc: Any = json.loads(body)
+        return str(doc["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace").strip()[:500]
+
+
+def _parse_extent_map(body: bytes, image_id: str) -> ExtentMap:
+    """Checked, so a confused server can't make `pump` write out of bounds."""
+    try:
+        doc: Any = json.loads(body)
+        size = doc["size"]
+        extents = tuple(Extent(int(off), int(length)) for off, length in doc["extents"])
+        valid = isinstance(size, int) and size >= 0 and _well_formed(extents, size)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TransferError(f"the extent map is not valid JSON of the expected shape: {exc}", retryable=False) from exc
+    if not valid:
+        raise TransferError(f"the extent map of image {image_id} is inconsistent (size {size})", retryable=False)
+    return ExtentMap(size, extents)
+
+
+def _well_formed(extents: tuple[Extent, ...], size: int) -> bool:
+    """Sorted, non-overlapping, non-empty ranges inside [0, size)."""
+    previous_end = 0
+    for extent in extents:
+        if extent.offset < previous_end or extent.length <= 0 or extent.end > size:
+            return False
+        previous_end = extent.end
+    return True

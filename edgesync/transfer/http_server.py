@@ -1,0 +1,163 @@
+"""The serving side of the transfer protocol: a published copy's extent map
+and its bytes by range, each range with its sha256.
+
+Mounted by the hub (agents pull from central) and by each agent (the hub
+pulls edge-created images). The routes answer errors as JSON themselves, so
+they behave the same with or without the hub's error middleware.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from edgesync.errors import BadRequest, EdgesyncError, RangeNotSatisfiable, StoreError
+from edgesync.stores.base import ImageStore
+from edgesync.transfer.wire import (
+    CHUNK_DIGEST_HEADER,
+    CORRUPT_CHUNKS_ENV,
+    MAX_RANGE_BYTES,
+    data_path,
+    extents_path,
+    sha256_hex,
+)
+
+log = logging.getLogger(__name__)
+
+Lookup = Callable[[str], Awaitable[ImageStore]]
+Authorize = Callable[[web.Request], None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def data_routes(lookup: Lookup, authorize: Authorize) -> web.RouteTableDef:
+    """The two routes. `lookup(image_id)` returns the store holding the
+    published copy (or raises NotFound/Conflict); `authorize(request)` raises
+    Unauthorized/Forbidden."""
+    routes = web.RouteTableDef()
+    corrupt = CorruptFirstChunks.from_env()
+
+    @routes.get(extents_path("{image_id}"))
+    @_json_errors
+    async def get_extents(request: web.Request) -> web.StreamResponse:
+        authorize(request)
+        image_id = request.match_info["image_id"]
+        store = await lookup(image_id)
+        size = await store.size(image_id)
+        extents = await store.extents(image_id)
+        return web.json_response({
+            "image_id": image_id,
+            "size": size,
+            "extents": [[e.offset, e.length] for e in extents],
+        })
+
+    @routes.get(data_path("{image_id}"))
+    @_json_errors
+    async def get_data(request: web.Request) -> web.StreamResponse:
+        authorize(request)
+        image_id = request.match_info["image_id"]
+        offset, length = _range_params(request.query)
+        store = await lookup(image_id)
+        size = await store.size(image_id)
+        if offset + length > size:
+            raise _past_the_end(offset, length, size)
+        body = await store.read(image_id, offset, length)
+        if len(body) != length:
+            raise StoreError(f"store {store.name} returned {len(body)} of {length} bytes at {offset} of image {image_id}")
+        digest = await sha256_hex(body)
+        return web.Response(
+            body=corrupt.apply(body),
+            content_type="application/octet-stream",
+            headers={CHUNK_DIGEST_HEADER: digest},
+        )
+
+    return routes
+
+
+def _range_params(query: Mapping[str, str]) -> tuple[int, int]:
+    offset = _non_negative_int(query, "offset")
+    length = _non_negative_int(query, "length")
+    if not 0 < length <= MAX_RANGE_BYTES:
+        raise BadRequest(f"length must be between 1 and {MAX_RANGE_BYTES} bytes, got {length}")
+    return offset, length
+
+
+def _non_negative_int(query: Mapping[str, str], name: str) -> int:
+    raw = query.get(name)
+    if raw is None:
+        raise BadRequest(f"the query parameter {name} is required")
+    if not raw.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+class _PastTheEnd(RangeNotSatisfiable):
+    """A 416 that also tells the image's size, as RFC 9110 asks."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+def _past_the_end(offset: int, length: int, size: int) -> _PastTheEnd:
+    return _PastTheEnd(f"bytes {offset}..{offset + length} are past the end of the image ({size} bytes)", size)
+
+
+def _json_errors(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except EdgesyncError as exc:
+            if exc.http_status >= 500:
+                log.error("%s %s: %s", request.method, request.path, exc.message)
+            response = error_response(exc.http_status, exc.title, exc.message)
+            if isinstance(exc, _PastTheEnd):
+                response.headers["Content-Range"] = f"bytes */{exc.size}"
+            return response
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            # A JSON 500 the client can retry, rather than aiohttp's bare text.
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, "Internal Server Error", f"serving {request.path} failed: {exc}")
+
+    return wrapped
+
+
+def error_response(status: int, title: str, message: str) -> web.Response:
+    """The hub's error body (see edgesync.hub.api.middleware), repeated here
+    so an agent serving data doesn't import the hub."""
+    return web.json_response({"error": {"code": status, "title": title, "message": message}}, status=status)
+
+
+class CorruptFirstChunks:
+    """TEST-ONLY fault hook: flips one byte in each of the first N data
+    responses, after their digest was computed, so the receiver must catch it.
+
+    Armed only when `EDGESYNC_TEST_CORRUPT_CHUNKS` holds an integer N > 0 when
+    `data_routes()` runs; unset, empty or anything else leaves it inert.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.remaining = count
+
+    @classmethod
+    def from_env(cls) -> "CorruptFirstChunks":
+        raw = os.environ.get(CORRUPT_CHUNKS_ENV, "").strip()
+        count = int(raw) if raw.isdigit() else 0
+        if count > 0:
+            log.warning("TEST-ONLY fault hook %s=%d: the next %d data responses will be corrupted",
+                        CORRUPT_CHUNKS_ENV, count, count)
+        return cls(count)
+
+    def apply(self, body: bytes) -> bytes:
+        if self.remaining <= 0 or not body:
+            return body
+        self.remaining -= 1
+        flipped = bytearray(body)
+        flipped[len(flipped) // 2] ^= 0xFF
+        return bytes(flipped)

@@ -1,0 +1,453 @@
+"""The transfer protocol end to end on loopback: a real FileStore served by
+`data_routes` on a real aiohttp server, pulled by `HttpSource` through `pump`
+into another FileStore. Faults are real too: corrupted bodies (the test-only
+hook), a connection cut mid-body, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from edgesync.errors import Forbidden, NotFound, StoreUnavailable, Unauthorized
+from edgesync.stores.base import ImageStore
+from edgesync.stores.file import FileStore
+from edgesync.transfer.http import (
+    CHUNK_DIGEST_HEADER,
+    CORRUPT_CHUNKS_ENV,
+    MAX_RANGE_BYTES,
+    PREFIX,
+    ChunkDigestMismatch,
+    HttpSource,
+    RateLimiter,
+    TransferError,
+    data_routes,
+)
+from edgesync.transfer.pipeline import pump
+
+MiB = 1 << 20
+KiB = 1 << 10
+TOKEN = "tok-site"
+Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                      Awaitable[web.StreamResponse]]
+
+# 37 MiB + 12 KiB, four data runs: one at the start, one across two 4 MiB
+# chunk boundaries, a small one, and one ending unaligned at the very end.
+IMAGE_SIZE = 37 * MiB + 12 * KiB
+IMAGE_RUNS = [(0, 1 * MiB), (3 * MiB + 64 * KiB, 6 * MiB), (20 * MiB, 64 * KiB), (IMAGE_SIZE - 200 * KiB, 200 * KiB)]
+
+
+# --- fixtures and helpers ---------------------------------------------------------
+
+
+@dataclass
+class Site:
+    """A store served over HTTP, with every request the server saw."""
+
+    store: ImageStore
+    url: str
+    requests: list[str]
+
+
+@pytest.fixture(autouse=True)
+def no_fault_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CORRUPT_CHUNKS_ENV, raising=False)
+
+
+@pytest.fixture
+def source_store(tmp_path: Path) -> FileStore:
+    return FileStore("central", tmp_path / "central")
+
+
+@pytest.fixture
+def dest_store(tmp_path: Path) -> FileStore:
+    return FileStore("dcn0", tmp_path / "dcn0")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def publish_sparse(store: FileStore, size: int, runs: list[tuple[int, int]]) -> tuple[str, bytes]:
+    """A published image of `size` bytes, random data in `runs`, holes elsewhere."""
+    image_id = str(uuid.uuid4())
+    content = bytearray(size)
+    async with await store.open_writer(image_id, size) as writer:
+        for offset, length in runs:
+            chunk = os.urandom(length)
+            content[offset:offset + length] = chunk
+            await writer.write(offset, chunk)
+        await writer.publish()
+    return image_id, bytes(content)
+
+
+def lookup_in(store: ImageStore) -> Callable[[str], Awaitable[ImageStore]]:
+    async def lookup(image_id: str) -> ImageStore:
+        if not await store.exists(image_id):
+            raise NotFound(f"no published copy of image {image_id} at this site")
+        return store
+    return lookup
+
+
+def authorize(request: web.Request) -> None:
+    token = request.headers.get("X-Auth-Token")
+    if token is None:
+        raise Unauthorized("this endpoint needs an X-Auth-Token")
+    if token != TOKEN:
+        raise Forbidden("this token may not read images here")
+
+
+@asynccontextmanager
+async def serving(
+    store: ImageStore,
+    *,
+    lookup: Callable[[str], Awaitable[ImageStore]] | None = None,
+    middlewares: tuple[Middleware, ...] = (),
+) -> AsyncIterator[Site]:
+    """`data_routes` over `store` on a real server on 127.0.0.1."""
+    requests: list[str] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        requests.append(request.path_qs)
+        return await handler(request)
+
+    app = web.Application(middlewares=[record, *middlewares])
+    app.add_routes(data_routes(lookup or lookup_in(store), authorize))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield Site(store, str(server.make_url("")).rstrip("/"), requests)
+    finally:
+        await server.close()
+
+
+def source(session: aiohttp.ClientSession, site: Site, image_id: str, **kwargs: object) -> HttpSource:
+    kwargs.setdefault("token", TOKEN)
+    kwargs.setdefault("backoff_initial_s", 0.01)
+    kwargs.setdefault("backoff_max_s", 0.05)
+    return HttpSource(session, site.url, image_id, **kwargs)  # type: ignore[arg-type]
+
+
+async def pull(src: HttpSource, dest: FileStore, image_id: str) -> str:
+    """What an agent does: pump into an unpublished copy, check, publish."""
+    size = await src.size()
+    async with await dest.open_writer(image_id, size) as writer:
+        digest = await pump(src, writer, size=size, with_md5=False)
+        await writer.publish()
+    return digest.os_hash_value
+
+
+async def read_all(store: ImageStore, image_id: str) -> bytes:
+    size = await store.size(image_id)
+    return await store.read(image_id, 0, size)
+
+
+def data_bytes(runs: list[tuple[int, int]]) -> int:
+    return sum(length for _, length in runs)
+
+
+# --- a whole copy ---------------------------------------------------------------------
+
+
+async def test_pull_gives_an_identical_sparse_copy_and_sends_only_data(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    async with serving(source_store) as site:
+        src = source(session, site, image_id)
+        os_hash_value = await pull(src, dest_store, image_id)
+
+    assert await read_all(dest_store, image_id) == content
+    assert os_hash_value == hashlib.sha512(content).hexdigest()
+    # Holes never cross the wire, and stay holes at the destination.
+    source_data = sum(e.length for e in await source_store.extents(image_id))
+    assert src.bytes_fetched == source_data == data_bytes(IMAGE_RUNS)
+    assert src.bytes_fetched <= 1.05 * await source_store.allocated_bytes(image_id)
+    assert await dest_store.allocated_bytes(image_id) <= 1.05 * data_bytes(IMAGE_RUNS)
+    assert await dest_store.extents(image_id) == await source_store.extents(image_id)
+    # One extent map, then only data ranges, none bigger than the protocol allows.
+    assert [r for r in site.requests if r.endswith("/extents")] == [f"{PREFIX}/images/{image_id}/extents"]
+    assert src.refetches == 0 and src.digest_mismatches == 0
+
+
+async def test_an_image_that_is_all_hole_transfers_no_bytes(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    image_id, content = await publish_sparse(source_store, 9 * MiB, [])
+    async with serving(source_store) as site:
+        src = source(session, site, image_id)
+        assert await pull(src, dest_store, image_id) == hashlib.sha512(content).hexdigest()
+    assert src.bytes_fetched == 0
+    assert await dest_store.size(image_id) == 9 * MiB
+    assert await dest_store.allocated_bytes(image_id) == 0
+
+
+# --- corruption ---------------------------------------------------------------------
+
+
+async def test_corrupted_ranges_are_caught_and_fetched_again(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    monkeypatch.setenv(CORRUPT_CHUNKS_ENV, "2")
+    async with serving(source_store) as site:
+        src = source(session, site, image_id)
+        os_hash_value = await pull(src, dest_store, image_id)
+
+    assert await read_all(dest_store, image_id) == content
+    assert os_hash_value == hashlib.sha512(content).hexdigest()
+    assert src.digest_mismatches == 2
+    assert src.refetches >= 2
+
+
+async def test_a_source_that_always_corrupts_fails_and_publishes_nothing(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image_id, _ = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    monkeypatch.setenv(CORRUPT_CHUNKS_ENV, "1000000")
+    async with serving(source_store) as site:
+        src = source(session, site, image_id, max_attempts=3)
+        with pytest.raises(ChunkDigestMismatch) as caught:
+            await pull(src, dest_store, image_id)
+
+    assert caught.value.retryable
+    assert "gave up after 3 attempts" in caught.value.message
+    assert src.digest_mismatches >= 3
+    assert not await dest_store.exists(image_id)
+    assert list(dest_store.root.iterdir()) == []  # the writer was aborted: no .partial left
+
+
+async def test_the_fault_hook_is_inert_unless_a_positive_integer(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image_id, content = await publish_sparse(source_store, 8 * MiB, [(0, 8 * MiB)])
+    for value in ("", "0", "-3", "two"):
+        monkeypatch.setenv(CORRUPT_CHUNKS_ENV, value)
+        async with serving(source_store) as site:
+            src = source(session, site, image_id)
+            assert await src.read(0, 4 * MiB) == content[:4 * MiB]
+            assert src.digest_mismatches == 0, value
+
+
+# --- the network fails ----------------------------------------------------------------
+
+
+def drop_first_data_response_mid_body() -> tuple[Middleware, list[int]]:
+    """A middleware that answers the first data request with its real headers
+    and half its body, then cuts the connection."""
+    dropped: list[int] = []
+
+    @web.middleware
+    async def drop_once(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        response = await handler(request)
+        if dropped or not request.path.endswith("/data") or not isinstance(response, web.Response):
+            return response
+        body = response.body
+        assert isinstance(body, bytes)
+        dropped.append(len(body) // 2)
+        partial = web.StreamResponse(headers={
+            CHUNK_DIGEST_HEADER: response.headers[CHUNK_DIGEST_HEADER],
+            "Content-Length": str(len(body)),
+        })
+        await partial.prepare(request)
+        await partial.write(body[:len(body) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return partial
+    return drop_once, dropped
+
+
+async def test_a_connection_cut_mid_body_is_retried(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    drop_once, dropped = drop_first_data_response_mid_body()
+    async with serving(source_store, middlewares=(drop_once,)) as site:
+        src = source(session, site, image_id)
+        os_hash_value = await pull(src, dest_store, image_id)
+
+    assert dropped, "the fault never happened"
+    assert await read_all(dest_store, image_id) == content
+    assert os_hash_value == hashlib.sha512(content).hexdigest()
+    assert src.refetches == 1
+    assert src.digest_mismatches == 0
+    # The half body that arrived before the cut was on the wire too.
+    assert data_bytes(IMAGE_RUNS) < src.bytes_fetched <= data_bytes(IMAGE_RUNS) + dropped[0]
+
+
+async def test_an_unavailable_store_is_retried(
+    source_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    image_id, content = await publish_sparse(source_store, 4 * MiB, [(0, 4 * MiB)])
+    calls = 0
+
+    async def flaky_lookup(wanted: str) -> ImageStore:
+        # Fails the first try of the map (call 0) and of the range (call 2).
+        nonlocal calls
+        calls += 1
+        if calls in (1, 3):
+            raise StoreUnavailable("ceph is recovering")
+        return source_store
+
+    async with serving(source_store, lookup=flaky_lookup) as site:
+        src = source(session, site, image_id)
+        assert await src.size() == 4 * MiB  # the map survived one 503
+        assert await src.read(0, 4 * MiB) == content  # the range survived another
+    assert src.refetches == 1
+
+
+async def test_an_unreachable_peer_fails_retryable(session: aiohttp.ClientSession) -> None:
+    src = HttpSource(session, unused_loopback_url(), str(uuid.uuid4()), token=TOKEN, max_attempts=2,
+                     backoff_initial_s=0.01, backoff_max_s=0.01)
+    with pytest.raises(TransferError) as caught:
+        await src.extents()
+    assert caught.value.retryable and caught.value.status is None
+    assert "gave up after 2 attempts" in caught.value.message
+
+
+def unused_loopback_url() -> str:
+    """A loopback URL nobody listens on (the port was bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token,status", [(None, 401), ("tok-other-site", 403)])
+async def test_refused_credentials_fail_at_once_and_for_good(
+    source_store: FileStore, session: aiohttp.ClientSession, token: str | None, status: int
+) -> None:
+    image_id, _ = await publish_sparse(source_store, 4 * MiB, [(0, 64 * KiB)])
+    async with serving(source_store) as site:
+        src = source(session, site, image_id, token=token)
+        with pytest.raises(TransferError) as caught:
+            await src.extents()
+        assert len(site.requests) == 1  # not retried
+    assert not caught.value.retryable
+    assert caught.value.status == status
+    assert ("X-Auth-Token" if status == 401 else "may not read") in caught.value.message
+
+
+async def test_an_unknown_image_is_a_404_in_json(
+    source_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    missing = str(uuid.uuid4())
+    async with serving(source_store) as site:
+        async with session.get(f"{site.url}{PREFIX}/images/{missing}/extents",
+                               headers={"X-Auth-Token": TOKEN}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"] == {
+                "code": 404, "title": "Not Found",
+                "message": f"no published copy of image {missing} at this site",
+            }
+        src = source(session, site, missing)
+        with pytest.raises(TransferError) as caught:
+            await src.read(0, 4096)
+    assert caught.value.status == 404 and not caught.value.retryable
+    assert "no published copy" in caught.value.message
+
+
+@pytest.mark.parametrize("query,status", [
+    ("offset=0", 400),                                   # no length
+    ("length=4096", 400),                                # no offset
+    ("offset=0&length=0", 400),                          # empty range
+    (f"offset=0&length={MAX_RANGE_BYTES + 1}", 400),     # too big for one request
+    ("offset=-1&length=4096", 400),
+    ("offset=x&length=4096", 400),
+    (f"offset={4 * MiB}&length=1", 416),                 # starts at the end
+    (f"offset={4 * MiB - 10}&length=11", 416),           # runs one byte past it
+])
+async def test_ranges_are_validated(
+    source_store: FileStore, session: aiohttp.ClientSession, query: str, status: int
+) -> None:
+    image_id, _ = await publish_sparse(source_store, 4 * MiB, [(0, 64 * KiB)])
+    async with serving(source_store) as site:
+        async with session.get(f"{site.url}{PREFIX}/images/{image_id}/data?{query}",
+                               headers={"X-Auth-Token": TOKEN}) as resp:
+            body = await resp.json()
+    assert resp.status == status, body
+    assert body["error"]["code"] == status and body["error"]["message"]
+    if status == 416:
+        assert resp.headers["Content-Range"] == f"bytes */{4 * MiB}"
+
+
+async def test_a_range_comes_with_its_digest_and_length(
+    source_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    image_id, content = await publish_sparse(source_store, 4 * MiB, [(0, 64 * KiB)])
+    async with serving(source_store) as site:
+        async with session.get(f"{site.url}{PREFIX}/images/{image_id}/data?offset={4 * MiB - 100}&length=100",
+                               headers={"X-Auth-Token": TOKEN}) as resp:
+            body = await resp.read()
+        async with session.get(f"{site.url}{PREFIX}/images/{image_id}/extents",
+                               headers={"X-Auth-Token": TOKEN}) as resp_map:
+            extent_map = await resp_map.json()
+    assert resp.status == 200
+    assert body == content[-100:]  # a hole reads as zeros when asked for
+    assert resp.headers["Content-Length"] == "100"
+    assert resp.headers[CHUNK_DIGEST_HEADER] == hashlib.sha256(body).hexdigest()
+    assert extent_map == {"image_id": image_id, "size": 4 * MiB, "extents": [[0, 64 * KiB]]}
+
+
+# --- the bandwidth limit ---------------------------------------------------------------
+
+
+async def test_the_rate_limit_paces_a_pull(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
+) -> None:
+    image_id, content = await publish_sparse(source_store, 8 * MiB, [(0, 8 * MiB)])
+    limiter = RateLimiter(16 * MiB)
+    async with serving(source_store) as site:
+        src = source(session, site, image_id, limiter=limiter)
+        started = time.monotonic()
+        await pull(src, dest_store, image_id)
+        elapsed = time.monotonic() - started
+    assert await read_all(dest_store, image_id) == content
+    assert elapsed >= 0.45  # 8 MiB at 16 MiB/s; only the lower bound, so never flaky
+
+
+async def test_the_rate_limit_is_shared_by_concurrent_transfers() -> None:
+    limiter = RateLimiter(16 * MiB)
+    started = time.monotonic()
+    await asyncio.gather(*(limiter.acquire(1 * MiB) for _ in range(8)))
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_no_limit_means_no_wait() -> None:
+    started = time.monotonic()
+    for limiter in (RateLimiter(0), RateLimiter(-1)):
+        await limiter.acquire(1 << 40)
+    assert time.monotonic() - started < 0.1
+
+
+async def test_a_cancelled_wait_gives_its_bytes_back() -> None:
+    limiter = RateLimiter(16 * MiB)
+    waiter = asyncio.create_task(limiter.acquire(16 * MiB))  # would wait 1 s
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    started = time.monotonic()
+    await limiter.acquire(1 * MiB)  # waits for its own 1/16 s, not the cancelled second
+    assert time.monotonic() - started < 0.5
