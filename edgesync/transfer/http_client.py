@@ -103,6 +103,9 @@ class HttpSource:
         return list((await self._extent_map()).extents)
 
     async def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (at most `MAX_RANGE_BYTES`: pump asks for 4 MiB)."""
+        if length == 0:
+            return b""
         return await self._retrying(
             lambda: self._fetch_range(offset, length),
             what=f"bytes {offset}+{length} of image {self.image_id}",
