@@ -11,6 +11,7 @@ the agent's task retry and its journal (resume by range) take it from there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -87,7 +88,9 @@ class HttpSource:
         self._headers = {AUTH_HEADER: token} if token else {}
         self._limiter = limiter
         self._max_attempts = max_attempts
-        self._backoff = (backoff_initial_s, backoff_max_s)
+        # Built once here so a bad pair of delays fails now, not at the first retry.
+        self._new_backoff = functools.partial(Backoff, initial_s=backoff_initial_s, max_s=backoff_max_s)
+        self._new_backoff()
         self._map: ExtentMap | None = None
         self._map_lock = asyncio.Lock()
         self.bytes_fetched = 0
@@ -179,7 +182,7 @@ class HttpSource:
         self, attempt: Callable[[], Awaitable[T]], *, what: str, on_retry: Callable[[], None] | None = None
     ) -> T:
         """`attempt()` until it succeeds, fails for good, or `max_attempts` ran out."""
-        backoff = Backoff(initial_s=self._backoff[0], max_s=self._backoff[1])
+        backoff = self._new_backoff()
         for number in range(1, self._max_attempts + 1):
             try:
                 return await attempt()
