@@ -50,6 +50,10 @@ class SiteConfig:
     storage_availability_zone: str
     store: StoreConfig
     source: Path | None = None
+    # Where the hub reaches this site's agent (data endpoint), and the token
+    # that agent accepts; from the site file's [agent] table, if it has one.
+    agent_url: str | None = None
+    agent_token_file: Path | None = None
 
     @property
     def is_central(self) -> bool:
@@ -89,6 +93,18 @@ class ImportConfig:
 
 
 @dataclass(frozen=True)
+class HubBusConfig:
+    """The hub's MQTT connection; without it, copies run inside the hub."""
+
+    host: str
+    port: int
+    username: str
+    password_file: Path
+    offline_deadline_s: float = 3600.0
+    stale_after_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class HubConfig:
     host: str
     port: int
@@ -99,6 +115,7 @@ class HubConfig:
     auth: str = "token"  # "token" | "noauth"
     show_locations: bool = False
     imports: ImportConfig = field(default_factory=ImportConfig)
+    bus: HubBusConfig | None = None
     source: Path | None = None
 
     @property
@@ -201,10 +218,14 @@ def load_site(path: Path) -> SiteConfig:
             f"Cinder (availability_zone={az!r}, compute_availability_zone="
             f"{compute_az!r}, storage_availability_zone={storage_az!r}); set them equal"
         )
+    agent = r.sub("agent")
+    listen = agent.get("listen", str, None)
     return SiteConfig(
         name=name, role=role, availability_zone=az,
         compute_availability_zone=compute_az, storage_availability_zone=storage_az,
         store=_load_store(r.sub("store"), base, name), source=path,
+        agent_url=agent.get("public_url", str, f"http://{listen}" if listen else None),
+        agent_token_file=agent.path("token_file", base, None),
     )
 
 
@@ -281,7 +302,19 @@ def load_hub(path: Path) -> HubConfig:
         sites=load_sites(hub.path("sites_dir", base)),
         tokens_file=tokens, auth=auth,
         show_locations=hub.get("show_locations", bool, False),
-        imports=_load_imports(r.sub("import")), source=path,
+        imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path,
+    )
+
+
+def _load_hub_bus(r: _Reader, base: Path) -> HubBusConfig | None:
+    if "bus" not in r.table:
+        return None
+    bus, agents = r.sub("bus"), r.sub("agents")
+    return HubBusConfig(
+        host=bus.get("host", str), port=bus.get("port", int), username=bus.get("username", str, "hub"),
+        password_file=bus.path("password_file", base),
+        offline_deadline_s=float(agents.get("offline_deadline_s", (int, float), 3600.0)),
+        stale_after_s=float(agents.get("stale_after_s", (int, float), 30.0)),
     )
 
 

@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
-from edgesync.config import HubConfig
+from edgesync.config import HubConfig, SiteConfig
+from edgesync.errors import Conflict
+from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
+from edgesync.hub.remote import AgentCommands, RemoteStore
+from edgesync.hub.sites import SiteRegistry
+from edgesync.transfer.http import data_routes
 from edgesync.hub.api import discovery, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
@@ -41,6 +47,10 @@ class Hub:
     images: ImageService = field(init=False)
     importer: Importer = field(init=False)
     runner: web.AppRunner | None = field(init=False, default=None)
+    agents: AgentCommands | None = field(init=False, default=None)
+    registry: SiteRegistry | None = field(init=False, default=None)
+    publisher: OutboxPublisher | None = field(init=False, default=None)
+    _bus_task: asyncio.Task[None] | None = field(init=False, default=None)
 
     @property
     def central(self) -> str:
@@ -53,7 +63,7 @@ class Hub:
         self.stores = {}
         try:
             for site in cfg.sites:
-                self.stores[site.name] = open_store(site)
+                self.stores[site.name] = self._store_for(site)
             staging = Staging(cfg.staging_dir)
             replicator = InHubReplicator(self.stores)
             self.images = ImageService(catalog=self.catalog, stores=self.stores, config=cfg,
@@ -67,6 +77,38 @@ class Hub:
             await self._close_stores_and_catalog()
             raise
 
+    def _store_for(self, site: SiteConfig) -> ImageStore:
+        """Central's store is opened here; with a bus, every other site's store
+        is its agent's (RemoteStore); without one, the hub opens them all."""
+        if site.is_central or self.config.bus is None:
+            return open_store(site)
+        if self.agents is None:
+            bus = self.config.bus
+            self.registry = SiteRegistry(self.config.sites, stale_after_s=bus.stale_after_s)
+            self.publisher = OutboxPublisher(self.catalog)
+            self.agents = AgentCommands(self.catalog, self.publisher, self.registry,
+                                        offline_deadline_s=bus.offline_deadline_s)
+        token = site.agent_token_file.read_text().strip() if site.agent_token_file else None
+        return RemoteStore(site, self.agents, hub_url=self.config.public_url,
+                           agent_url=site.agent_url, agent_token=token)
+
+    async def _start_bus(self) -> None:
+        bus = self.config.bus
+        if bus is None or self.agents is None:
+            return
+        settings = BusSettings(host=bus.host, port=bus.port, username=bus.username,
+                               password=bus.password_file.read_text().strip())
+        router = EventRouter(self.registry, self.agents.on_event)
+        self._bus_task = asyncio.create_task(
+            run_hub_bus(BusClient(settings), self.publisher, router), name="hub-bus")
+
+    async def _central_copy(self, image_id: str) -> ImageStore:
+        """For agents pulling: central's store, if it holds the image."""
+        image = await self.catalog.require_image(image_id)
+        if self.central not in image.stores:
+            raise Conflict(f"Image {image_id} has no copy in the central store")
+        return self.stores[self.central]
+
     def app(self) -> web.Application:
         tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]
         app = web.Application(middlewares=[json_errors, auth_middleware(tokens)],
@@ -74,11 +116,15 @@ class Hub:
         app[HUB_KEY] = self
         app.add_routes(discovery.routes)
         app.add_routes(images.routes)
+        # Agents pull central's copies here (any valid token; the auth
+        # middleware has already checked it).
+        app.add_routes(data_routes(self._central_copy, lambda request: None))
         return app
 
     async def start(self) -> None:
         await self.open()
         try:
+            await self._start_bus()
             runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
             await runner.setup()
             self.runner = runner
@@ -91,6 +137,9 @@ class Hub:
     async def close(self, grace_s: float = 5.0) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        if self._bus_task is not None:
+            self._bus_task.cancel()
+            await asyncio.gather(self._bus_task, return_exceptions=True)
         await self.importer.shutdown(grace_s)
         await self._close_stores_and_catalog()
 

@@ -337,7 +337,8 @@ class Importer:
         await self._set_job(task, store, StoreJobState.RUNNING, bytes_total=image.size or 0)
         try:
             location = await self.replicator.replicate(
-                image, self.central, store, self._progress_recorder(task, store))
+                image, self.central, store, self._progress_recorder(task, store),
+                job_id=f"{task.id}-{store}")
         except Exception as exc:
             # Any failure fails this store only: letting one escape would end
             # the gather while sibling copies still run, and finalize under them.

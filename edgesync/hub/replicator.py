@@ -3,8 +3,8 @@
 `Replicator` is what the import orchestration calls; it never touches store
 internals. `InHubReplicator` does the copy inside the hub process, reading
 from the source store and writing the destination store through the store
-interface. Site agents (next step) take over non-central destinations behind
-this same seam.
+interface — unless the destination is a site's agent (`RemoteStore`), which
+then makes the copy itself, pulling from the hub.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 from typing import Protocol
 
 from edgesync.errors import StoreError, StoreImageExists
+from edgesync.hub.remote import RemoteStore
 from edgesync.model import Image
 from edgesync.stores.base import ImageStore, Location
 from edgesync.transfer.pipeline import ProgressFn, StoreSource, pump
@@ -27,8 +28,10 @@ class DigestMismatch(StoreError):
 
 
 class Replicator(Protocol):
-    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn) -> Location:
-        """Make a verified, published copy of `image` from store `source` in `dest`."""
+    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn,
+                        *, job_id: str) -> Location:
+        """Make a verified, published copy of `image` from store `source` in
+        `dest`. `job_id` names this copy: repeating it is harmless."""
 
     async def remove(self, image_id: str, store: str) -> None:
         """Delete the copy of `image_id` in `store`."""
@@ -38,9 +41,12 @@ class InHubReplicator:
     def __init__(self, stores: dict[str, ImageStore]) -> None:
         self._stores = stores
 
-    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn) -> Location:
+    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn,
+                        *, job_id: str) -> Location:
         assert image.size is not None and image.os_hash_value, "only active images are copied"
         target = self._stores[dest]
+        if isinstance(target, RemoteStore):
+            return await target.replicate(image, job_id, on_progress)  # the site's agent copies
         try:
             writer = await target.open_writer(image.id, image.size)
         except StoreImageExists:
