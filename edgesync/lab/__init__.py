@@ -56,7 +56,8 @@ def pid_alive(pid: int | None) -> bool:
         return False
 
 
-async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None) -> dict[str, Any]:
+async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
+             agents: bool = False) -> dict[str, Any]:
     sites = sites or ["central", "dcn0", "dcn1"]
     if len(set(sites)) != len(sites) or not sites:
         raise LabError(f"--sites needs distinct site names, got {sites}")
@@ -66,42 +67,104 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
             return info  # already running: change nothing
         await down(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "logs").mkdir(exist_ok=True)
     clusters = await _start_ceph(directory, sites) if store == "rbd" else {}
-    _write_site_files(directory, sites, store, clusters)
+    edges = sites[1:] if agents else []
+    broker = await _start_broker(directory, edges) if edges else None
     port = _free_port()
+    hub_url = f"http://127.0.0.1:{port}"
+    agent_ports = {site: _free_port() for site in edges}
+    _write_site_files(directory, sites, store, clusters, hub_url=hub_url, broker=broker, agent_ports=agent_ports)
     admin_token = secrets.token_hex(16)
     member_token = secrets.token_hex(16)
-    _write_hub_files(directory, port, admin_token, member_token)
-    hub_pid = _spawn_hub(directory)
-    hub_url = f"http://127.0.0.1:{port}"
+    _write_hub_files(directory, port, admin_token, member_token, broker=broker, edges=edges)
+    hub_pid = _spawn(directory, "hub", ["hub", "--config", str(directory / "hub.toml")])
     info = {
         "dir": str(directory), "store": store, "hub_url": hub_url, "hub_pid": hub_pid,
         "admin_token": admin_token, "member_token": member_token,
         "hub_config": str(directory / "hub.toml"),
-        "sites": {name: _site_info(name, i, store, clusters.get(name)) for i, name in enumerate(sites)},
+        "broker": {"host": broker.host, "port": broker.port} if broker else None,
+        "sites": {name: _site_info(name, i, store, clusters.get(name), agent_ports.get(name))
+                  for i, name in enumerate(sites)},
     }
-    (directory / LAB_FILE).write_text(json.dumps(info, indent=2))
+    _save(directory, info)
     try:
         await _wait_ready(hub_url, hub_pid, directory / "logs" / "hub.log")
+        for site in edges:
+            await start_agent(directory, site)
     except LabError:
         await down(directory)
         raise
-    return info
+    return read_info(directory)
+
+
+def _save(directory: Path, info: dict[str, Any]) -> None:
+    tmp = directory / (LAB_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(directory / LAB_FILE)
+
+
+async def start_agent(directory: Path, site: str) -> int:
+    """Start one site's agent (if it isn't running) and wait until it serves."""
+    info = read_info(directory)
+    entry = info["sites"].get(site)
+    if entry is None or entry.get("agent_url") is None:
+        raise LabError(f"site {site!r} has no agent in the lab in {directory}")
+    if pid_alive(entry.get("agent_pid")):
+        return int(entry["agent_pid"])
+    pid = _spawn(directory, f"agent-{site}", ["agent", "--config", str(directory / "sites" / f"{site}.toml")])
+    entry["agent_pid"] = pid
+    _save(directory, info)
+    await _wait_ready(entry["agent_url"], pid, directory / "logs" / f"agent-{site}.log")
+    return pid
+
+
+async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:
+    """Stop one site's agent: SIGTERM (a clean stop), or SIGKILL with `kill`."""
+    info = read_info(directory)
+    entry = info["sites"].get(site)
+    if entry is None:
+        raise LabError(f"no site {site!r} in the lab in {directory}")
+    pid = entry.get("agent_pid")
+    if kill and pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    await _stop_pid(pid)
+    entry["agent_pid"] = None
+    _save(directory, info)
+
+
+async def _start_broker(directory: Path, edges: list[str]) -> Any:
+    from edgesync.lab import mosquitto
+
+    broker = await mosquitto.up(directory / "mosquitto", edges)
+    secrets_dir = directory / "secrets"
+    secrets_dir.mkdir(exist_ok=True, mode=0o700)
+    for user, password in broker.users.items():
+        _write_secret(secrets_dir / f"{user}.mqtt", password)
+    return broker
 
 
 async def down(directory: Path) -> None:
     info = read_info(directory) if (directory / LAB_FILE).exists() else {}
+    for entry in info.get("sites", {}).values():
+        await _stop_pid(entry.get("agent_pid"))
+        entry["agent_pid"] = None
     await _stop_pid(info.get("hub_pid"))
+    if (directory / "mosquitto").exists():
+        from edgesync.lab import mosquitto
+
+        await mosquitto.down(directory / "mosquitto")
     if (directory / "ceph").exists():
         from edgesync.lab import ceph
 
         await ceph.down(directory / "ceph")
     if info:
         info["hub_pid"] = None
-        (directory / LAB_FILE).write_text(json.dumps(info, indent=2))
+        _save(directory, info)
 
 
-def _site_info(name: str, index: int, store: str, cluster: Any) -> dict[str, Any]:
+def _site_info(name: str, index: int, store: str, cluster: Any, agent_port: int | None) -> dict[str, Any]:
+    agent_url = f"http://127.0.0.1:{agent_port}" if agent_port else None
     return {
         "role": "central" if index == 0 else "edge",
         "store": store,
@@ -112,8 +175,9 @@ def _site_info(name: str, index: int, store: str, cluster: Any) -> dict[str, Any
         "keyring": str(cluster.keyring) if cluster else None,
         "ceph_user": cluster.user if cluster else None,
         "store_path": None if cluster else str(_store_dir_for(name)),
+        "agent_url": agent_url,
         "agent_pid": None,
-        "metrics_url": None,
+        "metrics_url": f"{agent_url}/metrics" if agent_url else None,
     }
 
 
@@ -131,7 +195,8 @@ def _toml_str(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def _write_site_files(directory: Path, sites: list[str], store: str, clusters: dict[str, Any]) -> None:
+def _write_site_files(directory: Path, sites: list[str], store: str, clusters: dict[str, Any], *,
+                      hub_url: str, broker: Any, agent_ports: dict[str, int]) -> None:
     site_dir = directory / "sites"
     site_dir.mkdir(exist_ok=True)
     for old in site_dir.glob("*.toml"):
@@ -150,15 +215,44 @@ def _write_site_files(directory: Path, sites: list[str], store: str, clusters: d
                       f"user = {_toml_str(c.user)}", f"keyring = {_toml_str(c.keyring)}"]
         else:
             lines.append(f"path = {_toml_str(directory / _store_dir_for(name))}")
+        if name in agent_ports:
+            lines += _agent_section(directory, name, hub_url, broker, agent_ports[name])
         (site_dir / f"{name}.toml").write_text("\n".join(lines) + "\n")
 
 
-def _write_hub_files(directory: Path, port: int, admin_token: str, member_token: str) -> None:
+def _agent_section(directory: Path, site: str, hub_url: str, broker: Any, port: int) -> list[str]:
+    from edgesync.lab import mosquitto
+
+    secrets_dir = directory / "secrets"
+    token_file = secrets_dir / f"{site}.token"
+    _write_secret(token_file, secrets.token_hex(16))
+    user = mosquitto.site_user(site)
+    return [
+        "", "[agent]", f"hub_url = {_toml_str(hub_url)}", f"token_file = {_toml_str(token_file)}",
+        f"state_dir = {_toml_str(directory / 'agents' / site)}", f'listen = "127.0.0.1:{port}"',
+        "heartbeat_interval_s = 1",
+        "", "[agent.broker]", f"host = {_toml_str(broker.host)}", f"port = {broker.port}",
+        f"username = {_toml_str(user)}", f"password_file = {_toml_str(secrets_dir / f'{user}.mqtt')}",
+    ]
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+
+
+def _write_hub_files(directory: Path, port: int, admin_token: str, member_token: str, *,
+                     broker: Any, edges: list[str]) -> None:
     tokens = directory / "tokens.toml"
-    tokens.write_text(
-        f'[tokens.{admin_token}]\nuser = "admin"\nproject = "admin"\nroles = ["admin"]\n\n'
-        f'[tokens.{member_token}]\nuser = "demo"\nproject = "demo"\nroles = ["member"]\n'
-    )
+    entries = [
+        f'[tokens.{admin_token}]\nuser = "admin"\nproject = "admin"\nroles = ["admin"]\n',
+        f'[tokens.{member_token}]\nuser = "demo"\nproject = "demo"\nroles = ["member"]\n',
+    ]
+    for site in edges:  # each agent's token: it pulls central's copies with it
+        site_token = (directory / "secrets" / f"{site}.token").read_text().strip()
+        entries.append(f'[tokens.{site_token}]\nuser = "agent-{site}"\nproject = "edgesync-agents"\n'
+                       'roles = ["agent"]\n')
+    tokens.write_text("\n".join(entries))
     tokens.chmod(0o600)
     (directory / "hub.toml").write_text(
         "[hub]\n"
@@ -174,15 +268,29 @@ def _write_hub_files(directory: Path, port: int, admin_token: str, member_token:
         "# The lab serves test images from 127.0.0.1 on high ports.\n"
         'allowed_schemes = ["http", "https"]\n'
         "allowed_ports = []\n"
+        + (_hub_bus_section(directory, broker) if broker else "")
     )
 
 
-def _spawn_hub(directory: Path) -> int:
+def _hub_bus_section(directory: Path, broker: Any) -> str:
+    return (
+        "\n[bus]\n"
+        f"host = {_toml_str(broker.host)}\nport = {broker.port}\n"
+        f"username = {_toml_str(broker.hub_user)}\n"
+        f"password_file = {_toml_str(directory / 'secrets' / f'{broker.hub_user}.mqtt')}\n"
+        "\n[agents]\n"
+        "# The lab's agents heartbeat every second; a copy to a site that stays\n"
+        "# down this long fails with 'site offline'.\n"
+        "stale_after_s = 5\noffline_deadline_s = 300\n"
+    )
+
+
+def _spawn(directory: Path, name: str, args: list[str]) -> int:
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    with (logs / "hub.log").open("ab") as log:
+    with (logs / f"{name}.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgesync", "hub", "--config", str(directory / "hub.toml")],
+            [sys.executable, "-m", "edgesync", *args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives `lab up`; stopped by pid
         )
@@ -194,7 +302,7 @@ async def _wait_ready(url: str, pid: int, log_path: Path) -> None:
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if not pid_alive(pid):
-                raise LabError(f"the hub exited during start-up; its log says:\n{_tail(log_path)}")
+                raise LabError(f"{log_path.stem} exited during start-up; its log says:\n{_tail(log_path)}")
             try:
                 async with session.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
@@ -202,7 +310,7 @@ async def _wait_ready(url: str, pid: int, log_path: Path) -> None:
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
             await asyncio.sleep(0.2)
-    raise LabError(f"the hub did not answer within {HUB_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
+    raise LabError(f"{log_path.stem} did not answer within {HUB_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
 
 
 async def _stop_pid(pid: int | None, timeout_s: float = 15.0) -> None:
