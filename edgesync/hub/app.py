@@ -22,7 +22,7 @@ from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.remote import AgentCommands, RemoteStore
 from edgesync.hub.sites import SiteRegistry
 from edgesync.transfer.http import data_routes
-from edgesync.hub.api import discovery, images
+from edgesync.hub.api import discovery, edge, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
 from edgesync.hub.auth import TokenTable
@@ -116,6 +116,7 @@ class Hub:
         app[HUB_KEY] = self
         app.add_routes(discovery.routes)
         app.add_routes(images.routes)
+        app.add_routes(edge.routes)
         # Agents pull central's copies here (any valid token; the auth
         # middleware has already checked it).
         app.add_routes(data_routes(self._central_copy, lambda request: None))

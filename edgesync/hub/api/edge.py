@@ -1,0 +1,69 @@
+"""edgesync's own endpoints beside the Glance API.
+
+* `GET /edgesync/v1/boot-location?availability_zone=AZ&image_id=ID[&copy=true]`:
+  the location a compute node in AZ boots the image from — only ever the
+  location in the store paired with that AZ (one AZ, one site, one store).
+  If that store lacks the image and `copy=true`, a copy to it is started
+  (the seeds' "copied automatically at instance launch") and the answer is
+  202 with the copy's progress to poll; without `copy`, 404.
+* `GET /edgesync/v1/sites`: each site, its AZ, role, store, and (with agents)
+  whether its agent is up, heartbeat age, work in flight and free space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from edgesync.errors import BadRequest, NotFound
+from edgesync.hub.api.context import caller_of, hub_of
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/edgesync/v1/boot-location")
+async def boot_location(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    az = request.query.get("availability_zone")
+    image_id = request.query.get("image_id")
+    if not az or not image_id:
+        raise BadRequest("Give availability_zone and image_id, e.g. ?availability_zone=dcn0&image_id=UUID")
+    site = next((s for s in hub.config.sites if s.availability_zone == az), None)
+    if site is None:
+        zones = ", ".join(s.availability_zone for s in hub.config.sites)
+        raise NotFound(f"No site is paired with availability zone {az!r}; known zones: {zones}")
+    image = await hub.images.get(caller, image_id)
+    location = image.location_in(site.name)
+    if location is not None:
+        return web.json_response({"image_id": image.id, "availability_zone": az, "store": site.name,
+                                  "status": "available", "location": location.as_glance()})
+    if request.query.get("copy", "false").lower() not in ("true", "1", "yes"):
+        raise NotFound(
+            f"Image {image.id} has no copy in store '{site.name}' (availability zone {az}); "
+            "ask with copy=true to start one, or copy it with image-import --import-method copy-image"
+        )
+    holder = await hub.catalog.lock_holder(image.id)
+    if holder is None:
+        await hub.importer.request_import(image, caller, {
+            "method": {"name": "copy-image"}, "stores": [site.name], "all_stores_must_succeed": True})
+    return web.json_response({"image_id": image.id, "availability_zone": az, "store": site.name,
+                              "status": "copying", "task_id": await hub.catalog.lock_holder(image.id)},
+                             status=202)
+
+
+@routes.get("/edgesync/v1/sites")
+async def sites(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    live: dict[str, dict[str, Any]] = {}
+    if hub.registry is not None:
+        live = {entry["name"]: entry for entry in hub.registry.snapshot()}
+    body = []
+    for site in hub.config.sites:
+        entry: dict[str, Any] = {
+            "name": site.name, "role": site.role, "availability_zone": site.availability_zone,
+            "store_type": site.store.type, "agent": site.name in live,
+        }
+        entry.update({k: v for k, v in live.get(site.name, {}).items() if k != "name"})
+        body.append(entry)
+    return web.json_response({"sites": body})
