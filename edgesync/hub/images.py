@@ -18,10 +18,11 @@ from edgesync.hub.patch import (
     check_extra_property,
     plan_patch,
 )
+from edgesync.hub.remote import RemoteStore
 from edgesync.hub.replicator import Replicator
 from edgesync.hub.staging import Staging
 from edgesync.model import Image, ImageStatus, Visibility
-from edgesync.stores.base import ImageStore
+from edgesync.stores.base import ImageStore, Location
 
 READ_CHUNK_BYTES = 1024 * 1024
 
@@ -86,6 +87,35 @@ class ImageService:
     def _check_visibility_change(caller: Caller, visibility: Visibility | str) -> None:
         if Visibility(visibility) == Visibility.PUBLIC and not caller.is_admin:
             raise Forbidden("Only an admin may make an image public; use community or shared instead")
+
+    async def register_edge_image(self, caller: Caller, site: str, body: Any) -> Image:
+        """Record an image whose data was created at an edge site (e.g. a Nova
+        snapshot written into that site's pool): active, located at that site
+        only, until the copy to central (started by the caller) lands."""
+        site_cfg = self.config.site(site)
+        if site_cfg is None or site_cfg.is_central:
+            raise NotFound(f"No edge site named {site!r}")
+        if not (caller.is_admin or caller.user == f"agent-{site}"):
+            raise Forbidden(f"Only an admin or site {site}'s agent may register images created there")
+        if not isinstance(body, dict):
+            raise BadRequest("The body must be a JSON object describing the image")
+        fields = _edge_image_fields(body)
+        image_id = fields.pop("id")
+        _check_uuid(image_id)
+        if await self.catalog.get_image(image_id) is not None:
+            raise Conflict(f"An image with id {image_id} already exists")
+        store = self.stores[site]
+        if not await store.exists(image_id):
+            raise NotFound(f"Store '{site}' holds no published copy of {image_id} (RBD image with "
+                           "protected snapshot 'snap'); create it there first")
+        location_url = body.get("location_url") if isinstance(store, RemoteStore) else store.location_url(image_id)
+        if not isinstance(location_url, str) or image_id not in location_url:
+            raise BadRequest("location_url must be the copy's location in that store, naming the image id")
+        image = Image(id=image_id, owner=body.get("owner") or caller.project,
+                      status=ImageStatus.ACTIVE, **fields)
+        await self.catalog.insert_image(image)
+        await self.catalog.add_location(image_id, Location(site, location_url))
+        return await self.catalog.require_image(image_id)
 
     async def update(self, caller: Caller, image_id: str, ops: Any) -> Image:
         image = await self.get(caller, image_id)
@@ -190,6 +220,23 @@ class ImageService:
                 raise EdgesyncError(f"short read from store {store.name} at {pos}")
             yield data
             pos += n
+
+
+_EDGE_REQUIRED = ("id", "size", "checksum", "os_hash_value")
+
+
+def _edge_image_fields(body: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in _EDGE_REQUIRED if not body.get(k)]
+    if missing:
+        raise BadRequest(f"Registering an edge image needs {', '.join(_EDGE_REQUIRED)}; missing: {', '.join(missing)}")
+    if not isinstance(body["size"], int) or body["size"] < 0:
+        raise BadRequest("size must be a non-negative integer (bytes)")
+    return {
+        "id": body["id"], "name": body.get("name"), "size": body["size"], "virtual_size": body["size"],
+        "checksum": body["checksum"], "os_hash_algo": "sha512", "os_hash_value": body["os_hash_value"],
+        "disk_format": body.get("disk_format", "raw"), "container_format": body.get("container_format", "bare"),
+        "visibility": Visibility(body.get("visibility", "shared")),
+    }
 
 
 def _check_uuid(value: Any) -> None:

@@ -198,6 +198,18 @@ class Importer:
         self._spawn(task, self._run_copy(task))
         return task
 
+    async def copy_to_central(self, image: Image, caller: Caller, source: str) -> Task:
+        """An image created at an edge (registered with its copy in `source`)
+        goes to central first (hub first); copies to other edges wait for it."""
+        req = ImportRequest("copy-image", None, [self.central], False, True)
+        task = self._new_task(image, caller, req, [self.central], {"source": source})
+        await self.catalog.start_task(
+            task, lock_ttl_s=self.config.lock_ttl_s, expect_status=[ImageStatus.ACTIVE],
+            image_properties={**self._progress(task), IMPORT_TASK: task.id},
+        )
+        self._spawn(task, self._run_copy(task))
+        return task
+
     async def upload(self, image: Image, caller: Caller, chunks: AsyncIterator[bytes],
                      *, store: str | None, expected_size: int | None) -> None:
         """`PUT /v2/images/{id}/file`: data straight in, no conversion; the
@@ -337,7 +349,8 @@ class Importer:
         await self._set_job(task, store, StoreJobState.RUNNING, bytes_total=image.size or 0)
         try:
             location = await self.replicator.replicate(
-                image, self.central, store, self._progress_recorder(task, store),
+                image, task.input.get("source") or self.central, store,
+                self._progress_recorder(task, store),
                 job_id=f"{task.id}-{store}")
         except Exception as exc:
             # Any failure fails this store only: letting one escape would end

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Api, default_image, error_of
+import uuid
+
+import pytest
+
+from tests.api.conftest import Api, copy, default_image, error_of, gate_store_writes, md5, sha512
 
 
 async def test_boot_location_answers_only_the_azs_own_store(api: Api) -> None:
@@ -51,3 +55,65 @@ async def test_sites_lists_every_site_with_its_zone(api: Api) -> None:
     assert set(sites) == {"central", "dcn0", "dcn1"}
     assert sites["central"]["role"] == "central" and sites["dcn0"]["availability_zone"] == "dcn0"
     assert sites["dcn0"]["agent"] is False  # no bus configured: copies run in the hub
+
+
+# --- images created at an edge go to central first -----------------------------
+
+
+def _edge_snapshot(api: Api, site: str) -> tuple[str, bytes]:
+    """An image written straight into an edge store, as a Nova snapshot would be."""
+    image_id = str(uuid.uuid4())
+    data = default_image(seed=7)
+    (api.store_dir(site) / image_id).write_bytes(data)
+    return image_id, data
+
+
+def _registration(image_id: str, data: bytes) -> dict[str, object]:
+    return {"id": image_id, "name": "nova-snapshot", "size": len(data), "checksum": md5(data),
+            "os_hash_value": sha512(data)}
+
+
+async def test_edge_created_image_goes_to_central_before_any_other_edge(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    image_id, data = _edge_snapshot(api, "dcn0")
+    gate = gate_store_writes(monkeypatch, api.hub, "central")
+    async with api.admin.post("/edgesync/v1/sites/dcn0/images", json=_registration(image_id, data)) as resp:
+        assert resp.status == 201, await resp.text()
+        body = await resp.json()
+    assert body["image"]["stores"] == "dcn0" and body["image"]["status"] == "active"
+    await gate.wait_entered()
+    # while central is being written, a copy to another edge breaks hub first: 409 naming the rule
+    async with api.admin.post(f"/v2/images/{image_id}/import", json=copy(["dcn1"])) as resp:
+        await error_of(resp, 409, "central", "hub first")
+    gate.open()
+    await api.wait_idle()
+    image = await api.admin.show(image_id)
+    assert sorted(image["stores"].split(",")) == ["central", "dcn0"]
+    assert (api.store_dir("central") / image_id).read_bytes() == data
+    await api.admin.import_(image_id, copy(["dcn1"]))  # now allowed
+    await api.wait_idle()
+    assert sorted((await api.admin.show(image_id))["stores"].split(",")) == ["central", "dcn0", "dcn1"]
+
+
+async def test_edge_registration_with_a_wrong_hash_never_reaches_central(api: Api) -> None:
+    image_id, data = _edge_snapshot(api, "dcn1")
+    wrong = {**_registration(image_id, data), "os_hash_value": sha512(b"something else")}
+    async with api.admin.post("/edgesync/v1/sites/dcn1/images", json=wrong) as resp:
+        assert resp.status == 201
+    await api.wait_idle()
+    image = await api.admin.show(image_id)
+    assert image["stores"] == "dcn1" and image["os_glance_failed_import"] == "central"
+    assert not [f for f in api.store_files("central") if f.startswith(image_id)]
+
+
+async def test_edge_registration_is_refused_when_it_cannot_be_right(api: Api) -> None:
+    image_id, data = _edge_snapshot(api, "dcn0")
+    async with api.p1.post("/edgesync/v1/sites/dcn0/images", json=_registration(image_id, data)) as resp:
+        await error_of(resp, 403, "dcn0")
+    missing = _registration(str(uuid.uuid4()), data)
+    async with api.admin.post("/edgesync/v1/sites/dcn0/images", json=missing) as resp:
+        await error_of(resp, 404, "no published copy")
+    async with api.admin.post("/edgesync/v1/sites/central/images", json=_registration(image_id, data)) as resp:
+        await error_of(resp, 404, "edge site")
+    async with api.admin.post("/edgesync/v1/sites/dcn0/images", json={"id": image_id}) as resp:
+        await error_of(resp, 400, "size")

@@ -6,6 +6,9 @@
   If that store lacks the image and `copy=true`, a copy to it is started
   (the seeds' "copied automatically at instance launch") and the answer is
   202 with the copy's progress to poll; without `copy`, 404.
+* `POST /edgesync/v1/sites/{site}/images`: register an image created at an
+  edge site (its agent or an admin); it is copied to central at once, and a
+  copy to any other edge is refused (409, hub first) until that lands.
 * `GET /edgesync/v1/sites`: each site, its AZ, role, store, and (with agents)
   whether its agent is up, heartbeat age, work in flight and free space.
 """
@@ -17,7 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from edgesync.errors import BadRequest, NotFound
-from edgesync.hub.api.context import caller_of, hub_of
+from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.serialize import image_json
 
 routes = web.RouteTableDef()
 
@@ -50,6 +54,17 @@ async def boot_location(request: web.Request) -> web.Response:
     return web.json_response({"image_id": image.id, "availability_zone": az, "store": site.name,
                               "status": "copying", "task_id": await hub.catalog.lock_holder(image.id)},
                              status=202)
+
+
+@routes.post("/edgesync/v1/sites/{site}/images")
+async def register_edge_image(request: web.Request) -> web.Response:
+    """An image created at an edge site: recorded there, then copied to central."""
+    hub, caller = hub_of(request), caller_of(request)
+    site = request.match_info["site"]
+    image = await hub.images.register_edge_image(caller, site, await json_body(request))
+    task = await hub.importer.copy_to_central(image, caller, site)
+    body = image_json(await hub.catalog.require_image(image.id), caller, show_locations=hub.config.show_locations)
+    return web.json_response({"image": body, "task_id": task.id}, status=201)
 
 
 @routes.get("/edgesync/v1/sites")
