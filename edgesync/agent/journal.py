@@ -253,10 +253,15 @@ class Journal:
                 await self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self.path} busy: {exc}") from exc
+            except asyncio.CancelledError:
+                # The BEGIN still runs on the connection's thread (statements
+                # run there in order): end what it opens, or the next BEGIN fails.
+                await self._rollback()
+                raise
             try:
                 yield self._db
             except BaseException as exc:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
+                await self._rollback()
                 if isinstance(exc, sqlite3.Error):
                     raise JournalError(f"journal {self.path} write failed: {exc}") from exc
                 raise
@@ -265,6 +270,10 @@ class Journal:
                 await asyncio.shield(self._db.execute("COMMIT"))
             except sqlite3.Error as exc:
                 raise JournalError(f"journal {self.path} commit failed: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # no transaction to end (the BEGIN failed)
+            await asyncio.shield(self._db.execute("ROLLBACK"))
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
