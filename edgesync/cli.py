@@ -27,6 +27,16 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from edgesync.agent.config import load_agent
+    from edgesync.agent.daemon import serve
+    from edgesync.runtime import limit_malloc_arenas
+
+    limit_malloc_arenas()
+    asyncio.run(serve(load_agent(Path(args.config))))
+    return 0
+
+
 def _cmd_lab(args: argparse.Namespace) -> int:
     from edgesync import lab
 
@@ -57,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     hub = sub.add_parser("hub", help="run the hub daemon (Glance v2 API, catalog, imports)")
     hub.add_argument("--config", required=True, help="path to hub.toml")
     hub.set_defaults(func=_cmd_hub)
+
+    agent = sub.add_parser("agent", help="run an edge site's agent (its store, commands over MQTT)")
+    agent.add_argument("--config", required=True, help="path to the site's file (sites/<site>.toml) "
+                                                       "with its [agent] table")
+    agent.set_defaults(func=_cmd_agent)
 
     lab = sub.add_parser("lab", help="a local multi-site deployment for trying and testing")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)

@@ -132,3 +132,14 @@ def test_missing_required_keys(tmp_path: Path) -> None:
     path = site_file(tmp_path)
     path.write_text(path.read_text().replace('host = "broker.example"\n', ""))
     assert refusal(path) == f"{path} [agent] [broker]: 'host' is required"
+
+
+def test_the_agent_command_refuses_an_az_mismatch_before_starting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgesync.cli import main
+
+    path = site_file(tmp_path, head='compute_availability_zone = "nova-az"')
+    assert main(["agent", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgesync: the agent can't start: ") and "one availability zone" in err
+    assert not (tmp_path / "state").exists()  # refused before touching anything

@@ -1,0 +1,426 @@
+"""The agent daemon: one per edge site.
+
+Lifecycle (`Agent`): `start()` opens the store and the journal, loads the
+results still owed to the hub and serves HTTP (the data endpoint the hub
+pulls edge copies from, and `/healthz`); `run()` resumes the journal's
+unfinished tasks, keeps the broker connection and works until `stop()`;
+then it shuts down in stages and returns. `serve()` wires SIGTERM/SIGINT.
+
+Commands. Paho acknowledges a QoS 1 message when it arrives, so a command is
+journaled before anything else happens to it (a redelivered one is
+recognised by its task id: a finished task's result is sent again, a running
+one is left alone). Tasks run in a TaskGroup; copies are bounded by
+`max_concurrent_copies`, and tasks on one image run one at a time, in
+arrival order. Retryable failures are retried with capped, jittered backoff
+for `copy_retry_window_s`; a copy keeps its partial copy and journal between
+attempts, so it resumes by range.
+
+The broker. `run_forever` reconnects with backoff. After every connect the
+agent publishes a retained `online` status (replacing the `offline` will a
+crash left), subscribes to its command topic, and runs three loops: command
+intake, the event outbox (results, progress, inventory: see `events`) and the
+heartbeat. Work does not depend on the connection: copies go on while the
+broker is away and their events wait in the outbox.
+
+Shutdown, in stages: commands still arriving are journaled but not started;
+running tasks get `shutdown_grace_s`, then are cancelled (a cancelled copy
+checkpoints and keeps its partial copy, and stays `running` in the journal,
+so the next start resumes it); owed events get a short bounded flush; a
+retained `offline` status goes out on the live connection, which then closes
+cleanly (a clean disconnect discards the will); HTTP, journal and store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from edgesync.agent import replicator
+from edgesync.agent.config import AgentConfig
+from edgesync.agent.events import EventOutbox
+from edgesync.agent.journal import Command, Journal, Result, TaskState
+from edgesync.bus import (
+    Backoff,
+    BusClient,
+    BusError,
+    CopyCommand,
+    DeleteCommand,
+    DoneEvent,
+    Heartbeat,
+    LastWill,
+    SiteState,
+    SiteStatus,
+    run_forever,
+    topics,
+)
+from edgesync.errors import EdgesyncError, NotFound, Unauthorized
+from edgesync.stores import open_store
+from edgesync.stores.base import ImageStore
+from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, data_routes
+from edgesync.transfer.pipeline import DataSource
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[CopyCommand], DataSource]
+
+JOURNAL_RETENTION_S = 30 * 24 * 3600  # longer than any hub resends a command
+EVENT_FLUSH_ON_STOP_S = 2.0
+RETRY_BACKOFF = (1.0, 60.0)  # initial and max delay between attempts of one task
+
+
+@dataclass
+class _Runtime:
+    """What exists between start() and the end of run()."""
+
+    store: ImageStore
+    journal: Journal
+    events: EventOutbox
+    session: aiohttp.ClientSession
+    limiter: RateLimiter | None
+
+
+@dataclass
+class _TaskSlots:
+    copies: asyncio.Semaphore
+    images: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def image(self, image_id: str) -> AsyncIterator[None]:
+        """One task per image at a time (asyncio locks are FIFO: arrival order)."""
+        lock = self.images.setdefault(image_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self.images.get(image_id) is lock:
+                del self.images[image_id]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, store: ImageStore | None = None,
+                 sources: SourceFactory | None = None, reconnect_backoff: Backoff | None = None) -> None:
+        """`store` and `sources` replace the configured store and the HTTP
+        pulls from the hub (tests); `reconnect_backoff` the broker's backoff."""
+        self.config = config
+        self.site = config.name
+        self._given_store = store
+        self._sources = sources or self._http_source
+        self._reconnect_backoff = reconnect_backoff or Backoff(initial_s=0.5, max_s=30.0)
+        self._rt: _Runtime | None = None
+        self._http: web.AppRunner | None = None
+        self._stopping = asyncio.Event()  # stop() was called
+        self._leaving = asyncio.Event()  # the tasks are stopped: say goodbye to the broker
+        self._draining = False
+        self._slots = _TaskSlots(asyncio.Semaphore(config.max_concurrent_copies))
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # task id → its runner
+        self._in_flight: set[str] = set()  # task ids doing work now (heartbeat)
+        self._work: asyncio.TaskGroup | None = None
+        self._bus: BusClient | None = None
+        self.http_port: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open store and journal, load owed results, serve HTTP. Raises (having
+        closed what it opened) if any of it fails."""
+        cfg = self.config
+        async with contextlib.AsyncExitStack() as opened:
+            store = self._given_store or open_store(cfg.site)
+            opened.push_async_callback(store.close)
+            journal = await Journal.open(cfg.journal_path)
+            opened.push_async_callback(journal.close)
+            await journal.prune(finished_before=time.time() - JOURNAL_RETENTION_S)
+            events = EventOutbox(self.site, journal, store.image_ids)
+            await events.load()
+            session = aiohttp.ClientSession()
+            opened.push_async_callback(session.close)
+            limiter = RateLimiter(cfg.bandwidth_limit_bytes_per_s) if cfg.bandwidth_limit_mbps else None
+            self._rt = _Runtime(store, journal, events, session, limiter)
+            opened.callback(setattr, self, "_rt", None)
+            self._http = await self._serve_http()
+            opened.pop_all()  # started: run() owns them now
+        log.info("agent of site %s (AZ %s) started; store %s, data endpoint on %s:%s", self.site,
+                 cfg.site.availability_zone, store.name, cfg.listen_host, self.http_port)
+
+    async def run(self) -> None:
+        """Work until stop() (or a fatal bus error), then shut down in stages."""
+        rt = self._runtime()
+        bus_task = asyncio.create_task(self._bus_forever(), name="bus")
+        try:
+            async with asyncio.TaskGroup() as work:
+                self._work = work
+                for record in await rt.journal.unfinished():
+                    log.info("resuming task %s (%s of image %s)", record.task_id, record.kind.value,
+                             record.image_id)
+                    self._spawn(record.command)
+                stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
+                await asyncio.wait([bus_task, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                await self._drain_tasks()
+            self._work = None
+            await self._leave_bus(bus_task)
+        finally:
+            bus_task.cancel()
+            await asyncio.gather(bus_task, return_exceptions=True)
+            await self._close()
+        if not bus_task.cancelled() and bus_task.exception() is not None:
+            raise bus_task.exception()  # type: ignore[misc]  # e.g. the broker refused our credentials
+
+    def stop(self) -> None:
+        """Ask run() to shut down (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def _drain_tasks(self) -> None:
+        """Stop starting tasks, give running ones the grace time, cancel the rest."""
+        self._draining = True
+        running = [t for t in self._tasks.values() if not t.done()]
+        if running:
+            log.info("stopping: %d task(s) running; waiting up to %.0f s", len(running),
+                     self.config.shutdown_grace_s)
+            _, late = await asyncio.wait(running, timeout=self.config.shutdown_grace_s)
+            for task in late:
+                task.cancel()  # a copy checkpoints; the next start resumes it
+
+    async def _leave_bus(self, bus_task: asyncio.Task[None]) -> None:
+        """Flush owed events and say offline on the live connection, if there is
+        one (without, the will said offline when the connection died)."""
+        if bus_task.done() or self._bus is None:
+            return
+        self._leaving.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(bus_task), EVENT_FLUSH_ON_STOP_S + 2.0)
+        except (TimeoutError, BusError) as exc:
+            log.warning("leaving the broker: %s", exc or "timed out")
+
+    async def _close(self) -> None:
+        rt, self._rt = self._rt, None
+        if rt is None:
+            return
+        closers = [("http client", rt.session.close), ("journal", rt.journal.close), ("store", rt.store.close)]
+        if self._http is not None:
+            closers.insert(0, ("http server", self._http.cleanup))
+            self._http = None
+        for what, close in closers:
+            try:
+                await close()
+            except Exception:  # the rest must still be closed
+                log.exception("closing the %s failed", what)
+        log.info("agent of site %s stopped", self.site)
+
+    def _runtime(self) -> _Runtime:
+        if self._rt is None:
+            raise RuntimeError("Agent.start() first")
+        return self._rt
+
+    # --- HTTP: data endpoint and health ---------------------------------------------------
+
+    async def _serve_http(self) -> web.AppRunner:
+        app = web.Application()
+        app.add_routes(data_routes(self._published_store, self._authorize))
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.listen_host, self.config.listen_port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.http_port = runner.addresses[0][1]
+        return runner
+
+    async def _published_store(self, image_id: str) -> ImageStore:
+        store = self._runtime().store
+        if not await store.exists(image_id):
+            raise NotFound(f"site {self.site} holds no published copy of image {image_id}")
+        return store
+
+    def _authorize(self, request: web.Request) -> None:
+        # The hub pulls with this site's token (the one it lists for this agent).
+        token = request.headers.get(AUTH_HEADER, "")
+        if not hmac.compare_digest(token.encode(), self.config.token.encode()):
+            raise Unauthorized(f"{AUTH_HEADER} must carry site {self.site}'s token")
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        rt = self._runtime()
+        return web.json_response({
+            "site": self.site, "availability_zone": self.config.site.availability_zone,
+            "broker": "connected" if self._bus is not None else "disconnected",
+            "in_flight": sorted(self._in_flight), "owed_results": rt.events.owed_results,
+            "stopping": self._draining,
+        })
+
+    # --- the broker ---------------------------------------------------------------------
+
+    def _status(self, state: SiteState) -> SiteStatus:
+        return SiteStatus(site=self.site, state=state, availability_zone=self.config.site.availability_zone)
+
+    async def _bus_forever(self) -> None:
+        will = LastWill(topics.status(self.site), self._status(SiteState.OFFLINE))
+        client = BusClient(self.config.broker.settings(), will=will)
+        await run_forever(client, self._connected, backoff=self._reconnect_backoff)
+
+    async def _connected(self, bus: BusClient) -> None:
+        """One connection's life: announce, subscribe, loop until it fails or we leave."""
+        rt = self._runtime()
+        await bus.publish(topics.status(self.site), self._status(SiteState.ONLINE), retain=True)
+        await bus.subscribe(topics.cmd(self.site))
+        log.info("connected to the broker as %s", bus.settings.username)
+        rt.events.connected()
+        self._bus = bus
+        loops = [asyncio.create_task(self._intake(bus), name="intake"),
+                 asyncio.create_task(rt.events.run(bus), name="events"),
+                 asyncio.create_task(self._heartbeats(bus), name="heartbeat")]
+        leaving = asyncio.create_task(self._leaving.wait(), name="leaving")
+        try:
+            done, _ = await asyncio.wait([*loops, leaving], return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {leaving}:
+                task.result()  # a BusError: run_forever reconnects
+                raise BusError(f"{task.get_name()} loop ended unexpectedly")
+        finally:
+            self._bus = None
+            for task in [*loops, leaving]:
+                task.cancel()
+            await asyncio.gather(*loops, leaving, return_exceptions=True)
+        await self._say_goodbye(bus)
+
+    async def _say_goodbye(self, bus: BusClient) -> None:
+        rt = self._runtime()
+        try:
+            await asyncio.wait_for(rt.events.publish_once(bus), EVENT_FLUSH_ON_STOP_S)
+        except TimeoutError:
+            log.warning("stopping with %d result(s) unsent; they go out at the next start",
+                        rt.events.owed_results)
+        await bus.publish(topics.status(self.site), self._status(SiteState.OFFLINE), retain=True)
+
+    async def _intake(self, bus: BusClient) -> None:
+        async for delivery in bus.messages():
+            message = delivery.message
+            if isinstance(message, (CopyCommand, DeleteCommand)):
+                await self._accept(message)
+            else:
+                log.warning("ignored a %s message on the command topic", message.TYPE)
+
+    async def _accept(self, command: Command) -> None:
+        """Journal first: the broker already counts the command as delivered."""
+        rt = self._runtime()
+        if await rt.journal.record(command):
+            log.info("task %s: %s image %s", command.task_id, command.TYPE, command.image_id)
+            if not self._draining:
+                self._spawn(command)
+            return
+        record = await rt.journal.get(command.task_id)
+        if record is not None and record.result is not None:
+            log.info("task %s delivered again; it is %s: answering again", command.task_id, record.state.value)
+            rt.events.resend(record.result)
+        else:
+            log.info("task %s delivered again; it is under way", command.task_id)
+
+    async def _heartbeats(self, bus: BusClient) -> None:
+        while True:
+            await self.heartbeat_once(bus)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    async def heartbeat_once(self, bus: BusClient) -> None:
+        beat = Heartbeat(site=self.site, ts=time.time(), in_flight=tuple(sorted(self._in_flight)),
+                         free_bytes=await self._free_bytes())
+        await bus.publish(topics.event(self.site), beat)
+
+    async def _free_bytes(self) -> int | None:
+        try:
+            capacity = await asyncio.wait_for(self._runtime().store.capacity(), self.config.heartbeat_interval_s)
+        except (EdgesyncError, TimeoutError) as exc:
+            log.debug("free space unknown: %s", exc)
+            return None
+        return capacity.free_bytes if capacity is not None else None
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _spawn(self, command: Command) -> None:
+        assert self._work is not None
+        if command.task_id in self._tasks and not self._tasks[command.task_id].done():
+            return
+        task = self._work.create_task(self._run_task(command), name=f"task-{command.task_id}")
+        self._tasks[command.task_id] = task
+        task.add_done_callback(lambda t: self._forget_task(command.task_id, t))
+
+    def _forget_task(self, task_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(task_id) is task:
+            del self._tasks[task_id]
+
+    async def _run_task(self, command: Command) -> None:
+        """One task, start to result. Cancelled (shutdown), it stays unfinished
+        in the journal and the next start resumes it."""
+        rt = self._runtime()
+        is_copy = isinstance(command, CopyCommand)
+        try:
+            async with self._slots.image(command.image_id):
+                async with self._slots.copies if is_copy else contextlib.nullcontext():
+                    await rt.journal.set_state(command.task_id, TaskState.RUNNING)
+                    self._in_flight.add(command.task_id)
+                    try:
+                        result = await self._attempts(command)
+                    finally:
+                        self._in_flight.discard(command.task_id)
+                    await rt.events.finish(command.task_id, result)
+        except EdgesyncError as exc:  # the journal failed: the task stays unfinished
+            log.error("task %s: %s; it will be resumed at the next start", command.task_id, exc.message)
+            return
+        if isinstance(result, DoneEvent):
+            rt.events.inventory_changed()
+
+    async def _attempts(self, command: Command) -> Result:
+        """Run the task, retrying retryable failures with backoff within the retry window."""
+        backoff = Backoff(*RETRY_BACKOFF)
+        give_up_at = time.monotonic() + self.config.copy_retry_window_s
+        while True:
+            try:
+                return await self._execute(command)
+            except Exception as exc:  # noqa: BLE001 — every failure becomes a FailedEvent
+                failed = replicator.failure_event(command.task_id, exc)
+                if not isinstance(exc, EdgesyncError):
+                    log.exception("task %s failed", command.task_id)
+                delay_s = backoff.next_delay_s()
+                if not failed.retryable or time.monotonic() + delay_s > give_up_at:
+                    log.warning("task %s failed: %s", command.task_id, failed.reason)
+                    return failed
+                log.warning("task %s: %s; trying again in %.1f s", command.task_id, failed.reason, delay_s)
+                await asyncio.sleep(delay_s)
+
+    async def _execute(self, command: Command) -> DoneEvent:
+        rt = self._runtime()
+        if isinstance(command, DeleteCommand):
+            await replicator.delete(command, rt.store)
+            rt.events.inventory_changed()
+            return DoneEvent(task_id=command.task_id, image_id=command.image_id)
+        location = await replicator.copy(
+            command, rt.store, rt.journal, self._sources(command),
+            lambda done, total: rt.events.progress(command.task_id, done, total))
+        return DoneEvent(task_id=command.task_id, image_id=command.image_id, location_url=location.url)
+
+    def _http_source(self, command: CopyCommand) -> DataSource:
+        rt = self._runtime()
+        return HttpSource(rt.session, command.source_url, command.image_id, token=self.config.token,
+                          limiter=rt.limiter)
+
+
+async def serve(config: AgentConfig) -> None:
+    """Run an agent until SIGTERM or SIGINT."""
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    try:
+        await agent.start()
+        await agent.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
