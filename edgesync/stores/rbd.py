@@ -672,7 +672,8 @@ class RbdStore(ImageStore):
             raise StoreImageExists(f"store {self.name} already holds image {image_id}")
         partial = _partial_name(image_id)
         if resume:
-            image = _reopen_partial(ioctx, partial, size)
+            assert self._cluster is not None
+            image = _reopen_partial(ioctx, partial, size, own_addr=self._cluster.get_addrs())
             if image is not None:
                 return image
         else:
@@ -827,13 +828,14 @@ def _is_published(ioctx: rados.Ioctx, image_id: str) -> bool:
         return SNAP in names and bool(image.is_protected_snap(SNAP))
 
 
-def _reopen_partial(ioctx: rados.Ioctx, partial: str, size: int) -> rbd.Image | None:
+def _reopen_partial(ioctx: rados.Ioctx, partial: str, size: int, *, own_addr: str) -> rbd.Image | None:
     """Reopen an earlier attempt's partial image for `resume`, ready for writing."""
     try:
         image = rbd.Image(ioctx, partial)
     except rbd.ImageNotFound:
         return None
     try:
+        _break_stale_lock(image, own_addr)
         # A crash mid-publish can leave `snap`; publish creates it afresh.
         for snap in list(image.list_snaps()):
             if image.is_protected_snap(snap["name"]):
@@ -845,6 +847,20 @@ def _reopen_partial(ioctx: rados.Ioctx, partial: str, size: int) -> rbd.Image | 
         image.close()
         raise
     return image
+
+
+def _break_stale_lock(image: rbd.Image, own_addr: str) -> None:
+    """Break the exclusive lock an earlier writer of this partial image still holds.
+
+    A writer killed mid-copy keeps the lock until its watch times out (30 s),
+    and the first write of the resumed copy would wait that long. Resuming
+    says the earlier writer is gone (partial images are written by one store
+    only), so its lock is broken, which blocklists that dead client. Never
+    our own client's lock: blocklisting ourselves would cut this store off.
+    """
+    for owner in list(image.lock_get_owners()):
+        if owner["owner"] != own_addr:
+            image.lock_break(owner["mode"], owner["owner"])
 
 
 def _data_extents(image: rbd.Image) -> list[Extent]:

@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -291,3 +292,43 @@ async def test_copy_between_sites_keeps_bytes_and_holes(
         await source.delete(image_id)
         if await dest.exists(image_id):
             await dest.delete(image_id)
+
+
+_KILLED_WRITER = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from edgesync.stores.rbd import RbdStore
+
+async def main() -> None:
+    conf, pool, user, keyring, image_id = sys.argv[1:]
+    store = RbdStore("dcn0", ceph_conf=Path(conf), pool=pool, user=user, keyring=Path(keyring))
+    writer = await store.open_writer(image_id, 16 << 20)
+    await writer.write(0, b"\\x5a" * (8 << 20))
+    await writer.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # mid-copy, holding the image's exclusive lock
+
+asyncio.run(main())
+"""
+
+
+async def test_a_copy_resumed_after_its_writer_was_killed_does_not_wait_for_the_dead_lock(
+    ceph_clusters: Clusters, stores: dict[str, RbdStore]
+) -> None:
+    """A killed writer keeps the partial image's exclusive lock until its watch
+    times out (30 s); resuming breaks it instead of waiting."""
+    cluster, store = ceph_clusters["dcn0"], stores["dcn0"]
+    image_id = str(uuid.uuid4())
+    killed = await run(sys.executable, "-c", _KILLED_WRITER, str(cluster.conf), cluster.pool,
+                       cluster.user, str(cluster.keyring), image_id, check=False)
+    assert killed.returncode == -9, killed.stderr
+    started = time.monotonic()
+    async with await store.open_writer(image_id, 16 << 20, resume=True) as writer:
+        assert await writer.read_back(0, 8 << 20) == b"\x5a" * (8 << 20)
+        await writer.write(8 << 20, b"\xa5" * (8 << 20))
+        await writer.flush()
+        assert time.monotonic() - started < 10
+        await writer.publish()
+    try:
+        assert await read_back(store, image_id) == b"\x5a" * (8 << 20) + b"\xa5" * (8 << 20)
+    finally:
+        await store.delete(image_id)
