@@ -384,13 +384,16 @@ def _object_pieces(offset: int, data: bytes | memoryview) -> list[tuple[int, byt
     return pieces
 
 
-def _discard(ioctx: rados.Ioctx, name: str) -> None:
-    """Remove an unpublished image and its snapshots; missing is fine."""
+def _discard(ioctx: rados.Ioctx, name: str, *, own_addr: str | None = None) -> None:
+    """Remove an unpublished image and its snapshots; missing is fine. With
+    `own_addr`, an earlier writer's lock is broken first (see _break_stale_lock)."""
     try:
         image = rbd.Image(ioctx, name)
     except rbd.ImageNotFound:
         return
     with image:
+        if own_addr is not None:
+            _break_stale_lock(image, own_addr)
         for snap in list(image.list_snaps()):
             if image.is_protected_snap(snap["name"]):
                 image.unprotect_snap(snap["name"])
@@ -671,13 +674,14 @@ class RbdStore(ImageStore):
         if _image_exists(ioctx, image_id):
             raise StoreImageExists(f"store {self.name} already holds image {image_id}")
         partial = _partial_name(image_id)
+        assert self._cluster is not None
+        own_addr = self._cluster.get_addrs()
         if resume:
-            assert self._cluster is not None
-            image = _reopen_partial(ioctx, partial, size, own_addr=self._cluster.get_addrs())
+            image = _reopen_partial(ioctx, partial, size, own_addr=own_addr)
             if image is not None:
                 return image
         else:
-            _discard(ioctx, partial)
+            _discard(ioctx, partial, own_addr=own_addr)
         try:
             rbd.RBD().create(ioctx, partial, size, order=ORDER, old_format=False, features=FEATURES)
         except rbd.ImageExists as exc:
@@ -726,7 +730,12 @@ class RbdStore(ImageStore):
 
     async def discard_unpublished(self, image_id: str) -> None:
         _check_id(image_id)
-        await self._run(_discard, _partial_name(image_id), what=f"discarding unpublished image {image_id}")
+        await self._run(self._discard_stale_sync, _partial_name(image_id),
+                        what=f"discarding unpublished image {image_id}")
+
+    def _discard_stale_sync(self, ioctx: rados.Ioctx, partial: str) -> None:
+        assert self._cluster is not None
+        _discard(ioctx, partial, own_addr=self._cluster.get_addrs())
 
     async def image_ids(self) -> list[str]:
         def published(ioctx: rados.Ioctx) -> list[str]:
@@ -852,11 +861,12 @@ def _reopen_partial(ioctx: rados.Ioctx, partial: str, size: int, *, own_addr: st
 def _break_stale_lock(image: rbd.Image, own_addr: str) -> None:
     """Break the exclusive lock an earlier writer of this partial image still holds.
 
-    A writer killed mid-copy keeps the lock until its watch times out (30 s),
-    and the first write of the resumed copy would wait that long. Resuming
-    says the earlier writer is gone (partial images are written by one store
-    only), so its lock is broken, which blocklists that dead client. Never
-    our own client's lock: blocklisting ourselves would cut this store off.
+    A writer killed mid-copy keeps the lock until its watch times out (30 s):
+    the first write of a resumed copy, or the removal of the leftover, would
+    wait that long. Reopening or discarding a partial image says the earlier
+    writer is gone (partial images are written by one store only), so its
+    lock is broken, which blocklists that dead client. Never our own client's
+    lock: blocklisting ourselves would cut this store off.
     """
     for owner in list(image.lock_get_owners()):
         if owner["owner"] != own_addr:

@@ -332,3 +332,22 @@ async def test_a_copy_resumed_after_its_writer_was_killed_does_not_wait_for_the_
         assert await read_back(store, image_id) == b"\x5a" * (8 << 20) + b"\xa5" * (8 << 20)
     finally:
         await store.delete(image_id)
+
+
+async def test_a_fresh_copy_over_a_killed_writers_leftover_does_not_wait_for_the_dead_lock(
+    ceph_clusters: Clusters, stores: dict[str, RbdStore]
+) -> None:
+    cluster, store = ceph_clusters["dcn0"], stores["dcn0"]
+    image_id = str(uuid.uuid4())
+    killed = await run(sys.executable, "-c", _KILLED_WRITER, str(cluster.conf), cluster.pool,
+                       cluster.user, str(cluster.keyring), image_id, check=False)
+    assert killed.returncode == -9, killed.stderr
+    started = time.monotonic()
+    async with await store.open_writer(image_id, 4 << 20) as writer:  # discards the leftover
+        await writer.write(0, b"\x77" * (4 << 20))
+        await writer.publish()
+    try:
+        assert time.monotonic() - started < 10
+        assert await read_back(store, image_id) == b"\x77" * (4 << 20)
+    finally:
+        await store.delete(image_id)
