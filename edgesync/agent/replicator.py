@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]  # (data bytes done, data bytes in all)
 
 CHECKPOINT_BYTES = 64 << 20
-CHECKPOINT_INTERVAL_S = 2.0
+CHECKPOINT_INTERVAL_S = 1.0
 
 
 class ChecksumMismatch(EdgesyncError):
