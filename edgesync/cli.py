@@ -43,8 +43,15 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     directory = Path(args.dir).resolve()
     if args.lab_command == "up":
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-        info = asyncio.run(lab.up(directory, store=args.store, sites=sites))
+        info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents))
         print(json.dumps(info, indent=2))
+    elif args.lab_command == "agent":
+        if args.action == "stop":
+            asyncio.run(lab.stop_agent(directory, args.site, kill=args.kill))
+            print(f"agent of {args.site} stopped")
+        else:
+            pid = asyncio.run(lab.start_agent(directory, args.site))
+            print(f"agent of {args.site} running (pid {pid})")
     elif args.lab_command == "down":
         asyncio.run(lab.down(directory))
         print(f"lab in {directory} stopped")
@@ -79,8 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--store", choices=["file", "rbd"], default="file")
     up.add_argument("--sites", default="central,dcn0,dcn1",
                     help="comma-separated site names; the first is central")
+    up.add_argument("--agents", action=argparse.BooleanOptionalAction, default=False,
+                    help="start Mosquitto and one agent per edge site (copies go through them)")
     for name in ("down", "status"):
         lab_sub.add_parser(name, help=f"{name} the lab")
+    agent = lab_sub.add_parser("agent", help="stop or start one site's agent")
+    agent.add_argument("action", choices=["stop", "start"])
+    agent.add_argument("site")
+    agent.add_argument("--kill", action="store_true", help="SIGKILL instead of a clean stop")
     for p in lab_sub.choices.values():
         p.add_argument("--dir", default=".lab", help="lab directory (default .lab)")
     lab.set_defaults(func=_cmd_lab)
