@@ -196,9 +196,17 @@ class RemoteStore(ImageStore):
         raise StoreError(f"the location of a copy in {self.name} is reported by its agent")
 
     def properties(self) -> dict[str, Any]:
-        props: dict[str, Any] = {"agent": True}
-        if self.type == "rbd":
-            props.update(pool=self._site.store.pool, thin_provisioning=True)
+        """What the site file says of the agent's store (the hub never opens it)."""
+        cfg = self._site.store
+        props: dict[str, Any] = {"agent_url": self._agent_url, "thin_provisioning": True}
+        if cfg.type == "file":
+            props["datadir"] = str(cfg.path)
+        else:
+            from edgesync.stores.rbd import conf_fsid  # the hub has the rbd bindings anyway
+
+            props.update(pool=cfg.pool, chunk_size=4, user=cfg.user)
+            if cfg.ceph_conf is not None and cfg.ceph_conf.is_file():
+                props["fsid"] = conf_fsid(cfg.ceph_conf)
         return props
 
     async def close(self) -> None:

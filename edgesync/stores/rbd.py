@@ -123,7 +123,7 @@ def _check_id(image_id: str) -> None:
         raise StoreImageNotFound(f"not an image id: {image_id!r}")
 
 
-def _conf_fsid(conf: Path | None) -> str | None:
+def conf_fsid(conf: Path | None) -> str | None:
     """The `fsid` in a ceph.conf's [global] section, if it names one."""
     if conf is None:
         return None
@@ -527,7 +527,7 @@ class RbdStore(ImageStore):
         self.client_options = dict(client_options or {})  # extra librados/librbd settings
         # Known without connecting (location_url is synchronous); the
         # cluster's own answer replaces it on connect.
-        self._fsid = _conf_fsid(self.ceph_conf)
+        self._fsid = conf_fsid(self.ceph_conf)
         self._executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix=f"rbd-{name}")
         self._cluster: rados.Rados | None = None
         self._ioctx: rados.Ioctx | None = None
