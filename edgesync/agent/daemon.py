@@ -40,6 +40,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -75,6 +76,7 @@ SourceFactory = Callable[[CopyCommand], DataSource]
 JOURNAL_RETENTION_S = 30 * 24 * 3600  # longer than any hub resends a command
 EVENT_FLUSH_ON_STOP_S = 2.0
 RETRY_BACKOFF = (1.0, 60.0)  # initial and max delay between attempts of one task
+RECANCEL_AFTER_S = 0.1
 
 
 @dataclass
@@ -197,9 +199,12 @@ class Agent:
             return
         self._leaving.set()
         try:
-            await asyncio.wait_for(asyncio.shield(bus_task), EVENT_FLUSH_ON_STOP_S + 2.0)
-        except (TimeoutError, BusError) as exc:
-            log.warning("leaving the broker: %s", exc or "timed out")
+            async with asyncio.timeout(EVENT_FLUSH_ON_STOP_S + 2.0):
+                await asyncio.shield(bus_task)
+        except TimeoutError:
+            log.warning("leaving the broker: no clean goodbye within %.0f s", EVENT_FLUSH_ON_STOP_S + 2.0)
+        except BusError as exc:
+            log.warning("leaving the broker: %s", exc.message)
 
     async def _close(self) -> None:
         rt, self._rt = self._rt, None
@@ -271,11 +276,16 @@ class Agent:
     async def _connected(self, bus: BusClient) -> None:
         """One connection's life: announce, subscribe, loop until it fails or we leave."""
         rt = self._runtime()
-        await bus.publish(topics.status(self.site), self._status(SiteState.ONLINE), retain=True)
-        await bus.subscribe(topics.cmd(self.site))
+        # Set first: a stop from here on says goodbye on this connection (see _leave_bus).
+        self._bus = bus
+        try:
+            await bus.publish(topics.status(self.site), self._status(SiteState.ONLINE), retain=True)
+            await bus.subscribe(topics.cmd(self.site))
+        except BaseException:
+            self._bus = None
+            raise
         log.info("connected to the broker as %s", bus.settings.username)
         rt.events.connected()
-        self._bus = bus
         loops = [asyncio.create_task(self._intake(bus), name="intake"),
                  asyncio.create_task(rt.events.run(bus), name="events"),
                  asyncio.create_task(self._heartbeats(bus), name="heartbeat")]
@@ -287,15 +297,14 @@ class Agent:
                 raise BusError(f"{task.get_name()} loop ended unexpectedly")
         finally:
             self._bus = None
-            for task in [*loops, leaving]:
-                task.cancel()
-            await asyncio.gather(*loops, leaving, return_exceptions=True)
+            await cancel_and_wait([*loops, leaving])
         await self._say_goodbye(bus)
 
     async def _say_goodbye(self, bus: BusClient) -> None:
         rt = self._runtime()
         try:
-            await asyncio.wait_for(rt.events.publish_once(bus), EVENT_FLUSH_ON_STOP_S)
+            async with asyncio.timeout(EVENT_FLUSH_ON_STOP_S):
+                await rt.events.publish_once(bus)
         except TimeoutError:
             log.warning("stopping with %d result(s) unsent; they go out at the next start",
                         rt.events.owed_results)
@@ -336,7 +345,8 @@ class Agent:
 
     async def _free_bytes(self) -> int | None:
         try:
-            capacity = await asyncio.wait_for(self._runtime().store.capacity(), self.config.heartbeat_interval_s)
+            async with asyncio.timeout(self.config.heartbeat_interval_s):
+                capacity = await self._runtime().store.capacity()
         except (EdgesyncError, TimeoutError) as exc:
             log.debug("free space unknown: %s", exc)
             return None
@@ -410,6 +420,25 @@ class Agent:
         rt = self._runtime()
         return HttpSource(rt.session, command.source_url, command.image_id, token=self.config.token,
                           limiter=rt.limiter)
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait for them, cancelling again any that carry on.
+
+    Python 3.11's asyncio.wait_for (which aiomqtt's publish uses) swallows a
+    cancellation that arrives as its inner future completes (gh-86296): a
+    heartbeat loop cancelled mid-publish then simply went on beating.
+    """
+    for task in tasks:
+        task.cancel()
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER_S)
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever needed it looked before cancelling
 
 
 async def serve(config: AgentConfig) -> None:

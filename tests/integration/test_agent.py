@@ -368,6 +368,23 @@ async def test_a_copy_in_use_is_not_deleted(broker: LabBroker, hub_data: HubData
     assert await store.exists(image.image_id)
 
 
+async def test_a_stop_right_after_connecting_still_says_offline(
+        tmp_path: Path, broker: LabBroker, hub_data: HubData) -> None:
+    """The loops are cancelled mid-publish here; a cancellation that aiomqtt's
+    wait_for swallows (Python 3.11) once kept the heartbeat going and the
+    goodbye never came."""
+    for attempt in range(5):
+        config = load_agent(agent_config(tmp_path, broker, hub_data.url, name=f"agent-{attempt}"))
+        async with hub_bus(broker, "dcn0") as (hub, inbox):
+            agent = Agent(config)
+            await agent.start()
+            task = asyncio.create_task(agent.run())
+            await inbox.wait_for(live_status(SiteState.ONLINE))
+            agent.stop()
+            await asyncio.wait_for(task, 3)
+            await inbox.wait_for(live_status(SiteState.OFFLINE), timeout_s=1)
+
+
 # --- liveness and the agent's own endpoints -----------------------------------------------
 
 
