@@ -401,9 +401,19 @@ class Agent:
                 delay_s = backoff.next_delay_s()
                 if not failed.retryable or time.monotonic() + delay_s > give_up_at:
                     log.warning("task %s failed: %s", command.task_id, failed.reason)
+                    await self._discard_partial(command)
                     return failed
                 log.warning("task %s: %s; trying again in %.1f s", command.task_id, failed.reason, delay_s)
                 await asyncio.sleep(delay_s)
+
+    async def _discard_partial(self, command: Command) -> None:
+        """A copy given up on kept its partial copy for a retry that won't come."""
+        if not isinstance(command, CopyCommand):
+            return
+        try:
+            await self._runtime().store.discard_unpublished(command.image_id)
+        except EdgesyncError as exc:  # the next copy of this image discards it anyway
+            log.warning("task %s: could not remove the partial copy: %s", command.task_id, exc.message)
 
     async def _execute(self, command: Command) -> DoneEvent:
         rt = self._runtime()

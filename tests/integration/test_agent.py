@@ -46,9 +46,9 @@ from edgesync.errors import StoreImageInUse, Unauthorized
 from edgesync.lab import mosquitto
 from edgesync.stores.file import FileStore
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, TransferError, data_routes
-from edgesync.transfer.pipeline import pump
+from edgesync.transfer.pipeline import StoreSource, pump
 from tests.fixtures.broker import SITES, WAIT_S, Inbox, LabBroker, unique_id
-from tests.fixtures.sparse_images import SampleImage, publish_image, read_image
+from tests.fixtures.sparse_images import CountingSource, SampleImage, publish_image, read_image
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "agent-token-for-tests"
@@ -286,6 +286,23 @@ async def test_a_copy_stopped_mid_way_resumes_and_fetches_only_what_it_lacks(
     second_run = hub_data.bytes_served - first_run
     assert second_run == image.data_bytes - journaled < image.data_bytes
     assert await read_image(edge_store(config), image.image_id) == image.data
+
+
+async def test_a_copy_that_keeps_failing_is_reported_retryable_and_leaves_nothing(
+        tmp_path: Path, broker: LabBroker, hub_data: HubData) -> None:
+    config = load_agent(agent_config(tmp_path, broker, hub_data.url, extra="copy_retry_window_s = 0"))
+    image = await publish_image(hub_data.store, LAYOUT)
+    command = copy_command(image, hub_data)
+
+    def flaky_link(command: CopyCommand) -> CountingSource:
+        return CountingSource(StoreSource(hub_data.store, command.image_id), fail_after_reads=2)
+
+    async with hub_bus(broker, "dcn0") as (hub, inbox), running(config, sources=flaky_link):
+        await inbox.wait_for(live_status(SiteState.ONLINE))
+        await hub.publish(topics.cmd("dcn0"), command)
+        failed = await inbox.wait_for(for_task(command.task_id, FailedEvent))
+    assert (failed.message.code, failed.message.retryable) == ("link_down", True)  # type: ignore[attr-defined]
+    assert list(edge_store(config).root.iterdir()) == []  # the partial copy went with the task
 
 
 async def test_work_goes_on_while_the_broker_is_down_and_its_events_follow(
