@@ -6,14 +6,7 @@ pulls edge copies from, and `/healthz`); `run()` resumes the journal's
 unfinished tasks, keeps the broker connection and works until `stop()`;
 then it shuts down in stages and returns. `serve()` wires SIGTERM/SIGINT.
 
-Commands. Paho acknowledges a QoS 1 message when it arrives, so a command is
-journaled before anything else happens to it (a redelivered one is
-recognised by its task id: a finished task's result is sent again, a running
-one is left alone). Tasks run in a TaskGroup; copies are bounded by
-`max_concurrent_copies`, and tasks on one image run one at a time, in
-arrival order. Retryable failures are retried with capped, jittered backoff
-for `copy_retry_window_s`; a copy keeps its partial copy and journal between
-attempts, so it resumes by range.
+Commands are journaled as they arrive and run in a TaskGroup (see `tasks`).
 
 The broker. `run_forever` reconnects with backoff. After every connect the
 agent publishes a retained `online` status (replacing the `offline` will a
@@ -38,24 +31,22 @@ import hmac
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from edgesync.agent import replicator
 from edgesync.agent.config import AgentConfig
 from edgesync.agent.events import EventOutbox
-from edgesync.agent.journal import Command, Journal, Result, TaskState
+from edgesync.agent.journal import Journal
+from edgesync.agent.tasks import SourceFactory, TaskRunner
 from edgesync.bus import (
     Backoff,
     BusClient,
     BusError,
     CopyCommand,
     DeleteCommand,
-    DoneEvent,
     Heartbeat,
     LastWill,
     SiteState,
@@ -71,11 +62,8 @@ from edgesync.transfer.pipeline import DataSource
 
 log = logging.getLogger(__name__)
 
-SourceFactory = Callable[[CopyCommand], DataSource]
-
 JOURNAL_RETENTION_S = 30 * 24 * 3600  # longer than any hub resends a command
 EVENT_FLUSH_ON_STOP_S = 2.0
-RETRY_BACKOFF = (1.0, 60.0)  # initial and max delay between attempts of one task
 RECANCEL_AFTER_S = 0.1
 
 
@@ -86,25 +74,9 @@ class _Runtime:
     store: ImageStore
     journal: Journal
     events: EventOutbox
+    tasks: TaskRunner
     session: aiohttp.ClientSession
     limiter: RateLimiter | None
-
-
-@dataclass
-class _TaskSlots:
-    copies: asyncio.Semaphore
-    images: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    @contextlib.asynccontextmanager
-    async def image(self, image_id: str) -> AsyncIterator[None]:
-        """One task per image at a time (asyncio locks are FIFO: arrival order)."""
-        lock = self.images.setdefault(image_id, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and self.images.get(image_id) is lock:
-                del self.images[image_id]
 
 
 class Agent:
@@ -121,11 +93,6 @@ class Agent:
         self._http: web.AppRunner | None = None
         self._stopping = asyncio.Event()  # stop() was called
         self._leaving = asyncio.Event()  # the tasks are stopped: say goodbye to the broker
-        self._draining = False
-        self._slots = _TaskSlots(asyncio.Semaphore(config.max_concurrent_copies))
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # task id → its runner
-        self._in_flight: set[str] = set()  # task ids doing work now (heartbeat)
-        self._work: asyncio.TaskGroup | None = None
         self._bus: BusClient | None = None
         self.http_port: int | None = None
 
@@ -146,7 +113,9 @@ class Agent:
             session = aiohttp.ClientSession()
             opened.push_async_callback(session.close)
             limiter = RateLimiter(cfg.bandwidth_limit_bytes_per_s) if cfg.bandwidth_limit_mbps else None
-            self._rt = _Runtime(store, journal, events, session, limiter)
+            tasks = TaskRunner(store, journal, events, self._sources, max_concurrent_copies=cfg.max_concurrent_copies,
+                               retry_window_s=cfg.copy_retry_window_s)
+            self._rt = _Runtime(store, journal, events, tasks, session, limiter)
             opened.callback(setattr, self, "_rt", None)
             self._http = await self._serve_http()
             opened.pop_all()  # started: run() owns them now
@@ -159,16 +128,11 @@ class Agent:
         bus_task = asyncio.create_task(self._bus_forever(), name="bus")
         try:
             async with asyncio.TaskGroup() as work:
-                self._work = work
-                for record in await rt.journal.unfinished():
-                    log.info("resuming task %s (%s of image %s)", record.task_id, record.kind.value,
-                             record.image_id)
-                    self._spawn(record.command)
+                await rt.tasks.start(work)
                 stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
                 await asyncio.wait([bus_task, stopping], return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
-                await self._drain_tasks()
-            self._work = None
+                await rt.tasks.drain(self.config.shutdown_grace_s)
             await self._leave_bus(bus_task)
         finally:
             bus_task.cancel()
@@ -180,17 +144,6 @@ class Agent:
     def stop(self) -> None:
         """Ask run() to shut down (safe from a signal handler)."""
         self._stopping.set()
-
-    async def _drain_tasks(self) -> None:
-        """Stop starting tasks, give running ones the grace time, cancel the rest."""
-        self._draining = True
-        running = [t for t in self._tasks.values() if not t.done()]
-        if running:
-            log.info("stopping: %d task(s) running; waiting up to %.0f s", len(running),
-                     self.config.shutdown_grace_s)
-            _, late = await asyncio.wait(running, timeout=self.config.shutdown_grace_s)
-            for task in late:
-                task.cancel()  # a copy checkpoints; the next start resumes it
 
     async def _leave_bus(self, bus_task: asyncio.Task[None]) -> None:
         """Flush owed events and say offline on the live connection, if there is
@@ -259,8 +212,8 @@ class Agent:
         return web.json_response({
             "site": self.site, "availability_zone": self.config.site.availability_zone,
             "broker": "connected" if self._bus is not None else "disconnected",
-            "in_flight": sorted(self._in_flight), "owed_results": rt.events.owed_results,
-            "stopping": self._draining,
+            "in_flight": list(rt.tasks.in_flight), "owed_results": rt.events.owed_results,
+            "stopping": rt.tasks.draining,
         })
 
     # --- the broker ---------------------------------------------------------------------
@@ -314,24 +267,9 @@ class Agent:
         async for delivery in bus.messages():
             message = delivery.message
             if isinstance(message, (CopyCommand, DeleteCommand)):
-                await self._accept(message)
+                await self._runtime().tasks.accept(message)
             else:
                 log.warning("ignored a %s message on the command topic", message.TYPE)
-
-    async def _accept(self, command: Command) -> None:
-        """Journal first: the broker already counts the command as delivered."""
-        rt = self._runtime()
-        if await rt.journal.record(command):
-            log.info("task %s: %s image %s", command.task_id, command.TYPE, command.image_id)
-            if not self._draining:
-                self._spawn(command)
-            return
-        record = await rt.journal.get(command.task_id)
-        if record is not None and record.result is not None:
-            log.info("task %s delivered again; it is %s: answering again", command.task_id, record.state.value)
-            rt.events.resend(record.result)
-        else:
-            log.info("task %s delivered again; it is under way", command.task_id)
 
     async def _heartbeats(self, bus: BusClient) -> None:
         while True:
@@ -339,7 +277,7 @@ class Agent:
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def heartbeat_once(self, bus: BusClient) -> None:
-        beat = Heartbeat(site=self.site, ts=time.time(), in_flight=tuple(sorted(self._in_flight)),
+        beat = Heartbeat(site=self.site, ts=time.time(), in_flight=self._runtime().tasks.in_flight,
                          free_bytes=await self._free_bytes())
         await bus.publish(topics.event(self.site), beat)
 
@@ -351,80 +289,6 @@ class Agent:
             log.debug("free space unknown: %s", exc)
             return None
         return capacity.free_bytes if capacity is not None else None
-
-    # --- tasks ---------------------------------------------------------------------------
-
-    def _spawn(self, command: Command) -> None:
-        assert self._work is not None
-        if command.task_id in self._tasks and not self._tasks[command.task_id].done():
-            return
-        task = self._work.create_task(self._run_task(command), name=f"task-{command.task_id}")
-        self._tasks[command.task_id] = task
-        task.add_done_callback(lambda t: self._forget_task(command.task_id, t))
-
-    def _forget_task(self, task_id: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(task_id) is task:
-            del self._tasks[task_id]
-
-    async def _run_task(self, command: Command) -> None:
-        """One task, start to result. Cancelled (shutdown), it stays unfinished
-        in the journal and the next start resumes it."""
-        rt = self._runtime()
-        is_copy = isinstance(command, CopyCommand)
-        try:
-            async with self._slots.image(command.image_id):
-                async with self._slots.copies if is_copy else contextlib.nullcontext():
-                    await rt.journal.set_state(command.task_id, TaskState.RUNNING)
-                    self._in_flight.add(command.task_id)
-                    try:
-                        result = await self._attempts(command)
-                    finally:
-                        self._in_flight.discard(command.task_id)
-                    await rt.events.finish(command.task_id, result)
-        except EdgesyncError as exc:  # the journal failed: the task stays unfinished
-            log.error("task %s: %s; it will be resumed at the next start", command.task_id, exc.message)
-            return
-        if isinstance(result, DoneEvent):
-            rt.events.inventory_changed()
-
-    async def _attempts(self, command: Command) -> Result:
-        """Run the task, retrying retryable failures with backoff within the retry window."""
-        backoff = Backoff(*RETRY_BACKOFF)
-        give_up_at = time.monotonic() + self.config.copy_retry_window_s
-        while True:
-            try:
-                return await self._execute(command)
-            except Exception as exc:  # noqa: BLE001 — every failure becomes a FailedEvent
-                failed = replicator.failure_event(command.task_id, exc)
-                if not isinstance(exc, EdgesyncError):
-                    log.exception("task %s failed", command.task_id)
-                delay_s = backoff.next_delay_s()
-                if not failed.retryable or time.monotonic() + delay_s > give_up_at:
-                    log.warning("task %s failed: %s", command.task_id, failed.reason)
-                    await self._discard_partial(command)
-                    return failed
-                log.warning("task %s: %s; trying again in %.1f s", command.task_id, failed.reason, delay_s)
-                await asyncio.sleep(delay_s)
-
-    async def _discard_partial(self, command: Command) -> None:
-        """A copy given up on kept its partial copy for a retry that won't come."""
-        if not isinstance(command, CopyCommand):
-            return
-        try:
-            await self._runtime().store.discard_unpublished(command.image_id)
-        except EdgesyncError as exc:  # the next copy of this image discards it anyway
-            log.warning("task %s: could not remove the partial copy: %s", command.task_id, exc.message)
-
-    async def _execute(self, command: Command) -> DoneEvent:
-        rt = self._runtime()
-        if isinstance(command, DeleteCommand):
-            await replicator.delete(command, rt.store)
-            rt.events.inventory_changed()
-            return DoneEvent(task_id=command.task_id, image_id=command.image_id)
-        location = await replicator.copy(
-            command, rt.store, rt.journal, self._sources(command),
-            lambda done, total: rt.events.progress(command.task_id, done, total))
-        return DoneEvent(task_id=command.task_id, image_id=command.image_id, location_url=location.url)
 
     def _http_source(self, command: CopyCommand) -> DataSource:
         rt = self._runtime()

@@ -1,0 +1,182 @@
+"""Running the hub's commands: intake, concurrency, retries, results.
+
+`accept()` journals a command before anything else happens to it (paho has
+already acknowledged it to the broker): a new task is started, unless the
+agent is stopping, in which case the next start resumes it; a task id seen
+before is a redelivery, and a finished task's result is sent again while a
+running one is left alone.
+
+Tasks run in the daemon's TaskGroup. Copies are bounded by
+`max_concurrent_copies`; tasks on one image run one at a time, in arrival
+order (asyncio locks are FIFO), so a delete never races the copy before it.
+A retryable failure is retried with capped, jittered backoff for
+`retry_window_s`; a copy keeps its partial copy and journal between attempts,
+so it resumes by range. Every outcome becomes a Done or Failed event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from edgesync.agent import replicator
+from edgesync.agent.events import EventOutbox
+from edgesync.agent.journal import Command, Journal, Result, TaskState
+from edgesync.bus import Backoff, CopyCommand, DeleteCommand, DoneEvent
+from edgesync.errors import EdgesyncError
+from edgesync.stores.base import ImageStore
+from edgesync.transfer.pipeline import DataSource
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[CopyCommand], DataSource]
+
+RETRY_BACKOFF = (1.0, 60.0)  # initial and max delay between attempts of one task
+
+
+class _ImageLocks:
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, image_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(image_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(image_id) is lock:
+                del self._locks[image_id]
+
+
+class TaskRunner:
+    def __init__(self, store: ImageStore, journal: Journal, events: EventOutbox, sources: SourceFactory, *,
+                 max_concurrent_copies: int, retry_window_s: float) -> None:
+        self.store = store
+        self.journal = journal
+        self.events = events
+        self.sources = sources
+        self.retry_window_s = retry_window_s
+        self.draining = False
+        self._copy_slots = asyncio.Semaphore(max_concurrent_copies)
+        self._images = _ImageLocks()
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # task id → its runner
+        self._in_flight: set[str] = set()  # task ids doing work now
+
+    @property
+    def in_flight(self) -> tuple[str, ...]:
+        return tuple(sorted(self._in_flight))
+
+    # --- starting and stopping ---------------------------------------------------------
+
+    async def start(self, group: asyncio.TaskGroup) -> None:
+        """Run tasks in `group` from now on, starting with the journal's unfinished ones."""
+        self._group = group
+        for record in await self.journal.unfinished():
+            log.info("resuming task %s (%s of image %s)", record.task_id, record.kind.value, record.image_id)
+            self._spawn(record.command)
+
+    async def drain(self, grace_s: float) -> None:
+        """Start nothing more; give running tasks `grace_s`, then cancel them
+        (a cancelled copy checkpoints; the next start resumes it)."""
+        self.draining = True
+        running = [t for t in self._tasks.values() if not t.done()]
+        if not running:
+            return
+        log.info("stopping: %d task(s) running; waiting up to %.0f s", len(running), grace_s)
+        _, late = await asyncio.wait(running, timeout=grace_s)
+        for task in late:
+            task.cancel()
+
+    # --- intake ----------------------------------------------------------------------------
+
+    async def accept(self, command: Command) -> None:
+        """Journal first: the broker already counts the command as delivered."""
+        if await self.journal.record(command):
+            log.info("task %s: %s image %s", command.task_id, command.TYPE, command.image_id)
+            if not self.draining:
+                self._spawn(command)
+            return
+        record = await self.journal.get(command.task_id)
+        if record is not None and record.result is not None:
+            log.info("task %s delivered again; it is %s: answering again", command.task_id, record.state.value)
+            self.events.resend(record.result)
+        else:
+            log.info("task %s delivered again; it is under way", command.task_id)
+
+    def _spawn(self, command: Command) -> None:
+        if self._group is None:
+            return  # not running yet (or any more): the journal keeps it for the next start
+        running = self._tasks.get(command.task_id)
+        if running is not None and not running.done():
+            return
+        task = self._group.create_task(self._run(command), name=f"task-{command.task_id}")
+        self._tasks[command.task_id] = task
+        task.add_done_callback(lambda t: self._forget(command.task_id, t))
+
+    def _forget(self, task_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(task_id) is task:
+            del self._tasks[task_id]
+
+    # --- one task ----------------------------------------------------------------------------
+
+    async def _run(self, command: Command) -> None:
+        """One task, start to result. Cancelled (shutdown), it stays unfinished
+        in the journal and the next start resumes it."""
+        slots = self._copy_slots if isinstance(command, CopyCommand) else contextlib.nullcontext()
+        try:
+            async with self._images.hold(command.image_id), slots:
+                await self.journal.set_state(command.task_id, TaskState.RUNNING)
+                self._in_flight.add(command.task_id)
+                try:
+                    result = await self._attempts(command)
+                finally:
+                    self._in_flight.discard(command.task_id)
+                await self.events.finish(command.task_id, result)
+        except EdgesyncError as exc:  # the journal failed: the task stays unfinished
+            log.error("task %s: %s; it will be resumed at the next start", command.task_id, exc.message)
+            return
+        if isinstance(result, DoneEvent):
+            self.events.inventory_changed()
+
+    async def _attempts(self, command: Command) -> Result:
+        """Run the task, retrying retryable failures with backoff within the retry window."""
+        backoff = Backoff(*RETRY_BACKOFF)
+        give_up_at = time.monotonic() + self.retry_window_s
+        while True:
+            try:
+                return await self._execute(command)
+            except Exception as exc:  # noqa: BLE001 — every failure becomes a FailedEvent
+                failed = replicator.failure_event(command.task_id, exc)
+                if not isinstance(exc, EdgesyncError):
+                    log.exception("task %s failed", command.task_id)
+                delay_s = backoff.next_delay_s()
+                if not failed.retryable or time.monotonic() + delay_s > give_up_at:
+                    log.warning("task %s failed: %s", command.task_id, failed.reason)
+                    await self._discard_partial(command)
+                    return failed
+                log.warning("task %s: %s; trying again in %.1f s", command.task_id, failed.reason, delay_s)
+                await asyncio.sleep(delay_s)
+
+    async def _execute(self, command: Command) -> DoneEvent:
+        if isinstance(command, DeleteCommand):
+            await replicator.delete(command, self.store)
+            self.events.inventory_changed()
+            return DoneEvent(task_id=command.task_id, image_id=command.image_id)
+        location = await replicator.copy(
+            command, self.store, self.journal, self.sources(command),
+            lambda done, total: self.events.progress(command.task_id, done, total))
+        return DoneEvent(task_id=command.task_id, image_id=command.image_id, location_url=location.url)
+
+    async def _discard_partial(self, command: Command) -> None:
+        """A copy given up on kept its partial copy for a retry that won't come."""
+        if not isinstance(command, CopyCommand):
+            return
+        try:
+            await self.store.discard_unpublished(command.image_id)
+        except EdgesyncError as exc:  # the next copy of this image discards it anyway
+            log.warning("task %s: could not remove the partial copy: %s", command.task_id, exc.message)
