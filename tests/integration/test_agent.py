@@ -29,6 +29,7 @@ from edgesync.agent.journal import Journal, TaskState
 from edgesync.bus import (
     Backoff,
     BusClient,
+    BusError,
     CopyCommand,
     DeleteCommand,
     Delivery,
@@ -400,6 +401,17 @@ async def test_a_stop_right_after_connecting_still_says_offline(
             agent.stop()
             await asyncio.wait_for(task, 3)
             await inbox.wait_for(live_status(SiteState.OFFLINE), timeout_s=1)
+
+
+async def test_refused_credentials_stop_the_agent_with_the_reason(
+        tmp_path: Path, broker: LabBroker, hub_data: HubData) -> None:
+    path = agent_config(tmp_path, broker, hub_data.url)
+    (path.parent / "mqtt").write_text("not-the-password")
+    agent = Agent(load_agent(path))
+    await agent.start()
+    with pytest.raises(BusError, match="refused the credentials of user 'site-dcn0'") as refused:
+        await asyncio.wait_for(agent.run(), 5)
+    assert not refused.value.retryable
 
 
 # --- liveness and the agent's own endpoints -----------------------------------------------
