@@ -116,15 +116,24 @@ class Catalog:
                 await self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise CatalogError(f"catalog busy: {exc}") from exc
+            except asyncio.CancelledError:
+                # The BEGIN still runs on the connection's thread (statements
+                # run there in order): end what it opens, or every later BEGIN fails.
+                await self._rollback()
+                raise
             try:
                 yield self._db
             except BaseException:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
+                await self._rollback()
                 raise
             try:
                 await asyncio.shield(self._db.execute("COMMIT"))
             except sqlite3.Error as exc:
                 raise CatalogError(f"catalog commit failed: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # no transaction to end (the BEGIN failed)
+            await asyncio.shield(self._db.execute("ROLLBACK"))
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         # Under the lock too: on the shared connection a read could otherwise

@@ -240,3 +240,17 @@ async def test_a_task_outlives_its_deleted_image(catalog: Catalog) -> None:
     await catalog.finish_task(task.id, TaskStatus.SUCCESS, "done", image_fields={"status": ImageStatus.ACTIVE})
     assert await catalog.get_image(image.id) is None
     assert (await catalog.tasks_for_image(image.id))[0].status == TaskStatus.SUCCESS
+
+
+async def test_a_transaction_cancelled_at_its_begin_leaves_the_catalog_usable(tmp_path: Path) -> None:
+    catalog = await Catalog.open(tmp_path / "c.sqlite3")
+    try:
+        for _ in range(20):  # cancel at different points of the BEGIN's round trip
+            attempt = asyncio.create_task(catalog.insert_image(Image(id=str(uuid.uuid4()), owner="p")))
+            await asyncio.sleep(0)
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+        image = await catalog.insert_image(Image(id="after-cancels", owner="p"))
+        assert image.id == "after-cancels"
+    finally:
+        await catalog.close()
