@@ -4,7 +4,7 @@ Every command under test is the glance CLI run as a subprocess; the hub's
 HTTP API and the store directories on disk are only read to check what the
 command really did. Stores fail for real (a store directory replaced by a
 regular file) and a copy is held up for real (the central copy replaced by a
-FIFO the copy blocks on), so nothing here is mocked.
+FIFO the copy blocks on), so every part here is the real one.
 """
 
 from __future__ import annotations
