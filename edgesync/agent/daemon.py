@@ -29,8 +29,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,8 @@ from edgesync.bus import (
     topics,
 )
 from edgesync.errors import EdgesyncError, NotFound, Unauthorized
+from edgesync.logs import log_context
+from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, data_routes
@@ -95,6 +97,7 @@ class Agent:
         self._leaving = asyncio.Event()  # the tasks are stopped: say goodbye to the broker
         self._bus: BusClient | None = None
         self.http_port: int | None = None
+        self.on_running: Callable[[], None] | None = None  # run() has resumed its tasks (systemd's READY)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as work:
                 await rt.tasks.start(work)
+                if self.on_running is not None:
+                    self.on_running()
                 stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
                 await asyncio.wait([bus_task, stopping], return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
@@ -140,6 +145,14 @@ class Agent:
             await self._close()
         if not bus_task.cancelled() and bus_task.exception() is not None:
             raise bus_task.exception()  # type: ignore[misc]  # e.g. the broker refused our credentials
+
+    def describe(self) -> str:
+        """One line on how it is doing (systemd's STATUS=)."""
+        if self._rt is None:
+            return "not running"
+        broker = "connected" if self._bus is not None else "disconnected"
+        return (f"data endpoint on port {self.http_port}, broker {broker}, "
+                f"{len(self._rt.tasks.in_flight)} task(s) in flight")
 
     def stop(self) -> None:
         """Ask run() to shut down (safe from a signal handler)."""
@@ -316,14 +329,19 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
 
 
 async def serve(config: AgentConfig) -> None:
-    """Run an agent until SIGTERM or SIGINT."""
+    """Run an agent until SIGTERM or SIGINT. READY=1 (systemd) once store and
+    journal are open, the data endpoint listens, the journal's unfinished
+    tasks are resumed and the broker loop is started (the broker may still be
+    away: copies go on and their events wait)."""
     agent = Agent(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.stop)
-    try:
+    with log_context(site=config.name):  # every line of this process is about this site
+        await _serve(agent)
+
+
+async def _serve(agent: Agent) -> None:
+    config = agent.config
+    async with Service(f"agent of site {config.name}", describe=agent.describe) as service:
+        agent.on_running = lambda: service.ready(agent.describe())
+        service.on_stop(agent.stop)
         await agent.start()
         await agent.run()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

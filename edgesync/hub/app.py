@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -30,6 +29,7 @@ from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
 from edgesync.hub.replicator import InHubReplicator
 from edgesync.hub.staging import Staging
+from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
 
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 # Uploads and stages stream; this only bounds JSON bodies read whole.
 MAX_JSON_BODY_BYTES = 1024 * 1024
+# At a stop, requests still running get this long, then are cancelled (an
+# upload cut off leaves its image queued). With the imports' grace in
+# close(), the hub stops within ~10 s (systemd's TimeoutStopSec is 30 s).
+HTTP_DRAIN_S = 3.0
 
 
 @dataclass
@@ -126,7 +130,8 @@ class Hub:
         await self.open()
         try:
             await self._start_bus()
-            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                   shutdown_timeout=HTTP_DRAIN_S)
             await runner.setup()
             self.runner = runner
             await web.TCPSite(runner, self.config.host, self.config.port).start()
@@ -138,10 +143,13 @@ class Hub:
     async def close(self, grace_s: float = 5.0) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        # Running tasks get their grace with the bus still up (a copy at an
+        # edge finishes through its agent's events); what is cut off after it
+        # stays open in the catalog and the next start's recovery finishes it.
+        await self.importer.shutdown(grace_s)
         if self._bus_task is not None:
             self._bus_task.cancel()
             await asyncio.gather(self._bus_task, return_exceptions=True)
-        await self.importer.shutdown(grace_s)
         await self._close_stores_and_catalog()
 
     async def _close_stores_and_catalog(self) -> None:
@@ -154,16 +162,12 @@ class Hub:
 
 
 async def serve(config: HubConfig) -> None:
-    """Run the hub until SIGTERM or SIGINT."""
+    """Run the hub until SIGTERM or SIGINT. READY=1 (systemd) once the catalog
+    is open, unfinished tasks are recovered, the bus loop is started (the
+    broker may still be away: commands wait in the outbox) and the API listens."""
     hub = Hub(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await hub.start()
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    async with Service("hub") as service:
+        await hub.start()
+        service.ready(f"serving on {config.host}:{config.port}")
+        await service.stop_requested()
         await hub.close()
