@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 
+from edgesync import logs
 from edgesync.errors import EdgesyncError
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                        help="text (default) or json: one object per line with ts, level, logger, msg, "
+                             "site, image_id, task_id")
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
@@ -73,11 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     hub = sub.add_parser("hub", help="run the hub daemon (Glance v2 API, catalog, imports)")
     hub.add_argument("--config", required=True, help="path to hub.toml")
+    _add_log_format(hub)
     hub.set_defaults(func=_cmd_hub)
 
     agent = sub.add_parser("agent", help="run an edge site's agent (its store, commands over MQTT)")
     agent.add_argument("--config", required=True, help="path to the site's file (sites/<site>.toml) "
                                                        "with its [agent] table")
+    _add_log_format(agent)
     agent.set_defaults(func=_cmd_agent)
 
     lab = sub.add_parser("lab", help="a local multi-site deployment for trying and testing")
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    logs.configure(args.log_level, getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))
     except EdgesyncError as exc:

@@ -27,6 +27,7 @@ from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Command, Journal, Result, TaskState
 from edgesync.bus import Backoff, CopyCommand, DeleteCommand, DoneEvent
 from edgesync.errors import EdgesyncError
+from edgesync.logs import log_context, task_context
 from edgesync.stores.base import ImageStore
 from edgesync.transfer.pipeline import DataSource
 
@@ -77,7 +78,8 @@ class TaskRunner:
         """Run tasks in `group` from now on, starting with the journal's unfinished ones."""
         self._group = group
         for record in await self.journal.unfinished():
-            log.info("resuming task %s (%s of image %s)", record.task_id, record.kind.value, record.image_id)
+            log.info("resuming task %s (%s of image %s)", record.task_id, record.kind.value, record.image_id,
+                     extra={"task_id": record.task_id, "image_id": record.image_id})
             self._spawn(record.command)
 
     async def drain(self, grace_s: float) -> None:
@@ -96,6 +98,10 @@ class TaskRunner:
 
     async def accept(self, command: Command) -> None:
         """Journal first: the broker already counts the command as delivered."""
+        with log_context(task_id=command.task_id, image_id=command.image_id):
+            await self._accept(command)
+
+    async def _accept(self, command: Command) -> None:
         if await self.journal.record(command):
             log.info("task %s: %s image %s", command.task_id, command.TYPE, command.image_id)
             if not self.draining:
@@ -114,7 +120,8 @@ class TaskRunner:
         running = self._tasks.get(command.task_id)
         if running is not None and not running.done():
             return
-        task = self._group.create_task(self._run(command), name=f"task-{command.task_id}")
+        task = self._group.create_task(self._run(command), name=f"task-{command.task_id}",
+                                       context=task_context(task_id=command.task_id, image_id=command.image_id))
         self._tasks[command.task_id] = task
         task.add_done_callback(lambda t: self._forget(command.task_id, t))
 

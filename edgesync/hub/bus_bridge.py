@@ -23,6 +23,7 @@ from edgesync.bus import BusClient, BusError, Channel, Delivery, Message, SiteTo
 from edgesync.bus.messages import Heartbeat, Inventory, SiteStatus, encode
 from edgesync.catalog import Catalog
 from edgesync.hub.sites import SiteRegistry
+from edgesync.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ class EventRouter:
         await self.subscribe(client)  # again after a reconnect: harmless
         async for delivery in client.messages():
             try:
-                await self.handle(delivery)
+                with log_context(site=delivery.topic.site, task_id=getattr(delivery.message, "task_id", None)):
+                    await self.handle(delivery)
             except Exception:  # one bad event must not stop the consumer
                 log.exception("handling %s from %s failed", type(delivery.message).__name__,
                               delivery.topic.site)

@@ -36,6 +36,7 @@ from edgesync.importer import qemu
 from edgesync.importer.download import download
 from edgesync.importer.inject import properties_to_inject
 from edgesync.importer.uri_filter import check_uri
+from edgesync.logs import log_context, task_context
 from edgesync.model import (
     FAILED_IMPORT,
     IMPORT_TASK,
@@ -254,6 +255,10 @@ class Importer:
         runner.add_done_callback(lambda _: self._running.pop(task.id, None))
 
     async def _with_lock_renewal(self, task: Task, work: Awaitable[None]) -> None:
+        with log_context(task_id=task.id, image_id=task.image_id):
+            await self._run_with_lock_renewal(task, work)
+
+    async def _run_with_lock_renewal(self, task: Task, work: Awaitable[None]) -> None:
         renewer = asyncio.create_task(self._renew_lock(task), name=f"lock-{task.id}")
         try:
             await work
@@ -343,7 +348,9 @@ class Importer:
         return converted, {**fields, "disk_format": "raw"}
 
     async def _copy_to(self, task: Task, image: Image, stores: list[str]) -> None:
-        await asyncio.gather(*(self._copy_one(task, image, s) for s in stores))
+        # Each copy's lines carry its site.
+        await asyncio.gather(*(asyncio.create_task(self._copy_one(task, image, s), context=task_context(site=s))
+                               for s in stores))
 
     async def _copy_one(self, task: Task, image: Image, store: str) -> None:
         await self._set_job(task, store, StoreJobState.RUNNING, bytes_total=image.size or 0)

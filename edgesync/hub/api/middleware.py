@@ -16,6 +16,7 @@ from aiohttp import web
 
 from edgesync.errors import EdgesyncError, Unauthorized
 from edgesync.hub.auth import NOAUTH_CALLER, TokenTable
+from edgesync.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ def error_response(status: int, title: str, message: str) -> web.Response:
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        with log_context(image_id=request.match_info.get("image_id")):
+            return await handler(request)
     except EdgesyncError as exc:
         if exc.http_status >= 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
