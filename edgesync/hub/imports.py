@@ -229,7 +229,8 @@ class Importer:
             await self.staging.receive(image.id, chunks, expected_size=expected_size,
                                        max_bytes=self.config.max_image_size_bytes)
         except BaseException as exc:
-            await self._fail_all(task, f"upload failed: {exc}")
+            why = "interrupted before all data arrived" if isinstance(exc, asyncio.CancelledError) else str(exc)
+            await self._fail_all(task, f"upload failed: {why}")
             await self._finalize(task.id)
             raise
         await self._with_lock_renewal(task, self._run_new(task))
