@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -139,6 +140,18 @@ async def test_a_failing_status_line_does_not_stop_the_watchdog(socket_path: str
         service.ready("serving")
         await wait_until(lambda: receiver.count("WATCHDOG") >= 3)
     assert "describing hub for systemd failed" in caplog.text
+
+
+async def test_a_blocked_event_loop_stops_the_pings(socket_path: str, receiver: Receiver) -> None:
+    """Pings come from the loop, not a thread: a loop stuck in a synchronous
+    call sends none, so systemd's watchdog fires."""
+    async with Service("hub", notifier=Notifier(socket_path, watchdog_interval_s=0.01)) as service:
+        service.ready("serving")
+        await wait_until(lambda: receiver.count("WATCHDOG") >= 2)
+        before = receiver.count("WATCHDOG")
+        time.sleep(0.2)  # the loop is blocked: twenty intervals pass
+        assert receiver.count("WATCHDOG") == before
+        await wait_until(lambda: receiver.count("WATCHDOG") > before)  # unblocked, they resume
 
 
 async def wait_until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
