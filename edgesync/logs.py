@@ -49,10 +49,6 @@ def log_context(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> dict[str, str]:
-    return dict(_context.get())
-
-
 def task_context(**fields: object) -> contextvars.Context:
     """A context for `create_task(…, context=)`: the task's lines carry `fields`."""
     context = contextvars.copy_context()

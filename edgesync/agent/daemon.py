@@ -335,13 +335,8 @@ async def serve(config: AgentConfig) -> None:
     away: copies go on and their events wait)."""
     agent = Agent(config)
     with log_context(site=config.name):  # every line of this process is about this site
-        await _serve(agent)
-
-
-async def _serve(agent: Agent) -> None:
-    config = agent.config
-    async with Service(f"agent of site {config.name}", describe=agent.describe) as service:
-        agent.on_running = lambda: service.ready(agent.describe())
-        service.on_stop(agent.stop)
-        await agent.start()
-        await agent.run()
+        async with Service(f"agent of site {config.name}", describe=agent.describe) as service:
+            agent.on_running = lambda: service.ready(agent.describe())
+            service.on_stop(agent.stop)
+            await agent.start()
+            await agent.run()
