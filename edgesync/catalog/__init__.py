@@ -392,17 +392,21 @@ class Catalog:
         reason: str | None = None,
         bytes_done: int | None = None,
         bytes_total: int | None = None,
+        all_bytes_done: bool = False,
         image_properties: dict[str, str] | None = None,
         location: tuple[str, Location] | None = None,
     ) -> None:
         """Move one store's job on, optionally with the image's progress
-        properties and its new location, in one transaction."""
+        properties and its new location, in one transaction. `all_bytes_done`:
+        the job moved all its bytes (progress is recorded only now and then)."""
         async with self._tx() as db:
             sets, args = ["state = ?", "updated_at = ?"], [state.value, utcnow()]
             for column, value in (("reason", reason), ("bytes_done", bytes_done), ("bytes_total", bytes_total)):
                 if value is not None:
                     sets.append(f"{column} = ?")
                     args.append(value)
+            if all_bytes_done:
+                sets.append("bytes_done = bytes_total")
             await db.execute(
                 f"UPDATE store_jobs SET {', '.join(sets)} WHERE task_id = ? AND store = ?",
                 (*args, task_id, store),
@@ -421,12 +425,13 @@ class Catalog:
                 if row is not None and await _image_exists(db, row["image_id"]):
                     await _write_properties(db, row["image_id"], image_properties, ())
 
-    async def record_progress(self, task_id: str, store: str, bytes_done: int) -> None:
+    async def record_progress(self, task_id: str, store: str, bytes_done: int, bytes_total: int) -> None:
         """Cheap progress update (no state change)."""
         async with self._tx() as db:
             await db.execute(
-                "UPDATE store_jobs SET bytes_done = ?, updated_at = ? WHERE task_id = ? AND store = ?",
-                (bytes_done, utcnow(), task_id, store),
+                "UPDATE store_jobs SET bytes_done = ?, bytes_total = ?, updated_at = ? "
+                "WHERE task_id = ? AND store = ?",
+                (bytes_done, bytes_total, utcnow(), task_id, store),
             )
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -437,9 +442,18 @@ class Catalog:
         rows = await self._rows("SELECT * FROM tasks WHERE image_id = ? ORDER BY created_at DESC, rowid DESC", (image_id,))
         return await self._tasks_from(rows)
 
-    async def tasks(self, *, unfinished_only: bool = False, limit: int = 100) -> list[Task]:
-        where = "WHERE status IN ('pending', 'processing')" if unfinished_only else ""
-        rows = await self._rows(f"SELECT * FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
+    async def tasks(self, *, unfinished_only: bool = False, limit: int = 100,
+                    owner: str | None = None) -> list[Task]:
+        """The newest tasks first; `owner`: only tasks on that project's images."""
+        conditions, args = [], []
+        if unfinished_only:
+            conditions.append("status IN ('pending', 'processing')")
+        if owner is not None:
+            conditions.append("owner = ?")
+            args.append(owner)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._rows(f"SELECT * FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                (*args, limit))
         return await self._tasks_from(rows)
 
     async def _tasks_from(self, rows: list[aiosqlite.Row]) -> list[Task]:

@@ -49,7 +49,7 @@ from edgesync.model import (
     TaskStatus,
 )
 from edgesync.stores.base import ImageStore
-from edgesync.transfer.pipeline import FileSource, pump
+from edgesync.transfer.pipeline import CopyProgressFn, FileSource, MeasuredSource, pump
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +313,12 @@ class Importer:
             # image is not active, so nothing can reference this copy.
             await store.delete(image.id)
         reader = FileSource(source)
+        data = MeasuredSource(reader)
         try:
             size = await reader.size()
-            await self._set_job(task, self.central, StoreJobState.RUNNING, bytes_total=size)
             async with await store.open_writer(image.id, size) as writer:
-                digest = await pump(reader, writer, size=size,
-                                    on_progress=self._progress_recorder(task, self.central))
+                digest = await pump(data, writer, size=size,
+                                    on_progress=data.reporting_to(self._progress_recorder(task, self.central)))
                 location = await writer.publish()
         finally:
             reader.close()
@@ -326,8 +326,8 @@ class Importer:
             **fields, "size": digest.size, "checksum": digest.checksum,
             "os_hash_algo": "sha512", "os_hash_value": digest.os_hash_value,
         })
-        await self._set_job(task, self.central, StoreJobState.DONE, bytes_done=size,
-                            location=location)
+        await self._set_job(task, self.central, StoreJobState.DONE, bytes_done=data.data_bytes,
+                            bytes_total=data.data_bytes, location=location)
 
     async def _prepare_source(self, task: Task, image: Image) -> tuple[Path, dict[str, Any]]:
         """Fetch (web-download), inspect, vet and convert the staged data.
@@ -354,7 +354,7 @@ class Importer:
                                for s in stores))
 
     async def _copy_one(self, task: Task, image: Image, store: str) -> None:
-        await self._set_job(task, store, StoreJobState.RUNNING, bytes_total=image.size or 0)
+        await self._set_job(task, store, StoreJobState.RUNNING)
         try:
             location = await self.replicator.replicate(
                 image, task.input.get("source") or self.central, store,
@@ -368,7 +368,8 @@ class Importer:
                         exc_info=not isinstance(exc, EdgesyncError))
             await self._set_job(task, store, StoreJobState.FAILED, reason=reason)
             return
-        await self._set_job(task, store, StoreJobState.DONE, bytes_done=image.size, location=location)
+        # bytes_done: whatever progress said last (throttled) is now all of it
+        await self._set_job(task, store, StoreJobState.DONE, location=location, all_bytes_done=True)
 
     # --- outcome --------------------------------------------------------------
 
@@ -439,7 +440,8 @@ class Importer:
 
     async def _set_job(self, task: Task, store: str, state: StoreJobState, *,
                        reason: str | None = None, bytes_done: int | None = None,
-                       bytes_total: int | None = None, location: Any = None) -> None:
+                       bytes_total: int | None = None, all_bytes_done: bool = False,
+                       location: Any = None) -> None:
         job = task.job(store)
         assert job is not None
         job.state = state
@@ -447,6 +449,7 @@ class Importer:
             job.reason = reason
         await self.catalog.update_job(
             task.id, store, state, reason=reason, bytes_done=bytes_done, bytes_total=bytes_total,
+            all_bytes_done=all_bytes_done,
             image_properties=self._progress(task),
             location=(task.image_id, location) if location is not None else None,
         )
@@ -458,15 +461,18 @@ class Importer:
             FAILED_IMPORT: ",".join(task.stores_in(StoreJobState.FAILED)),
         }
 
-    def _progress_recorder(self, task: Task, store: str):  # type: ignore[no-untyped-def]
-        last = 0.0
+    def _progress_recorder(self, task: Task, store: str) -> CopyProgressFn:
+        """Records a store's progress (data bytes, holes excluded) at most
+        once per PROGRESS_INTERVAL_S: the first report, so the total shows at
+        once, and then at that pace."""
+        last: float | None = None
 
-        async def record(done_bytes: int) -> None:
+        async def record(done_bytes: int, total_bytes: int) -> None:
             nonlocal last
             now = time.monotonic()
-            if now - last >= PROGRESS_INTERVAL_S:
+            if last is None or now - last >= PROGRESS_INTERVAL_S:
                 last = now
-                await self.catalog.record_progress(task.id, store, done_bytes)
+                await self.catalog.record_progress(task.id, store, done_bytes, total_bytes)
 
         return record
 

@@ -36,7 +36,7 @@ from edgesync.transfer.http import HttpSource, TransferError
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int], Awaitable[None]]
+ProgressFn = Callable[[int, int], Awaitable[None]]  # (data bytes done, data bytes in all)
 WAIT_SLICE_S = 1.0
 
 
@@ -99,7 +99,7 @@ class AgentCommands:
             return
         if isinstance(message, ProgressEvent):
             if pending.on_progress is not None:
-                await pending.on_progress(message.bytes_done)
+                await pending.on_progress(message.bytes_done, message.bytes_total)
         elif isinstance(message, (DoneEvent, FailedEvent)) and not pending.result.done():
             pending.result.set_result(message)
 

@@ -16,7 +16,7 @@ from edgesync.errors import StoreError, StoreImageExists
 from edgesync.hub.remote import RemoteStore
 from edgesync.model import Image
 from edgesync.stores.base import ImageStore, Location
-from edgesync.transfer.pipeline import ProgressFn, StoreSource, pump
+from edgesync.transfer.pipeline import CopyProgressFn, MeasuredSource, StoreSource, pump
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,11 @@ class DigestMismatch(StoreError):
 
 
 class Replicator(Protocol):
-    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn,
+    async def replicate(self, image: Image, source: str, dest: str, on_progress: CopyProgressFn,
                         *, job_id: str) -> Location:
         """Make a verified, published copy of `image` from store `source` in
-        `dest`. `job_id` names this copy: repeating it is harmless."""
+        `dest`, reporting (data bytes done, data bytes in all) as it goes.
+        `job_id` names this copy: repeating it is harmless."""
 
     async def remove(self, image_id: str, store: str) -> None:
         """Delete the copy of `image_id` in `store`."""
@@ -41,7 +42,7 @@ class InHubReplicator:
     def __init__(self, stores: dict[str, ImageStore]) -> None:
         self._stores = stores
 
-    async def replicate(self, image: Image, source: str, dest: str, on_progress: ProgressFn,
+    async def replicate(self, image: Image, source: str, dest: str, on_progress: CopyProgressFn,
                         *, job_id: str) -> Location:
         assert image.size is not None and image.os_hash_value, "only active images are copied"
         target = self._stores[dest]
@@ -55,9 +56,10 @@ class InHubReplicator:
             log.warning("replacing unrecorded copy of %s in %s", image.id, dest)
             await target.delete(image.id)
             writer = await target.open_writer(image.id, image.size)
+        data = MeasuredSource(StoreSource(self._stores[source], image.id))
         async with writer:
-            digest = await pump(StoreSource(self._stores[source], image.id), writer,
-                                size=image.size, on_progress=on_progress, with_md5=False)
+            digest = await pump(data, writer, size=image.size,
+                                on_progress=data.reporting_to(on_progress), with_md5=False)
             if digest.os_hash_value != image.os_hash_value:
                 raise DigestMismatch(
                     f"copy of {image.id} to {dest} does not match os_hash_value; not published"

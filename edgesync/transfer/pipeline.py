@@ -23,6 +23,9 @@ CHUNK_BYTES = 4 * 1024 * 1024
 WINDOW = 4
 
 ProgressFn = Callable[[int], Awaitable[None]]
+# (bytes of data copied so far, bytes of data the copy moves in all): holes
+# are never moved, so they count in neither.
+CopyProgressFn = Callable[[int, int], Awaitable[None]]
 
 
 class DataSource(Protocol):
@@ -67,6 +70,34 @@ class FileSource:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class MeasuredSource:
+    """A source that remembers how many bytes of data its extents hold, so a
+    copy's progress can be told against what it really moves."""
+
+    def __init__(self, inner: DataSource) -> None:
+        self.inner = inner
+        self.data_bytes = 0
+
+    async def size(self) -> int:
+        return await self.inner.size()
+
+    async def extents(self) -> list[Extent]:
+        extents = await self.inner.extents()
+        self.data_bytes = sum(e.length for e in extents)
+        return extents
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.inner.read(offset, length)
+
+    def reporting_to(self, on_progress: CopyProgressFn) -> ProgressFn:
+        """`pump`'s progress callback, passing on the data total as well."""
+
+        async def report(done_bytes: int) -> None:
+            await on_progress(done_bytes, self.data_bytes)
+
+        return report
 
 
 def chunked(extents: list[Extent], chunk_bytes: int = CHUNK_BYTES) -> Iterator[Extent]:

@@ -18,6 +18,7 @@ from tests.api.conftest import (
     Source,
     break_store,
     copy,
+    data_bytes,
     default_image,
     direct,
     error_of,
@@ -259,6 +260,32 @@ async def test_copy_image_to_two_edges(api: Api) -> None:
         assert (api.store_dir(store) / image["id"]).read_bytes() == data
     task = await api.last_task(image["id"])
     assert task["status"] == "success" and task["input"]["import_req"]["method"]["name"] == "copy-image"
+
+
+async def test_progress_counts_the_data_a_copy_moves_not_the_holes(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = default_image(seed=5)  # 8 MiB, 1216 KiB of it data
+    moved = data_bytes(data)
+    image = await api.active_image(data)
+    gate = gate_store_writes(monkeypatch, api.hub, "dcn0")
+    await api.p1.import_(image["id"], copy(["dcn0"]))
+    await gate.wait_entered()
+
+    async def dcn0_job() -> dict[str, Any]:
+        return (await api.last_task(image["id"]))["result"]["stores"]["dcn0"]
+
+    async def total_known() -> bool:
+        return (await dcn0_job())["bytes_total"] > 0
+
+    await until(total_known)
+    running = await dcn0_job()
+    assert running["state"] == "running" and running["bytes_total"] == moved < len(data)
+    assert 0 < running["bytes_done"] <= moved
+    gate.open()
+    await api.wait_idle()
+    copied, imported = await api.admin.tasks(image["id"])
+    for job in (copied["result"]["stores"]["dcn0"], imported["result"]["stores"]["central"]):
+        assert (job["state"], job["bytes_done"], job["bytes_total"]) == ("done", moved, moved)
 
 
 async def test_copy_to_a_store_that_has_it_is_400(api: Api) -> None:

@@ -200,8 +200,11 @@ async def test_update_job_records_state_progress_and_location_at_once(catalog: C
     image = await catalog.insert_image(new_image(status=ImageStatus.ACTIVE))
     task = new_task(image.id, ["dcn0"])
     await catalog.start_task(task, lock_ttl_s=60)
-    await catalog.record_progress(task.id, "dcn0", 100)
-    await catalog.update_job(task.id, "dcn0", StoreJobState.DONE, bytes_done=200, bytes_total=200,
+    await catalog.record_progress(task.id, "dcn0", 100, 200)
+    [job] = (await catalog.get_task(task.id)).jobs  # type: ignore[union-attr]
+    assert (job.bytes_done, job.bytes_total) == (100, 200)
+    # progress is recorded only now and then: done means all of the total
+    await catalog.update_job(task.id, "dcn0", StoreJobState.DONE, all_bytes_done=True,
                              image_properties={"os_glance_importing_to_stores": ""},
                              location=(image.id, Location("dcn0", "file:///dcn0/x")))
     [job] = (await catalog.get_task(task.id)).jobs  # type: ignore[union-attr]
