@@ -244,7 +244,10 @@ class FileStore(ImageStore):
         return await asyncio.to_thread(published)
 
     async def capacity(self) -> StoreCapacity:
-        usage = await asyncio.to_thread(shutil.disk_usage, self.root)
+        try:
+            usage = await asyncio.to_thread(shutil.disk_usage, self.root)
+        except OSError as exc:
+            raise _translate(exc, f"reading the free space of store {self.name} at {self.root}") from exc
         return StoreCapacity(used_bytes=usage.used, free_bytes=usage.free)
 
 

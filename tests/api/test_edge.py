@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, copy, default_image, error_of, gate_store_writes, md5, sha512
+from tests.api.conftest import MiB, Api, Caller, copy, default_image, error_of, gate_store_writes, md5, sha512
 
 
 async def test_boot_location_answers_only_the_azs_own_store(api: Api) -> None:
@@ -117,3 +119,71 @@ async def test_edge_registration_is_refused_when_it_cannot_be_right(api: Api) ->
         await error_of(resp, 404, "edge site")
     async with api.admin.post("/edgesync/v1/sites/dcn0/images", json={"id": image_id}) as resp:
         await error_of(resp, 400, "size")
+
+
+async def test_sites_say_up_free_space_and_copies_in_flight_where_the_hub_runs_them(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = await api.active_image(default_image())
+    gate = gate_store_writes(monkeypatch, api.hub, "dcn0")
+    await api.admin.import_(image["id"], copy(["dcn0"]))
+    await gate.wait_entered()
+    task_id = (await api.last_task(image["id"]))["id"]
+    sites = await _sites(api)
+    assert sites["dcn0"]["in_flight"] == [f"{task_id}-dcn0"] and sites["central"]["in_flight"] == []
+    gate.open()
+    await api.wait_idle()
+    sites = await _sites(api)
+    assert sites["dcn0"]["in_flight"] == []
+    for name, site in sites.items():
+        assert site["up"] is True and site["problem"] is None, site
+        free = shutil.disk_usage(api.store_dir(name)).free
+        assert abs(site["free_bytes"] - free) < 256 * MiB, (site, free)  # other tests write meanwhile
+        assert site["heartbeat_age_s"] is None  # no agent: nothing heartbeats
+
+
+async def test_a_store_that_cannot_answer_is_down_with_the_reason(api: Api) -> None:
+    path = api.store_dir("dcn1")
+    path.rename(path.with_name("dcn1.gone"))
+    try:
+        site = (await _sites(api))["dcn1"]
+    finally:
+        path.with_name("dcn1.gone").rename(path)
+    assert site["up"] is False and site["free_bytes"] is None
+    assert "dcn1" in site["problem"] and str(path) in site["problem"]
+
+
+async def _sites(api: Api) -> dict[str, dict[str, Any]]:
+    async with api.admin.get("/edgesync/v1/sites") as resp:
+        assert resp.status == 200, await resp.text()
+        return {s["name"]: s for s in (await resp.json())["sites"]}
+
+
+# --- recent tasks ------------------------------------------------------------------
+
+
+async def test_tasks_lists_the_newest_first_with_each_stores_state(api: Api) -> None:
+    mine = await api.active_image(default_image(seed=1))
+    theirs = await api.active_image(default_image(seed=2), caller=api.p2)
+    await api.p1.import_(mine["id"], copy(["dcn0", "dcn1"]))
+    await api.wait_idle()
+    admin = await _tasks(api.admin, limit=3)
+    assert [t["image_id"] for t in admin] == [mine["id"], theirs["id"], mine["id"]]
+    newest = admin[0]
+    assert newest["input"]["import_req"]["method"]["name"] == "copy-image"
+    assert {s: r["state"] for s, r in newest["result"]["stores"].items()} == {"dcn0": "done", "dcn1": "done"}
+    # a member sees only its project's images' tasks
+    assert {t["image_id"] for t in await _tasks(api.p1, limit=200)} == {mine["id"]}
+    assert {t["image_id"] for t in await _tasks(api.p2, limit=200)} == {theirs["id"]}
+    assert await _tasks(api.admin, limit=200, unfinished="true") == []
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "many"}, {"limit": "201"}, {"unfinished": "maybe"}])
+async def test_tasks_with_a_bad_query_is_400(api: Api, query: dict[str, str]) -> None:
+    async with api.admin.get("/edgesync/v1/tasks", params=query) as resp:
+        await error_of(resp, 400, next(iter(query)))
+
+
+async def _tasks(caller: Caller, **params: Any) -> list[dict[str, Any]]:
+    async with caller.get("/edgesync/v1/tasks", params={k: str(v) for k, v in params.items()}) as resp:
+        assert resp.status == 200, await resp.text()
+        return (await resp.json())["tasks"]

@@ -9,21 +9,32 @@
 * `POST /edgesync/v1/sites/{site}/images`: register an image created at an
   edge site (its agent or an admin); it is copied to central at once, and a
   copy to any other edge is refused (409, hub first) until that lands.
-* `GET /edgesync/v1/sites`: each site, its AZ, role, store, and (with agents)
-  whether its agent is up, heartbeat age, work in flight and free space.
+* `GET /edgesync/v1/sites`: each site, its AZ, role, store, whether it is up,
+  work in flight and free space: what its agent last said (heartbeat age
+  included), or for a store the hub operates itself, what the store says now.
+* `GET /edgesync/v1/tasks[?limit=N][&unfinished=true]`: the newest import
+  and copy tasks of every image (an admin) or of the caller's project's
+  images, with each store's state and bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
-from edgesync.errors import BadRequest, NotFound
+from edgesync.errors import BadRequest, EdgesyncError, NotFound
 from edgesync.hub.api.context import caller_of, hub_of, json_body
-from edgesync.hub.serialize import image_json
+from edgesync.hub.serialize import image_json, task_json
+from edgesync.stores.base import ImageStore
 
 routes = web.RouteTableDef()
+
+# A store that can't say how full it is within this is reported down, not waited for.
+CAPACITY_TIMEOUT_S = 5.0
+DEFAULT_TASKS = 20
+MAX_TASKS = 200
 
 
 @routes.get("/edgesync/v1/boot-location")
@@ -73,12 +84,50 @@ async def sites(request: web.Request) -> web.Response:
     live: dict[str, dict[str, Any]] = {}
     if hub.registry is not None:
         live = {entry["name"]: entry for entry in hub.registry.snapshot()}
+    # Copies the hub makes itself: the same job ids an agent reports in flight.
+    open_tasks = await hub.catalog.tasks(unfinished_only=True, limit=MAX_TASKS)
     body = []
     for site in hub.config.sites:
         entry: dict[str, Any] = {
             "name": site.name, "role": site.role, "availability_zone": site.availability_zone,
             "store_type": site.store.type, "agent": site.name in live,
         }
-        entry.update({k: v for k, v in live.get(site.name, {}).items() if k != "name"})
+        if site.name in live:
+            entry.update({k: v for k, v in live[site.name].items() if k != "name"})
+        else:
+            entry["in_flight"] = [f"{t.id}-{site.name}" for t in open_tasks if site.name in t.unfinished_stores]
+            entry["heartbeat_age_s"] = None
+            entry.update(await _store_capacity(hub.stores[site.name]))
         body.append(entry)
     return web.json_response({"sites": body})
+
+
+async def _store_capacity(store: ImageStore) -> dict[str, Any]:
+    """A store the hub operates itself: up if it answers, and how full it is."""
+    try:
+        capacity = await asyncio.wait_for(store.capacity(), CAPACITY_TIMEOUT_S)
+    except TimeoutError:
+        return _down(f"store {store.name} did not answer within {CAPACITY_TIMEOUT_S:.0f} s")
+    except EdgesyncError as exc:
+        return _down(exc.message)
+    return {"up": True, "problem": None,
+            "free_bytes": capacity.free_bytes if capacity else None,
+            "used_bytes": capacity.used_bytes if capacity else None}
+
+
+def _down(problem: str) -> dict[str, Any]:
+    return {"up": False, "problem": problem, "free_bytes": None, "used_bytes": None}
+
+
+@routes.get("/edgesync/v1/tasks")
+async def tasks(request: web.Request) -> web.Response:
+    hub, caller = hub_of(request), caller_of(request)
+    raw_limit = request.query.get("limit", str(DEFAULT_TASKS))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_TASKS:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_TASKS}, got {raw_limit!r}")
+    unfinished = request.query.get("unfinished", "false").lower()
+    if unfinished not in ("true", "false"):
+        raise BadRequest(f"unfinished must be true or false, got {unfinished!r}")
+    found = await hub.catalog.tasks(unfinished_only=unfinished == "true", limit=int(raw_limit),
+                                    owner=None if caller.is_admin else caller.project)
+    return web.json_response({"tasks": [task_json(t) for t in found]})
