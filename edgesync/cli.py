@@ -1,4 +1,4 @@
-"""The `edgesync` command: daemons, the local lab, the demo."""
+"""The `edgesync` command: daemons, the admin commands, the local lab, the demo."""
 
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=".lab")
     demo.add_argument("--store", choices=["file", "rbd"], default="rbd")
     demo.set_defaults(func=_cmd_demo)
+
+    from edgesync.admin.cli import add_admin_commands  # image …, sites, tasks (through the hub's API)
+
+    add_admin_commands(sub)
     return parser
 
 
