@@ -12,14 +12,16 @@ import json
 import re
 import time
 from argparse import Namespace
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from edgesync.admin.client import AdminError, HubClient
 from edgesync.admin.progress import CopyTracker, outcome
 from edgesync.admin.render import ProgressDisplay, human_age, human_bytes, table
+from edgesync.errors import EdgesyncError
 
 POLL_INTERVAL_S = 0.5
+SITES_EVERY_S = 5.0
 # Exit codes of `image copy` (2 is any refused request or bad option, as elsewhere).
 EXIT = {"success": 0, "started": 0, "nothing to copy": 0, "failed": 1, "partial": 3}
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -82,24 +84,50 @@ async def image_copy(hub: HubClient, args: Namespace, out: TextIO) -> int:
         out.write(f"copying {_label(image)} to {', '.join(task['input']['import_req']['stores'])} "
                   f"(task {task['id']}; {rule})\n")
     display = None if args.json else ProgressDisplay(out, tty=out.isatty())
-    tracker = CopyTracker(time.monotonic)
-    task = await follow_task(hub, image_id, task["id"],
-                             lambda t: display.show(tracker.update(t)) if display else None)
+    tracker, down = CopyTracker(time.monotonic), DownSites(hub)
+
+    async def show(polled: dict[str, Any]) -> None:
+        if display is not None:
+            display.show(tracker.update(polled, await down.sites()))
+
+    task = await follow_task(hub, image_id, task["id"], show)
     return _report_end(out, args, await hub.get(f"/v2/images/{image_id}"), task)
 
 
 async def follow_task(hub: HubClient, image_id: str, task_id: str,
-                      on_poll: Callable[[dict[str, Any]], None],
+                      on_poll: Callable[[dict[str, Any]], Awaitable[None]],
                       interval_s: float = POLL_INTERVAL_S) -> dict[str, Any]:
     """Poll the task until it ends; `on_poll` sees every state of it."""
     while True:
         task = next((t for t in await image_tasks(hub, image_id) if t["id"] == task_id), None)
         if task is None:
             raise AdminError(f"Task {task_id} is no longer listed for image {image_id}")
-        on_poll(task)
+        await on_poll(task)
         if task["status"] not in _UNFINISHED_TASK:
             return task
         await asyncio.sleep(interval_s)
+
+
+class DownSites:
+    """The sites the hub says are down, asked again every `every_s`: a copy
+    to a site whose agent is away waits, and the display says why."""
+
+    def __init__(self, hub: HubClient, every_s: float = SITES_EVERY_S) -> None:
+        self._hub = hub
+        self._every_s = every_s
+        self._asked_at: float | None = None
+        self._down: frozenset[str] = frozenset()
+
+    async def sites(self) -> frozenset[str]:
+        now = time.monotonic()
+        if self._asked_at is None or now - self._asked_at >= self._every_s:
+            self._asked_at = now
+            try:
+                listed = (await self._hub.get("/edgesync/v1/sites"))["sites"]
+            except EdgesyncError:  # only a hint for the display: the copy is followed all the same
+                return self._down
+            self._down = frozenset(s["name"] for s in listed if s.get("up") is False)
+        return self._down
 
 
 def _report_start(out: TextIO, args: Namespace, image: dict[str, Any], task: dict[str, Any] | None) -> int:
@@ -201,9 +229,14 @@ def store_states(image: dict[str, Any], store_ids: list[str], tasks: list[dict[s
             row.update(state="copying" if job["state"] == "running" else "pending",
                        bytes_done=job["bytes_done"], bytes_total=job["bytes_total"])
         elif job is not None and job["state"] in ("failed", "rolled_back"):
-            row["reason"] = f"last copy {job['state'].replace('_', ' ')}: {job['reason']}"
+            row["reason"] = _last_failure(job)
         rows.append(row)
     return rows
+
+
+def _last_failure(job: dict[str, Any]) -> str:
+    state, reason = job["state"].replace("_", " "), job["reason"]
+    return f"last copy {reason}" if reason.startswith(state) else f"last copy {state}: {reason}"
 
 
 def _latest_job(tasks: list[dict[str, Any]], store: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

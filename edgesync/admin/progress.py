@@ -65,6 +65,7 @@ class StoreProgress:
     rate_bps: float | None = None
     eta_s: float | None = None
     elapsed_s: float | None = None  # for a finished store: from when it started to when it finished
+    site_down: bool = False  # unfinished, and its site is down: it waits for the site's agent
 
     @property
     def finished(self) -> bool:
@@ -92,10 +93,14 @@ class CopyTracker:
         self._window_s = window_s
         self._seen: dict[str, _Seen] = {}
 
-    def update(self, task: dict[str, Any]) -> list[StoreProgress]:
+    def update(self, task: dict[str, Any], down_sites: frozenset[str] = frozenset()) -> list[StoreProgress]:
+        """This poll's rows; `down_sites`: sites the hub says are down."""
         now = self._clock()
         jobs: dict[str, dict[str, Any]] = task.get("result", {}).get("stores", {})
-        return [self._one(store, jobs[store], now) for store in _store_order(task, jobs)]
+        rows = [self._one(store, jobs[store], now) for store in _store_order(task, jobs)]
+        for row in rows:
+            row.site_down = row.store in down_sites and not row.finished
+        return rows
 
     def _one(self, store: str, job: dict[str, Any], now: float) -> StoreProgress:
         seen = self._seen.setdefault(store, _Seen(RateMeter(self._window_s)))

@@ -61,6 +61,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def progress_line(row: StoreProgress, store_width: int = 0) -> str:
     state = row.state.replace("_", " ")
     head = f"{row.store.ljust(store_width)}  {state:<11}"
+    if row.site_down:
+        return f"{head} waiting: the site is down (it goes on when its agent is back, "\
+               "or fails at the hub's offline deadline)"
     if row.state == "running":
         return f"{head} {_running(row)}"
     if row.state == "done":
@@ -111,9 +114,10 @@ class ProgressDisplay:
     def _plain_due(self, row: StoreProgress) -> bool:
         """A line when the state changes, and while running at most every plain_every_s."""
         now = self._clock()
+        state = f"{row.state}{' (site down)' if row.site_down else ''}"
         last = self._last.get(row.store)
-        if last is not None and last[0] == row.state:
+        if last is not None and last[0] == state:
             if row.state != "running" or now - last[1] < self._plain_every_s:
                 return False
-        self._last[row.store] = (row.state, now)
+        self._last[row.store] = (state, now)
         return True

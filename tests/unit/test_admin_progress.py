@@ -141,6 +141,19 @@ def test_progress_lines_say_what_each_state_means() -> None:
     assert progress_line(StoreProgress("dcn1", "pending")) == "dcn1  pending"
 
 
+def test_a_store_whose_site_is_down_says_it_waits_and_a_log_line_says_so_once() -> None:
+    tracker = CopyTracker(Clock())
+    rows = tracker.update(task(dcn0=("running", 0, 0), dcn1=("done", 8, 8)), frozenset({"dcn0", "dcn1"}))
+    assert rows[0].site_down and not rows[1].site_down  # a finished store waits for nothing
+    assert progress_line(rows[0]).startswith("dcn0  running     waiting: the site is down")
+    out = io.StringIO()
+    display = ProgressDisplay(out, tty=False, clock=Clock())
+    display.show(tracker.update(task(dcn0=("running", 0, 0)), frozenset()))
+    display.show(tracker.update(task(dcn0=("running", 0, 0)), frozenset({"dcn0"})))
+    display.show(tracker.update(task(dcn0=("running", 0, 0)), frozenset({"dcn0"})))
+    assert ["waiting" in line for line in out.getvalue().splitlines()] == [False, True]
+
+
 # --- the live display ------------------------------------------------------------------------
 
 
