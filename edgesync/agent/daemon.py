@@ -32,12 +32,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from edgesync.agent.config import AgentConfig
+from edgesync.aio import cancel_and_wait
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Journal
 from edgesync.agent.tasks import SourceFactory, TaskRunner
@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 
 JOURNAL_RETENTION_S = 30 * 24 * 3600  # longer than any hub resends a command
 EVENT_FLUSH_ON_STOP_S = 2.0
-RECANCEL_AFTER_S = 0.1
 
 
 @dataclass
@@ -290,7 +289,8 @@ class Agent:
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def heartbeat_once(self, bus: BusClient) -> None:
-        beat = Heartbeat(site=self.site, ts=time.time(), in_flight=self._runtime().tasks.in_flight,
+        tasks = self._runtime().tasks
+        beat = Heartbeat(site=self.site, ts=time.time(), in_flight=tasks.in_flight, queued=tasks.queued,
                          free_bytes=await self._free_bytes())
         await bus.publish(topics.event(self.site), beat)
 
@@ -307,25 +307,6 @@ class Agent:
         rt = self._runtime()
         return HttpSource(rt.session, command.source_url, command.image_id, token=self.config.token,
                           limiter=rt.limiter)
-
-
-async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel `tasks` and wait for them, cancelling again any that carry on.
-
-    Python 3.11's asyncio.wait_for (which aiomqtt's publish uses) swallows a
-    cancellation that arrives as its inner future completes (gh-86296): a
-    heartbeat loop cancelled mid-publish then simply went on beating.
-    """
-    for task in tasks:
-        task.cancel()
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER_S)
-        for task in pending:
-            task.cancel()
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: whoever needed it looked before cancelling
 
 
 async def serve(config: AgentConfig) -> None:

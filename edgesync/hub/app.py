@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from edgesync.aio import cancel_and_wait
 from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
@@ -148,8 +149,7 @@ class Hub:
         # stays open in the catalog and the next start's recovery finishes it.
         await self.importer.shutdown(grace_s)
         if self._bus_task is not None:
-            self._bus_task.cancel()
-            await asyncio.gather(self._bus_task, return_exceptions=True)
+            await cancel_and_wait([self._bus_task])  # it may swallow one cancel (gh-86296)
         await self._close_stores_and_catalog()
 
     async def _close_stores_and_catalog(self) -> None:

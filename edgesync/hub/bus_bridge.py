@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edgesync.aio import cancel_and_wait
 from edgesync.bus import BusClient, BusError, Channel, Delivery, Message, SiteTopic, decode, run_forever, topics
 from edgesync.bus.messages import Heartbeat, Inventory, SiteStatus, encode
 from edgesync.catalog import Catalog
@@ -118,25 +119,24 @@ class EventRouter:
                               delivery.topic.site)
 
 
-def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
 async def run_hub_bus(client: BusClient, publisher: OutboxPublisher, router: EventRouter) -> None:
-    """Publish the outbox and consume events, reconnecting as needed, forever."""
+    """Publish the outbox and consume events, reconnecting as needed, forever.
+
+    The two loops are plain tasks stopped with `cancel_and_wait`, not a
+    TaskGroup: a loop that swallows its cancellation inside aiomqtt's publish
+    (gh-86296) would keep a TaskGroup, and with it the hub's shutdown,
+    waiting forever, since a TaskGroup cancels its children only once.
+    """
 
     async def work(connected: BusClient) -> None:
+        loops = [asyncio.create_task(publisher.run(connected), name="outbox-publisher"),
+                 asyncio.create_task(router.consume(connected), name="event-consumer")]
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(publisher.run(connected), name="outbox-publisher")
-                group.create_task(router.consume(connected), name="event-consumer")
-        except ExceptionGroup as group_error:
-            # Surface the connection's BusError itself, so that run_forever
-            # sees it and reconnects (or gives up, if it isn't retryable).
-            bus_errors = group_error.subgroup(BusError)
-            if bus_errors is not None:
-                raise _first_leaf(bus_errors) from group_error
-            raise
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a BusError: run_forever reconnects (or gives up)
+                raise BusError(f"{task.get_name()} loop ended unexpectedly")
+        finally:
+            await cancel_and_wait(loops)
 
     await run_forever(client, work)
