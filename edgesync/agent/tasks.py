@@ -72,6 +72,12 @@ class TaskRunner:
     def in_flight(self) -> tuple[str, ...]:
         return tuple(sorted(self._in_flight))
 
+    @property
+    def queued(self) -> tuple[str, ...]:
+        """Tasks accepted and started, waiting for a copy slot or their image's
+        turn (the hub reads in_flight + queued as "the agent has it")."""
+        return tuple(sorted(t for t, run in self._tasks.items() if not run.done() and t not in self._in_flight))
+
     # --- starting and stopping ---------------------------------------------------------
 
     async def start(self, group: asyncio.TaskGroup) -> None:

@@ -134,6 +134,7 @@ class Heartbeat(Message):
     site: str
     ts: float  # unix time, seconds
     in_flight: tuple[str, ...] = ()  # task ids the agent is working on
+    queued: tuple[str, ...] = ()  # task ids journaled, waiting for a copy slot or the image
     free_bytes: int | None = None
 
 

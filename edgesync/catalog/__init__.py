@@ -71,6 +71,7 @@ class OutboxMessage:
     topic: str
     payload: dict[str, Any]
     created_at: float
+    published_at: float | None = None
 
 
 class Catalog:
@@ -478,6 +479,15 @@ class Catalog:
             "SELECT * FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?", (limit,)
         )
         return [OutboxMessage(r["id"], r["topic"], json.loads(r["payload"]), r["created_at"]) for r in rows]
+
+    async def outbox_for_task(self, task_id: str) -> list[OutboxMessage]:
+        """Every command sent (or still to send) for `task_id`, oldest first.
+        A scan of the outbox: for recovery, not for a hot path."""
+        rows = await self._rows(
+            "SELECT * FROM outbox WHERE json_extract(payload, '$.task_id') = ? ORDER BY id", (task_id,)
+        )
+        return [OutboxMessage(r["id"], r["topic"], json.loads(r["payload"]), r["created_at"], r["published_at"])
+                for r in rows]
 
     async def outbox_mark_published(self, ids: Iterable[int]) -> None:
         ids = list(ids)

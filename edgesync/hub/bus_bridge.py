@@ -43,6 +43,11 @@ class OutboxPublisher:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._wake = asyncio.Event()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def on_published(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener(payload)` for each row once the broker acknowledged it."""
+        self._listeners.append(listener)
 
     def wake(self) -> None:
         """Something was added to the outbox: publish it now rather than at the next poll."""
@@ -56,6 +61,8 @@ class OutboxPublisher:
             for row in rows:
                 await client.publish(SiteTopic.parse(row.topic), decode(json.dumps(row.payload)))
                 await self.catalog.outbox_mark_published([row.id])
+                for listener in self._listeners:
+                    listener(row.payload)
                 sent += 1
         return sent
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from edgesync.catalog import Catalog, ImageQuery
 from edgesync.config import ImportConfig
 from edgesync.errors import BadRequest, Conflict, EdgesyncError
 from edgesync.hub.auth import Caller, require_owner_or_admin
+from edgesync.hub.remote import RemoteStore
 from edgesync.hub.replicator import Replicator
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
@@ -353,13 +354,13 @@ class Importer:
         await asyncio.gather(*(asyncio.create_task(self._copy_one(task, image, s), context=task_context(site=s))
                                for s in stores))
 
-    async def _copy_one(self, task: Task, image: Image, store: str) -> None:
+    async def _copy_one(self, task: Task, image: Image, store: str, *, resume: bool = False) -> None:
         await self._set_job(task, store, StoreJobState.RUNNING)
         try:
             location = await self.replicator.replicate(
                 image, task.input.get("source") or self.central, store,
                 self._progress_recorder(task, store),
-                job_id=f"{task.id}-{store}")
+                job_id=f"{task.id}-{store}", resume=resume)
         except Exception as exc:
             # Any failure fails this store only: letting one escape would end
             # the gather while sibling copies still run, and finalize under them.
@@ -430,10 +431,11 @@ class Importer:
         rule = " (all_stores_must_succeed: every store was rolled back)" if task.all_stores_must_succeed else ""
         return f"failed{rule}: {reasons or 'no store succeeded'}"
 
-    async def _fail_all(self, task: Task, reason: str) -> None:
+    async def _fail_all(self, task: Task, reason: str, *, keep: Collection[str] = ()) -> None:
+        """Fail every unfinished job of the task but those in `keep`."""
         fresh = await self.catalog.get_task(task.id)
         for job in (fresh or task).jobs:
-            if not job.state.finished:
+            if not job.state.finished and job.store not in keep:
                 await self._set_job(task, job.store, StoreJobState.FAILED, reason=reason)
 
     # --- job bookkeeping ------------------------------------------------------
@@ -480,24 +482,64 @@ class Importer:
 
     async def recover(self) -> None:
         """After a restart: finish every task the last run left open, so no
-        image stays locked or `importing`, and clear staging residue."""
+        image stays locked or `importing`, and clear staging residue.
+
+        Work the hub did itself (central, local stores) died with it: those
+        jobs fail. Copies a site's agent was making go on without the hub, so
+        their jobs are re-attached, not failed: a task with such jobs is run
+        on (see `_resume`) once the bus is up, and `_finalize` decides its
+        outcome as on the normal path. So does a task with any agent's store,
+        since its rollback may need the agents."""
         for task in await self.catalog.tasks(unfinished_only=True, limit=10_000):
-            image = await self.catalog.get_image(task.image_id)
-            recorded = image.stores if image is not None else []
-            for name in task.unfinished_stores:
-                store = self.stores.get(name)  # None: the site was removed from the config
-                if store is None:
-                    continue
-                try:
-                    await store.discard_unpublished(task.image_id)
-                    if name not in recorded and await store.exists(task.image_id):
-                        # Published, but the run died before the catalog
-                        # recorded it: no location refers to this copy.
-                        await store.delete(task.image_id)
-                except Exception as exc:  # a broken store must not stop the hub starting
-                    log.warning("recovery: cleaning %s in %s failed: %s", task.image_id, name, _reason(exc))
-            await self._fail_all(task, "interrupted: the hub restarted while this store was being written")
-            await self._finalize(task.id)
+            await self._clean_local_leftovers(task)
+            resumable = self._resumable(task)
+            await self._fail_all(task, "interrupted: the hub restarted while this store was being written",
+                                 keep=resumable)
+            if not any(self._is_remote(j.store) for j in task.jobs):
+                await self._finalize(task.id)
+                continue
+            # Hold the image at once: the lock may have lapsed while the hub was down.
+            await self.catalog.renew_lock(task.image_id, task.id, self.config.lock_ttl_s)
+            log.info("recovery: task %s on image %s goes on; waiting for %s", task.id, task.image_id,
+                     ", ".join(resumable) or "nothing (finishing it)")
+            self._spawn(task, self._resume(task, resumable))
+        await self._clean_staging()
+
+    def _is_remote(self, store: str) -> bool:
+        return isinstance(self.stores.get(store), RemoteStore)
+
+    def _resumable(self, task: Task) -> list[str]:
+        """The unfinished jobs a site's agent may be doing. None while central
+        is unfinished in the task: hub first, so no edge copy started yet."""
+        central = task.job(self.central)
+        if central is not None and central.state != StoreJobState.DONE:
+            return []
+        return [name for name in task.unfinished_stores if self._is_remote(name)]
+
+    async def _resume(self, task: Task, stores: list[str]) -> None:
+        image = await self.catalog.require_image(task.image_id)
+        await asyncio.gather(*(self._copy_one(task, image, s, resume=True) for s in stores))
+        await self._finalize(task.id)
+
+    async def _clean_local_leftovers(self, task: Task) -> None:
+        """Partial or unrecorded copies the dead run left in stores the hub
+        writes itself (an agent cleans its own, from its journal)."""
+        image = await self.catalog.get_image(task.image_id)
+        recorded = image.stores if image is not None else []
+        for name in task.unfinished_stores:
+            store = self.stores.get(name)  # None: the site was removed from the config
+            if store is None or self._is_remote(name):
+                continue
+            try:
+                await store.discard_unpublished(task.image_id)
+                if name not in recorded and await store.exists(task.image_id):
+                    # Published, but the run died before the catalog
+                    # recorded it: no location refers to this copy.
+                    await store.delete(task.image_id)
+            except Exception as exc:  # a broken store must not stop the hub starting
+                log.warning("recovery: cleaning %s in %s failed: %s", task.image_id, name, _reason(exc))
+
+    async def _clean_staging(self) -> None:
         for image_id in self.staging.staged_ids():
             image = await self.catalog.get_image(image_id)
             if image is None or image.status != ImageStatus.UPLOADING or not self.staging.has(image_id):

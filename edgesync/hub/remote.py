@@ -15,9 +15,11 @@ agent's persistent session); if the site stays down past
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from edgesync.bus import CopyCommand, DeleteCommand, DoneEvent, FailedEvent, Message, ProgressEvent, topics
+from edgesync.bus.messages import new_message_id
 from edgesync.catalog import Catalog
 from edgesync.config import SiteConfig
 from edgesync.errors import StoreError, StoreImageInUse, StoreImageNotFound, StoreUnavailable
@@ -38,35 +41,75 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], Awaitable[None]]  # (data bytes done, data bytes in all)
 WAIT_SLICE_S = 1.0
+RESEND_AFTER_BEATS = 3  # heartbeats in a row without the task before it is sent again
+RESEND_MAX_BEATS = 48  # the wait between resends doubles up to this
+UNCLAIMED_KEPT = 1000
+
+# A command's life at the hub, per task id (one `_Pending` while someone waits):
+#
+#              the broker acked its outbox row
+#   QUEUED ──────────────────────────────────▶ SENT ───Done / Failed───▶ ANSWERED
+#     ▲                                         │  ▲
+#     │  RESEND_AFTER_BEATS heartbeats in a row │  │ a heartbeat lists the task (in_flight or
+#     │  lack the task and no answer came       │  │ queued) or progress arrives: the count
+#     └─ resend: a new outbox row and message ──┘  └─ of heartbeats lacking it starts again
+#        id, same task id; the next resend waits twice as many heartbeats
+#
+#   any state ──the site down longer than offline_deadline_s──▶ FAILED ("site offline")
+#
+# Paho acknowledges a QoS 1 command on receipt, before the agent journals it,
+# and it acknowledges the hub's events the same way, before the hub handled
+# them: a crash on either side can lose the one message that mattered. A
+# resend covers both: the agent's journal is idempotent by task id, so a
+# command it holds is left alone and one it finished is answered again.
+# Heartbeats older than the command can't list it: hence several in a row.
+#
+# After a hub restart, `call(…, resume=True)` re-attaches to a copy the
+# agent may be running: it sends the command only if the outbox never held
+# it, and otherwise waits as above. An answer that arrives while nobody
+# waits (before the re-attached caller registered) is kept in `_unclaimed`.
 
 
 @dataclass
 class _Pending:
     site: str
+    command: CopyCommand | DeleteCommand
     result: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     on_progress: ProgressFn | None = None
+    sent: bool = False  # an outbox row for it was acknowledged by the broker
+    heartbeats_seen: int = 0  # the site's heartbeat count when last looked at
+    missing: int = 0  # heartbeats in a row since `sent` that lacked the task
+    resend_after: int = RESEND_AFTER_BEATS
+    resends: int = 0
 
 
 class AgentCommands:
     """Sends commands to agents and matches their answers to the waiting callers."""
 
     def __init__(self, catalog: Catalog, publisher: OutboxPublisher, registry: SiteRegistry,
-                 *, offline_deadline_s: float) -> None:
+                 *, offline_deadline_s: float, check_every_s: float = WAIT_SLICE_S) -> None:
         self.catalog = catalog
         self.publisher = publisher
         self.registry = registry
         self.offline_deadline_s = offline_deadline_s
+        self.check_every_s = check_every_s
         self._pending: dict[str, _Pending] = {}
+        self._unclaimed: OrderedDict[str, tuple[str, Message]] = OrderedDict()
+        publisher.on_published(self._published)
 
     async def call(self, site: str, command: CopyCommand | DeleteCommand,
-                   on_progress: ProgressFn | None = None) -> DoneEvent:
+                   on_progress: ProgressFn | None = None, *, resume: bool = False) -> DoneEvent:
         """Send `command` to `site`'s agent and wait for its Done (returned) or
-        Failed (raised as a store error)."""
-        pending = self._pending[command.task_id] = _Pending(site, on_progress=on_progress)
+        Failed (raised as a store error). With `resume` (after a hub restart),
+        a command the outbox already holds is not sent again, only waited for."""
+        pending = self._pending[command.task_id] = _Pending(site, command, on_progress=on_progress)
+        if site in self.registry:  # count only the heartbeats from now on
+            pending.heartbeats_seen = self.registry.view(site).heartbeats
         try:
-            await self.catalog.outbox_add(*outbox_row(topics.cmd(site), command))
-            self.publisher.wake()
-            answer = await self._wait(site, pending.result)
+            self._claim(pending)
+            if not (resume and await self._already_sent(pending)):
+                await self._send(pending)
+            answer = await self._wait(pending)
         finally:
             self._pending.pop(command.task_id, None)
         if isinstance(answer, FailedEvent):
@@ -74,34 +117,92 @@ class AgentCommands:
         assert isinstance(answer, DoneEvent)
         return answer
 
-    async def _wait(self, site: str, result: asyncio.Future[Message]) -> Message:
+    async def _send(self, pending: _Pending) -> None:
+        await self.catalog.outbox_add(*outbox_row(topics.cmd(pending.site), pending.command))
+        self.publisher.wake()
+
+    async def _already_sent(self, pending: _Pending) -> bool:
+        rows = await self.catalog.outbox_for_task(pending.command.task_id)
+        pending.sent = pending.sent or any(r.published_at is not None for r in rows)
+        return bool(rows)
+
+    def _published(self, payload: dict[str, Any]) -> None:
+        """The publisher's callback: a row reached the broker."""
+        pending = self._pending.get(payload.get("task_id", ""))
+        if pending is not None and payload.get("type") == pending.command.TYPE:
+            pending.sent = True
+            pending.missing = 0
+
+    async def _wait(self, pending: _Pending) -> Message:
         down_since: float | None = None
         while True:
             try:
-                return await asyncio.wait_for(asyncio.shield(result), WAIT_SLICE_S)
+                return await asyncio.wait_for(asyncio.shield(pending.result), self.check_every_s)
             except TimeoutError:
                 pass
-            if self.registry.is_up(site):
+            await self._check_delivery(pending)
+            if self.registry.is_up(pending.site):
                 down_since = None
                 continue
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > self.offline_deadline_s:
                 raise StoreUnavailable(
-                    f"site offline: the agent of {site} has not been up for "
+                    f"site offline: the agent of {pending.site} has not been up for "
                     f"{self.offline_deadline_s:.0f} s (agents.offline_deadline_s)", retryable=False)
+
+    async def _check_delivery(self, pending: _Pending) -> None:
+        """Count the heartbeats that arrived since the last look; resend the
+        command if enough of them in a row say the agent doesn't have it."""
+        if pending.site not in self.registry:
+            return
+        view = self.registry.view(pending.site)
+        new_beats = view.heartbeats - pending.heartbeats_seen
+        pending.heartbeats_seen = view.heartbeats
+        if new_beats <= 0 or not pending.sent:
+            return
+        task_id = pending.command.task_id
+        if task_id in view.in_flight or task_id in view.queued:
+            pending.missing = 0
+            return
+        pending.missing += new_beats
+        if pending.missing < pending.resend_after:
+            return
+        pending.resends += 1
+        log.warning("task %s: %d heartbeats of %s do not list it and no answer came; sending it again "
+                    "(resend %d)", task_id, pending.missing, pending.site, pending.resends)
+        pending.sent, pending.missing = False, 0
+        pending.resend_after = min(pending.resend_after * 2, RESEND_MAX_BEATS)
+        # A new message, not a duplicate: a consumer that drops repeated
+        # message ids must still take it.
+        pending.command = dataclasses.replace(pending.command, message_id=new_message_id())
+        await self._send(pending)
 
     async def on_event(self, site: str, message: Message) -> None:
         """Events from the bus (the EventRouter's task-event handler)."""
         task_id = getattr(message, "task_id", None)
         pending = self._pending.get(task_id) if task_id else None
         if pending is None or pending.site != site:
+            if task_id and isinstance(message, (DoneEvent, FailedEvent)):
+                self._keep_unclaimed(task_id, site, message)
             log.debug("event %s for task %s: nobody waits for it", type(message).__name__, task_id)
             return
         if isinstance(message, ProgressEvent):
+            pending.missing = 0  # the agent has it
             if pending.on_progress is not None:
                 await pending.on_progress(message.bytes_done, message.bytes_total)
         elif isinstance(message, (DoneEvent, FailedEvent)) and not pending.result.done():
             pending.result.set_result(message)
+
+    def _keep_unclaimed(self, task_id: str, site: str, message: Message) -> None:
+        self._unclaimed[task_id] = (site, message)
+        while len(self._unclaimed) > UNCLAIMED_KEPT:
+            self._unclaimed.popitem(last=False)
+
+    def _claim(self, pending: _Pending) -> None:
+        """An answer that came before its (re-attached) caller waited for it."""
+        kept = self._unclaimed.pop(pending.command.task_id, None)
+        if kept is not None and kept[0] == pending.site:
+            pending.result.set_result(kept[1])
 
 
 def _failure(site: str, failed: FailedEvent) -> StoreError:
@@ -133,11 +234,14 @@ class RemoteStore(ImageStore):
 
     # --- what the hub asks of an edge site ------------------------------------
 
-    async def replicate(self, image: Image, job_id: str, on_progress: ProgressFn) -> Location:
+    async def replicate(self, image: Image, job_id: str, on_progress: ProgressFn,
+                        *, resume: bool = False) -> Location:
+        """`resume`: the hub restarted while this copy was under way; wait for
+        the agent's answer rather than sending the command again."""
         assert image.size is not None and image.os_hash_value
         done = await self._commands.call(self.name, CopyCommand(
             task_id=job_id, image_id=image.id, size_bytes=image.size,
-            os_hash_value=image.os_hash_value, source_url=self._hub_url), on_progress)
+            os_hash_value=image.os_hash_value, source_url=self._hub_url), on_progress, resume=resume)
         if not done.location_url:
             raise StoreError(f"{self.name}: the agent reported a copy without a location")
         return Location(self.name, done.location_url)

@@ -29,10 +29,12 @@ class DigestMismatch(StoreError):
 
 class Replicator(Protocol):
     async def replicate(self, image: Image, source: str, dest: str, on_progress: CopyProgressFn,
-                        *, job_id: str) -> Location:
+                        *, job_id: str, resume: bool = False) -> Location:
         """Make a verified, published copy of `image` from store `source` in
         `dest`, reporting (data bytes done, data bytes in all) as it goes.
-        `job_id` names this copy: repeating it is harmless."""
+        `job_id` names this copy: repeating it is harmless. `resume`: a
+        previous hub run started this copy (a site's agent may still be
+        making it)."""
 
     async def remove(self, image_id: str, store: str) -> None:
         """Delete the copy of `image_id` in `store`."""
@@ -43,11 +45,11 @@ class InHubReplicator:
         self._stores = stores
 
     async def replicate(self, image: Image, source: str, dest: str, on_progress: CopyProgressFn,
-                        *, job_id: str) -> Location:
+                        *, job_id: str, resume: bool = False) -> Location:
         assert image.size is not None and image.os_hash_value, "only active images are copied"
         target = self._stores[dest]
-        if isinstance(target, RemoteStore):
-            return await target.replicate(image, job_id, on_progress)  # the site's agent copies
+        if isinstance(target, RemoteStore):  # the site's agent copies
+            return await target.replicate(image, job_id, on_progress, resume=resume)
         try:
             writer = await target.open_writer(image.id, image.size)
         except StoreImageExists:

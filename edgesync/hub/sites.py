@@ -30,6 +30,8 @@ class SiteView:
     problem: str | None = None
     last_heartbeat: float | None = None
     in_flight: tuple[str, ...] = ()
+    queued: tuple[str, ...] = ()
+    heartbeats: int = 0  # how many arrived: lets a waiter tell a new one from the last
     free_bytes: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -75,6 +77,8 @@ class SiteRegistry:
             return
         view.last_heartbeat = self._clock()
         view.in_flight = tuple(beat.in_flight)
+        view.queued = tuple(beat.queued)
+        view.heartbeats += 1
         view.free_bytes = beat.free_bytes
         self._notify(view)
 

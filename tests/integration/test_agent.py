@@ -425,11 +425,18 @@ async def test_heartbeats_say_what_is_in_flight(broker: LabBroker, hub_data: Hub
         await inbox.wait_for(live_status(SiteState.ONLINE))
         beat = await inbox.wait_for(lambda d: isinstance(d.message, Heartbeat))
         await hub.publish(topics.cmd("dcn0"), command)
+        # A second copy of the image waits for the first: queued, not in flight.
+        second = copy_command(image, hub_data)
+        await hub.publish(topics.cmd("dcn0"), second)
         busy = await inbox.wait_for(lambda d: isinstance(d.message, Heartbeat)
-                                    and command.task_id in d.message.in_flight)
+                                    and command.task_id in d.message.in_flight
+                                    and second.task_id in d.message.queued)
+        assert second.task_id not in busy.message.in_flight  # type: ignore[attr-defined]
         assert (await health(agent))["in_flight"] == [command.task_id]
         hub_data.release()
         await inbox.wait_for(for_task(command.task_id, DoneEvent))
+        await inbox.wait_for(lambda d: getattr(d.message, "task_id", None) == second.task_id
+                             and isinstance(d.message, (DoneEvent, FailedEvent)))
     assert beat.message.site == "dcn0" and beat.message.free_bytes  # type: ignore[attr-defined]
     assert busy.message.ts >= beat.message.ts  # type: ignore[attr-defined]
 
