@@ -53,6 +53,15 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         else:
             pid = asyncio.run(lab.start_agent(directory, args.site))
             print(f"agent of {args.site} running (pid {pid})")
+    elif args.lab_command == "hub":
+        if args.action == "stop":
+            asyncio.run(lab.stop_hub(directory, kill=args.kill))
+            print("hub stopped")
+        else:
+            print(f"hub running (pid {asyncio.run(lab.start_hub(directory))})")
+    elif args.lab_command == "broker":
+        asyncio.run(lab.stop_broker(directory) if args.action == "stop" else lab.start_broker(directory))
+        print(f"broker {'stopped' if args.action == 'stop' else 'running'}")
     elif args.lab_command == "down":
         asyncio.run(lab.down(directory))
         print(f"lab in {directory} stopped")
@@ -97,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("action", choices=["stop", "start"])
     agent.add_argument("site")
     agent.add_argument("--kill", action="store_true", help="SIGKILL instead of a clean stop")
+    hub_cmd = lab_sub.add_parser("hub", help="stop or start the hub (a started hub recovers unfinished tasks)")
+    hub_cmd.add_argument("action", choices=["stop", "start"])
+    hub_cmd.add_argument("--kill", action="store_true", help="SIGKILL instead of a clean stop")
+    broker_cmd = lab_sub.add_parser("broker", help="stop or start Mosquitto (its persistence is kept)")
+    broker_cmd.add_argument("action", choices=["stop", "start"])
     for p in lab_sub.choices.values():
         p.add_argument("--dir", default=".lab", help="lab directory (default .lab)")
     lab.set_defaults(func=_cmd_lab)

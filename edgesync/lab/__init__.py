@@ -78,9 +78,8 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     admin_token = secrets.token_hex(16)
     member_token = secrets.token_hex(16)
     _write_hub_files(directory, port, admin_token, member_token, broker=broker, edges=edges)
-    hub_pid = _spawn(directory, "hub", ["hub", "--config", str(directory / "hub.toml")])
     info = {
-        "dir": str(directory), "store": store, "hub_url": hub_url, "hub_pid": hub_pid,
+        "dir": str(directory), "store": store, "hub_url": hub_url, "hub_pid": None,
         "admin_token": admin_token, "member_token": member_token,
         "hub_config": str(directory / "hub.toml"),
         "broker": {"host": broker.host, "port": broker.port} if broker else None,
@@ -89,7 +88,7 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     }
     _save(directory, info)
     try:
-        await _wait_ready(hub_url, hub_pid, directory / "logs" / "hub.log")
+        await start_hub(directory)
         for site in edges:
             await start_agent(directory, site)
     except LabError:
@@ -102,6 +101,52 @@ def _save(directory: Path, info: dict[str, Any]) -> None:
     tmp = directory / (LAB_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(directory / LAB_FILE)
+
+
+async def start_hub(directory: Path) -> int:
+    """Start the lab's hub (if it isn't running) and wait until it serves; a
+    hub started again recovers what the last one left unfinished."""
+    info = read_info(directory)
+    if pid_alive(info.get("hub_pid")):
+        return int(info["hub_pid"])
+    pid = _spawn(directory, "hub", ["hub", "--config", info["hub_config"]])
+    info["hub_pid"] = pid
+    _save(directory, info)
+    await _wait_ready(info["hub_url"], pid, directory / "logs" / "hub.log")
+    return pid
+
+
+async def stop_hub(directory: Path, *, kill: bool = False) -> None:
+    """Stop the lab's hub: SIGTERM (a clean stop), or SIGKILL with `kill`
+    (a crash: what it was doing is left for the next start to recover)."""
+    info = read_info(directory)
+    pid = info.get("hub_pid")
+    if kill and pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    await _stop_pid(pid)
+    info["hub_pid"] = None
+    _save(directory, info)
+
+
+async def stop_broker(directory: Path) -> None:
+    """Stop the lab's Mosquitto (it saves sessions and queued messages)."""
+    from edgesync.lab import mosquitto
+
+    _require_broker(directory)
+    await mosquitto.down(directory / "mosquitto")
+
+
+async def start_broker(directory: Path) -> None:
+    """Start the lab's Mosquitto again, on the same port and persistence."""
+    from edgesync.lab import mosquitto
+
+    _require_broker(directory)
+    await mosquitto.start(directory / "mosquitto")
+
+
+def _require_broker(directory: Path) -> None:
+    if not read_info(directory).get("broker"):
+        raise LabError(f"the lab in {directory} has no broker (it was started without --agents)")
 
 
 async def start_agent(directory: Path, site: str) -> int:

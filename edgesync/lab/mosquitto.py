@@ -130,6 +130,17 @@ async def down(base_dir: Path) -> None:
     _save(replace(info, pid=None))
 
 
+async def start(base_dir: Path) -> BrokerInfo:
+    """Start a stopped broker again on its port, config and persistence
+    (a running one is left alone)."""
+    info = load(Path(base_dir).resolve())
+    if info is None:
+        raise LabError(f"no broker in {base_dir} (call up() first)")
+    if _is_our_broker(info.pid, info.conf):
+        return info
+    return await _start(replace(info, pid=None), may_move_port=False)
+
+
 async def restart(base_dir: Path) -> BrokerInfo:
     """Stop and start the broker on the same port, config and persistence."""
     info = load(Path(base_dir).resolve())
