@@ -349,9 +349,10 @@ class Importer:
         await qemu.convert_to_raw(staged, declared, str(converted))
         return converted, {**fields, "disk_format": "raw"}
 
-    async def _copy_to(self, task: Task, image: Image, stores: list[str]) -> None:
+    async def _copy_to(self, task: Task, image: Image, stores: list[str], *, resume: bool = False) -> None:
         # Each copy's lines carry its site.
-        await asyncio.gather(*(asyncio.create_task(self._copy_one(task, image, s), context=task_context(site=s))
+        await asyncio.gather(*(asyncio.create_task(self._copy_one(task, image, s, resume=resume),
+                                                   context=task_context(site=s))
                                for s in stores))
 
     async def _copy_one(self, task: Task, image: Image, store: str, *, resume: bool = False) -> None:
@@ -518,7 +519,7 @@ class Importer:
 
     async def _resume(self, task: Task, stores: list[str]) -> None:
         image = await self.catalog.require_image(task.image_id)
-        await asyncio.gather(*(self._copy_one(task, image, s, resume=True) for s in stores))
+        await self._copy_to(task, image, stores, resume=True)
         await self._finalize(task.id)
 
     async def _clean_local_leftovers(self, task: Task) -> None:
