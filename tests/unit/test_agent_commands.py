@@ -14,7 +14,18 @@ from typing import Any
 
 import pytest
 
-from edgesync.bus import CopyCommand, DoneEvent, Heartbeat, Message, ProgressEvent, SiteState, SiteStatus, topics
+from edgesync.bus import (
+    CopyCommand,
+    DeleteCommand,
+    DoneEvent,
+    FailedEvent,
+    Heartbeat,
+    Message,
+    ProgressEvent,
+    SiteState,
+    SiteStatus,
+    topics,
+)
 from edgesync.catalog import Catalog
 from edgesync.config import ImportConfig, SiteConfig, StoreConfig
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
@@ -85,9 +96,10 @@ def command(image_id: str = "img") -> CopyCommand:
 
 
 async def until(condition: Any, what: str) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not await condition():
-            await asyncio.sleep(CHECK_EVERY_S)
+    deadline = time.monotonic() + WAIT_S
+    while not await condition():
+        assert time.monotonic() < deadline, f"waited {WAIT_S:.0f} s for {what}"
+        await asyncio.sleep(CHECK_EVERY_S)
 
 
 async def beats_handled(hub: Hub, call: asyncio.Task[Any], count: int, *in_flight: str) -> None:
@@ -206,3 +218,40 @@ def make_importer(hub: Hub, tmp_path: Path) -> Importer:
                                    agent_url=None, agent_token=None)
     return Importer(catalog=hub.catalog, stores=stores, central="central", staging=Staging(tmp_path / "staging"),
                     config=ImportConfig(), replicator=InHubReplicator(stores))
+
+
+async def test_a_reattached_copy_that_fails_rolls_back_the_other_edge_as_on_the_normal_path(
+        hub: Hub, tmp_path: Path) -> None:
+    image = await hub.catalog.insert_image(Image(
+        id=str(uuid.uuid4()), owner="p1", status=ImageStatus.ACTIVE, disk_format="raw",
+        container_format="bare", size=1024, os_hash_algo="sha512", os_hash_value="ab" * 64))
+    await hub.catalog.add_location(image.id, Location("central", "file:///central/x"))
+    # dcn0 finished and was recorded before the kill; dcn1 was still copying.
+    task = Task(id=str(uuid.uuid4()), image_id=image.id, owner="p1", method="copy-image",
+                stores=["dcn0", "dcn1"], all_stores_must_succeed=True, status=TaskStatus.PROCESSING)
+    task.jobs = [StoreJob(task.id, "dcn0", state=StoreJobState.DONE),
+                 StoreJob(task.id, "dcn1", state=StoreJobState.RUNNING)]
+    dcn1_cmd = CopyCommand(task_id=f"{task.id}-dcn1", image_id=image.id, size_bytes=1024,
+                           os_hash_value="ab" * 64, source_url="http://hub")
+    await hub.catalog.start_task(task, lock_ttl_s=600, commands=[outbox_row(topics.cmd("dcn1"), dcn1_cmd)])
+    await hub.catalog.add_location(image.id, Location("dcn0", "file:///dcn0/x"))
+    await hub.publish()
+
+    importer = make_importer(hub, tmp_path)
+    await importer.recover()
+    await hub.commands.on_event("dcn1", FailedEvent(task_id=dcn1_cmd.task_id, reason="store full",
+                                                    retryable=False))
+
+    async def delete_sent() -> bool:
+        return any(isinstance(m, DeleteCommand) for m in await hub.publish())
+
+    await until(delete_sent, "the rollback's delete to dcn0")
+    delete = next(m for m in hub.bus.sent if isinstance(m, DeleteCommand))
+    assert delete.image_id == image.id
+    await hub.commands.on_event("dcn0", DoneEvent(task_id=delete.task_id, image_id=image.id))
+    await asyncio.wait_for(importer.wait_idle(), WAIT_S)
+    final = await hub.catalog.get_task(task.id)
+    assert final is not None and final.status == TaskStatus.FAILURE
+    assert {j.store: j.state for j in final.jobs} == {"dcn0": StoreJobState.ROLLED_BACK,
+                                                       "dcn1": StoreJobState.FAILED}
+    assert (await hub.catalog.require_image(image.id)).stores == ["central"]
