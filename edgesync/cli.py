@@ -44,7 +44,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     directory = Path(args.dir).resolve()
     if args.lab_command == "up":
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-        info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents))
+        info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents,
+                                  offline_deadline_s=args.offline_deadline_s))
         print(json.dumps(info, indent=2))
     elif args.lab_command == "agent":
         if args.action == "stop":
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated site names; the first is central")
     up.add_argument("--agents", action=argparse.BooleanOptionalAction, default=False,
                     help="start Mosquitto and one agent per edge site (copies go through them)")
+    up.add_argument("--offline-deadline-s", type=float, default=300.0, metavar="SECONDS",
+                    help="with --agents: a copy to a site down this long fails with 'site offline' "
+                         "(default 300)")
     for name in ("down", "status"):
         lab_sub.add_parser(name, help=f"{name} the lab")
     agent = lab_sub.add_parser("agent", help="stop or start one site's agent")

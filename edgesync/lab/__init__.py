@@ -27,6 +27,9 @@ from edgesync.errors import EdgesyncError
 
 LAB_FILE = "lab.json"
 HUB_READY_TIMEOUT_S = 30.0
+# How long the lab's hub lets a copy wait for a site that is down before that
+# store fails with "site offline" (tests of that deadline ask for less).
+OFFLINE_DEADLINE_S = 300.0
 
 
 class LabError(EdgesyncError):
@@ -57,10 +60,12 @@ def pid_alive(pid: int | None) -> bool:
 
 
 async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
-             agents: bool = False) -> dict[str, Any]:
+             agents: bool = False, offline_deadline_s: float = OFFLINE_DEADLINE_S) -> dict[str, Any]:
     sites = sites or ["central", "dcn0", "dcn1"]
     if len(set(sites)) != len(sites) or not sites:
         raise LabError(f"--sites needs distinct site names, got {sites}")
+    if not offline_deadline_s > 0:
+        raise LabError(f"--offline-deadline-s must be more than 0, got {offline_deadline_s:g}")
     if (directory / LAB_FILE).exists():
         info = read_info(directory)
         if pid_alive(info.get("hub_pid")):
@@ -77,7 +82,8 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     _write_site_files(directory, sites, store, clusters, hub_url=hub_url, broker=broker, agent_ports=agent_ports)
     admin_token = secrets.token_hex(16)
     member_token = secrets.token_hex(16)
-    _write_hub_files(directory, port, admin_token, member_token, broker=broker, edges=edges)
+    _write_hub_files(directory, port, admin_token, member_token, broker=broker, edges=edges,
+                     offline_deadline_s=offline_deadline_s)
     info = {
         "dir": str(directory), "store": store, "hub_url": hub_url, "hub_pid": None,
         "admin_token": admin_token, "member_token": member_token,
@@ -287,7 +293,7 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def _write_hub_files(directory: Path, port: int, admin_token: str, member_token: str, *,
-                     broker: Any, edges: list[str]) -> None:
+                     broker: Any, edges: list[str], offline_deadline_s: float) -> None:
     tokens = directory / "tokens.toml"
     entries = [
         f'[tokens.{admin_token}]\nuser = "admin"\nproject = "admin"\nroles = ["admin"]\n',
@@ -313,11 +319,11 @@ def _write_hub_files(directory: Path, port: int, admin_token: str, member_token:
         "# The lab serves test images from 127.0.0.1 on high ports.\n"
         'allowed_schemes = ["http", "https"]\n'
         "allowed_ports = []\n"
-        + (_hub_bus_section(directory, broker) if broker else "")
+        + (_hub_bus_section(directory, broker, offline_deadline_s) if broker else "")
     )
 
 
-def _hub_bus_section(directory: Path, broker: Any) -> str:
+def _hub_bus_section(directory: Path, broker: Any, offline_deadline_s: float) -> str:
     return (
         "\n[bus]\n"
         f"host = {_toml_str(broker.host)}\nport = {broker.port}\n"
@@ -326,7 +332,7 @@ def _hub_bus_section(directory: Path, broker: Any) -> str:
         "\n[agents]\n"
         "# The lab's agents heartbeat every second; a copy to a site that stays\n"
         "# down this long fails with 'site offline'.\n"
-        "stale_after_s = 5\noffline_deadline_s = 300\n"
+        f"stale_after_s = 5\noffline_deadline_s = {offline_deadline_s:g}\n"
     )
 
 
