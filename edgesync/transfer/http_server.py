@@ -69,7 +69,7 @@ def data_routes(lookup: Lookup, authorize: Authorize) -> web.RouteTableDef:
             raise StoreError(f"store {store.name} returned {len(body)} of {length} bytes at {offset} of image {image_id}")
         digest = await sha256_hex(body)
         return web.Response(
-            body=corrupt.apply(body),
+            body=corrupt.apply(image_id, body),
             content_type="application/octet-stream",
             headers={CHUNK_DIGEST_HEADER: digest},
         )
@@ -138,24 +138,29 @@ class CorruptFirstChunks:
     """TEST-ONLY fault hook: flips one byte in each of the first N data
     responses, after their digest was computed, so the receiver must catch it.
 
-    Armed only when `EDGESYNC_TEST_CORRUPT_CHUNKS` holds an integer N > 0 when
-    `data_routes()` runs; unset, empty or anything else leaves it inert.
+    Armed only when `EDGESYNC_TEST_CORRUPT_CHUNKS` holds `N` (any image) or
+    `N:IMAGE_ID` (only that image's responses count) with an integer N > 0
+    when `data_routes()` runs; unset, empty or anything else leaves it inert.
+    The image form lets a whole lab run with the hook armed while only the
+    one test that asks for it sees corrupt ranges.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, image_id: str | None = None) -> None:
         self.remaining = count
+        self.image_id = image_id
 
     @classmethod
     def from_env(cls) -> "CorruptFirstChunks":
         raw = os.environ.get(CORRUPT_CHUNKS_ENV, "").strip()
-        count = int(raw) if raw.isdigit() else 0
+        count_s, _, image_id = raw.partition(":")
+        count = int(count_s) if count_s.isdigit() else 0
         if count > 0:
-            log.warning("TEST-ONLY fault hook %s=%d: the next %d data responses will be corrupted",
-                        CORRUPT_CHUNKS_ENV, count, count)
-        return cls(count)
+            log.warning("TEST-ONLY fault hook %s=%s: the next %d data responses%s will be corrupted",
+                        CORRUPT_CHUNKS_ENV, raw, count, f" of image {image_id}" if image_id else "")
+        return cls(count, image_id or None)
 
-    def apply(self, body: bytes) -> bytes:
-        if self.remaining <= 0 or not body:
+    def apply(self, image_id: str, body: bytes) -> bytes:
+        if self.remaining <= 0 or not body or self.image_id not in (None, image_id):
             return body
         self.remaining -= 1
         flipped = bytearray(body)

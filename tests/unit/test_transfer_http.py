@@ -216,6 +216,25 @@ async def test_corrupted_ranges_are_caught_and_fetched_again(
     assert src.refetches >= 2
 
 
+async def test_the_fault_hook_armed_for_one_image_leaves_the_others_alone(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other_id, other = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    target_id, target = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    monkeypatch.setenv(CORRUPT_CHUNKS_ENV, f"2:{target_id}")
+    async with serving(source_store) as site:
+        other_src = source(session, site, other_id)
+        await pull(other_src, dest_store, other_id)  # served first: it must not use up the count
+        target_src = source(session, site, target_id)
+        await pull(target_src, dest_store, target_id)
+
+    assert other_src.digest_mismatches == 0
+    assert target_src.digest_mismatches == 2
+    assert await read_all(dest_store, other_id) == other
+    assert await read_all(dest_store, target_id) == target
+
+
 async def test_a_source_that_always_corrupts_fails_and_publishes_nothing(
     source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
