@@ -99,7 +99,8 @@ class ImageService:
             raise Forbidden(f"Only an admin or site {site}'s agent may register images created there")
         if not isinstance(body, dict):
             raise BadRequest("The body must be a JSON object describing the image")
-        fields = _edge_image_fields(body)
+        fields = _edge_image_fields(body, self._formats())
+        self._check_visibility_change(caller, fields["visibility"])
         image_id = fields.pop("id")
         _check_uuid(image_id)
         if await self.catalog.get_image(image_id) is not None:
@@ -225,17 +226,19 @@ class ImageService:
 _EDGE_REQUIRED = ("id", "size", "checksum", "os_hash_value")
 
 
-def _edge_image_fields(body: dict[str, Any]) -> dict[str, Any]:
+def _edge_image_fields(body: dict[str, Any], formats: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     missing = [k for k in _EDGE_REQUIRED if not body.get(k)]
     if missing:
         raise BadRequest(f"Registering an edge image needs {', '.join(_EDGE_REQUIRED)}; missing: {', '.join(missing)}")
-    if not isinstance(body["size"], int) or body["size"] < 0:
+    if not isinstance(body["size"], int) or isinstance(body["size"], bool) or body["size"] < 0:
         raise BadRequest("size must be a non-negative integer (bytes)")
+    optional = {"name": None, "disk_format": "raw", "container_format": "bare", "visibility": "shared"}
+    # Checked as an image create checks them: a bad value is a 400 saying what to fix.
+    checked = {key: check_core_value(key, body.get(key, default), **formats) for key, default in optional.items()}
     return {
-        "id": body["id"], "name": body.get("name"), "size": body["size"], "virtual_size": body["size"],
+        "id": body["id"], "size": body["size"], "virtual_size": body["size"],
         "checksum": body["checksum"], "os_hash_algo": "sha512", "os_hash_value": body["os_hash_value"],
-        "disk_format": body.get("disk_format", "raw"), "container_format": body.get("container_format", "bare"),
-        "visibility": Visibility(body.get("visibility", "shared")),
+        **checked,
     }
 
 

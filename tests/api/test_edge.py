@@ -119,6 +119,12 @@ async def test_edge_registration_is_refused_when_it_cannot_be_right(api: Api) ->
         await error_of(resp, 404, "edge site")
     async with api.admin.post("/edgesync/v1/sites/dcn0/images", json={"id": image_id}) as resp:
         await error_of(resp, 400, "size")
+    for key, value in (("visibility", "everyone"), ("disk_format", "floppy"), ("name", 42)):
+        bad = {**_registration(image_id, data), key: value}
+        async with api.admin.post("/edgesync/v1/sites/dcn0/images", json=bad) as resp:
+            await error_of(resp, 400, key)
+    async with api.admin.get(f"/v2/images/{image_id}") as resp:
+        assert resp.status == 404  # nothing was recorded
 
 
 async def test_sites_say_up_free_space_and_copies_in_flight_where_the_hub_runs_them(
