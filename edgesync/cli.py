@@ -31,11 +31,32 @@ def _cmd_hub(args: argparse.Namespace) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from edgesync.agent.config import load_agent
     from edgesync.agent.daemon import serve
+    from edgesync.errors import ConfigError
     from edgesync.runtime import limit_malloc_arenas
 
+    if not args.config:
+        raise ConfigError("the agent needs --config sites/<site>.toml (the site file with its [agent] table)")
     limit_malloc_arenas()
     asyncio.run(serve(load_agent(Path(args.config))))
     return 0
+
+
+def _cmd_agent_register(args: argparse.Namespace) -> int:
+    from edgesync.agent.config import load_agent
+    from edgesync.agent.register import register
+
+    config = load_agent(Path(args.config))
+    outcomes = asyncio.run(register(config, args.images, name=args.name, owner=args.owner,
+                                    visibility=args.visibility))
+    for outcome in outcomes:
+        if outcome.registered is not None:
+            r = outcome.registered
+            print(f"{r.image_id} registered at {config.name} ({r.location_url}); "
+                  f"copying to central: task {r.task_id}")
+        else:
+            assert outcome.error is not None
+            print(f"edgesync: {outcome.ref}: {outcome.error.message}", file=sys.stderr)
+    return 0 if all(o.registered is not None for o in outcomes) else 2
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
@@ -88,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     hub.set_defaults(func=_cmd_hub)
 
     agent = sub.add_parser("agent", help="run an edge site's agent (its store, commands over MQTT)")
-    agent.add_argument("--config", required=True, help="path to the site's file (sites/<site>.toml) "
-                                                       "with its [agent] table")
+    agent.add_argument("--config", help="path to the site's file (sites/<site>.toml) with its [agent] table")
     _add_log_format(agent)
     agent.set_defaults(func=_cmd_agent)
+    _add_agent_register(agent.add_subparsers(dest="agent_command", metavar="[register]"))
 
     lab = sub.add_parser("lab", help="a local multi-site deployment for trying and testing")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
@@ -128,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_commands(sub)
     return parser
+
+
+def _add_agent_register(agent_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    register = agent_sub.add_parser(
+        "register", help="register images created at this site (e.g. Nova snapshots in its pool); "
+                         "the hub copies each to central first")
+    register.add_argument("--config", required=True, help="the site's file (sites/<site>.toml), as for the agent")
+    register.add_argument("images", nargs="+", metavar="IMAGE_ID_OR_RBD_NAME",
+                          help="an image id, or its copy's RBD name ([pool/]<uuid>[@snap])")
+    register.add_argument("--name", help="the image's name in the catalog")
+    register.add_argument("--owner", help="the project owning it (default: the agent's)")
+    register.add_argument("--visibility", choices=["private", "shared", "community", "public"],
+                          help="default: shared")
+    register.set_defaults(func=_cmd_agent_register)
 
 
 def main(argv: list[str] | None = None) -> int:

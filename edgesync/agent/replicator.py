@@ -124,9 +124,10 @@ async def _existing_copy(command: CopyCommand, store: ImageStore) -> Location:
     return Location(store.name, store.location_url(command.image_id))
 
 
-async def digest_published(store: ImageStore, image_id: str) -> ImageDigest:
-    """The sha512 of a published copy, holes hashed as zeros without being read."""
-    digest = ImageDigest(with_md5=False)
+async def digest_published(store: ImageStore, image_id: str, *, with_md5: bool = False) -> ImageDigest:
+    """The sha512 (and md5, if asked) of a published copy, holes hashed as
+    zeros without being read."""
+    digest = ImageDigest(with_md5=with_md5)
     size = await store.size(image_id)
     for chunk in chunked(await store.extents(image_id)):
         await digest.update_zeros(chunk.offset - digest.size)
