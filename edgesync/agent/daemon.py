@@ -9,10 +9,12 @@ then it shuts down in stages and returns. `serve()` wires SIGTERM/SIGINT.
 Commands are journaled as they arrive and run in a TaskGroup (see `tasks`).
 
 The broker. `run_forever` reconnects with backoff. After every connect the
-agent publishes a retained `online` status (replacing the `offline` will a
-crash left), subscribes to its command topic, and runs three loops: command
-intake, the event outbox (results, progress, inventory: see `events`) and the
-heartbeat. Work does not depend on the connection: copies go on while the
+agent subscribes to its command topic, publishes a retained `online` status
+(with its availability zone; it replaces the `offline` will a crash left),
+and runs three loops: command intake, the event outbox (results, progress,
+inventory: see `events`) and the heartbeat. If the hub finds the announced
+zone disagrees with its config, it answers with a refusal naming that zone:
+the agent then stops as on SIGTERM and `run()` raises `AgentRefused`. Work does not depend on the connection: copies go on while the
 broker is away and their events wait in the outbox.
 
 Shutdown, in stages: commands still arriving are journaled but not started;
@@ -49,12 +51,13 @@ from edgesync.bus import (
     DeleteCommand,
     Heartbeat,
     LastWill,
+    SiteRefused,
     SiteState,
     SiteStatus,
     run_forever,
     topics,
 )
-from edgesync.errors import EdgesyncError, NotFound, Unauthorized
+from edgesync.errors import ConfigError, EdgesyncError, NotFound, Unauthorized
 from edgesync.logs import log_context
 from edgesync.service import Service
 from edgesync.stores import open_store
@@ -66,6 +69,10 @@ log = logging.getLogger(__name__)
 
 JOURNAL_RETENTION_S = 30 * 24 * 3600  # longer than any hub resends a command
 EVENT_FLUSH_ON_STOP_S = 2.0
+
+
+class AgentRefused(ConfigError):
+    """The hub refused this agent: its site file disagrees with the hub's config."""
 
 
 @dataclass
@@ -95,6 +102,7 @@ class Agent:
         self._stopping = asyncio.Event()  # stop() was called
         self._leaving = asyncio.Event()  # the tasks are stopped: say goodbye to the broker
         self._bus: BusClient | None = None
+        self._refusal: AgentRefused | None = None
         self.http_port: int | None = None
         self.on_running: Callable[[], None] | None = None  # run() has resumed its tasks (systemd's READY)
 
@@ -144,6 +152,8 @@ class Agent:
             await self._close()
         if not bus_task.cancelled() and bus_task.exception() is not None:
             raise bus_task.exception()  # type: ignore[misc]  # e.g. the broker refused our credentials
+        if self._refusal is not None:
+            raise self._refusal
 
     def describe(self) -> str:
         """One line on how it is doing (systemd's STATUS=)."""
@@ -244,8 +254,11 @@ class Agent:
         # Set first: a stop from here on says goodbye on this connection (see _leave_bus).
         self._bus = bus
         try:
-            await bus.publish(topics.status(self.site), self._status(SiteState.ONLINE), retain=True)
+            # Subscribed before saying online: the hub may answer "online"
+            # at once (a refusal), and a new session only gets what comes
+            # after its subscription.
             await bus.subscribe(topics.cmd(self.site))
+            await bus.publish(topics.status(self.site), self._status(SiteState.ONLINE), retain=True)
         except BaseException:
             self._bus = None
             raise
@@ -280,8 +293,23 @@ class Agent:
             message = delivery.message
             if isinstance(message, (CopyCommand, DeleteCommand)):
                 await self._runtime().tasks.accept(message)
+            elif isinstance(message, SiteRefused):
+                self._on_refused(message)
             else:
                 log.warning("ignored a %s message on the command topic", message.TYPE)
+
+    def _on_refused(self, refused: SiteRefused) -> None:
+        """Stop (and have run() raise) if the hub refused an agent configured
+        as this one is; a refusal of an earlier, since fixed config is stale."""
+        mine = self.config.site.availability_zone
+        if refused.availability_zone != mine:
+            log.info("the hub refused an agent of %s announcing availability zone %r; this one "
+                     "announces %r: not about this configuration", self.site, refused.availability_zone, mine)
+            return
+        if self._refusal is None:
+            self._refusal = AgentRefused(f"the hub refused this agent: {refused.reason}")
+            log.error("%s; stopping", self._refusal.message)
+            self.stop()
 
     async def _heartbeats(self, bus: BusClient) -> None:
         while True:

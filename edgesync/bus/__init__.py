@@ -20,6 +20,7 @@ from edgesync.bus.messages import (
     Inventory,
     Message,
     ProgressEvent,
+    SiteRefused,
     SiteState,
     SiteStatus,
     decode,
@@ -32,6 +33,6 @@ from edgesync.bus.topics import Channel, SiteTopic
 __all__ = [
     "Backoff", "BusClient", "BusError", "BusSettings", "Channel", "CopyCommand", "DeleteCommand",
     "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "Inventory", "InvalidMessage", "LastWill",
-    "Message", "ProgressEvent", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
+    "Message", "ProgressEvent", "SiteRefused", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
     "encode", "run_forever", "topics",
 ]

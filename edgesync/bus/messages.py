@@ -96,6 +96,21 @@ class DeleteCommand(Message):
     image_id: str
 
 
+@_register("refused", Channel.CMD)
+@dataclass(frozen=True, kw_only=True)
+class SiteRefused(Message):
+    """The hub refuses an agent of `site` whose config disagrees with the hub's.
+
+    It names the availability zone the refused agent announced: an agent
+    configured with that zone stops, one configured right (started after the
+    fix, receiving this from its persistent session) ignores it.
+    """
+
+    site: str
+    availability_zone: str
+    reason: str
+
+
 # --- events: agent → hub -------------------------------------------------------
 
 

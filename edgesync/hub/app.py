@@ -103,7 +103,7 @@ class Hub:
             return
         settings = BusSettings(host=bus.host, port=bus.port, username=bus.username,
                                password=bus.password_file.read_text().strip())
-        router = EventRouter(self.registry, self.agents.on_event)
+        router = EventRouter(self.registry, self.agents.on_event, self.agents.refuse)
         self._bus_task = asyncio.create_task(
             run_hub_bus(BusClient(settings), self.publisher, router), name="hub-bus")
 

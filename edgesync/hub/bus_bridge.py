@@ -21,7 +21,7 @@ from typing import Any
 
 from edgesync.aio import cancel_and_wait
 from edgesync.bus import BusClient, BusError, Channel, Delivery, Message, SiteTopic, decode, run_forever, topics
-from edgesync.bus.messages import Heartbeat, Inventory, SiteStatus, encode
+from edgesync.bus.messages import Heartbeat, Inventory, SiteState, SiteStatus, encode
 from edgesync.catalog import Catalog
 from edgesync.hub.sites import SiteRegistry
 from edgesync.logs import log_context
@@ -32,6 +32,8 @@ POLL_INTERVAL_S = 2.0
 SEEN_IDS_KEPT = 10_000
 
 TaskEventHandler = Callable[[str, Message], Awaitable[None]]
+# (site, the AZ its agent announced, what is wrong): tell that agent to stop.
+RefuseHandler = Callable[[str, str, str], Awaitable[None]]
 
 
 def outbox_row(topic: SiteTopic, message: Message) -> tuple[str, dict[str, Any]]:
@@ -80,9 +82,11 @@ class OutboxPublisher:
 
 
 class EventRouter:
-    def __init__(self, registry: SiteRegistry, on_task_event: TaskEventHandler) -> None:
+    def __init__(self, registry: SiteRegistry, on_task_event: TaskEventHandler,
+                 on_refused: RefuseHandler | None = None) -> None:
         self.registry = registry
         self.on_task_event = on_task_event
+        self.on_refused = on_refused
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
 
@@ -103,6 +107,10 @@ class EventRouter:
             problem = self.registry.on_status(site, message)
             if problem:
                 log.error("site %s: %s", site, problem)
+                # A running agent with the wrong config is told to stop; an
+                # offline one (a retained will) has nothing left to stop.
+                if message.state is SiteState.ONLINE and message.availability_zone and self.on_refused:
+                    await self.on_refused(site, message.availability_zone, problem)
         elif isinstance(message, Heartbeat):
             self.registry.on_heartbeat(site, message)
         elif isinstance(message, Inventory):

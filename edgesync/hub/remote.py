@@ -26,7 +26,16 @@ from typing import Any
 
 import aiohttp
 
-from edgesync.bus import CopyCommand, DeleteCommand, DoneEvent, FailedEvent, Message, ProgressEvent, topics
+from edgesync.bus import (
+    CopyCommand,
+    DeleteCommand,
+    DoneEvent,
+    FailedEvent,
+    Message,
+    ProgressEvent,
+    SiteRefused,
+    topics,
+)
 from edgesync.bus.messages import new_message_id
 from edgesync.catalog import Catalog
 from edgesync.config import SiteConfig
@@ -118,7 +127,11 @@ class AgentCommands:
         return answer
 
     async def _send(self, pending: _Pending) -> None:
-        await self.catalog.outbox_add(*outbox_row(topics.cmd(pending.site), pending.command))
+        await self._send_to(pending.site, pending.command)
+
+    async def _send_to(self, site: str, message: Message) -> None:
+        """Into the outbox (the broker keeps it for an agent that is away)."""
+        await self.catalog.outbox_add(*outbox_row(topics.cmd(site), message))
         self.publisher.wake()
 
     async def _already_sent(self, pending: _Pending) -> bool:
@@ -176,6 +189,11 @@ class AgentCommands:
         # message ids must still take it.
         pending.command = dataclasses.replace(pending.command, message_id=new_message_id())
         await self._send(pending)
+
+    async def refuse(self, site: str, availability_zone: str, reason: str) -> None:
+        """Tell the agent of `site` announcing `availability_zone` to stop (the
+        EventRouter's handler for an AZ that disagrees with the hub's config)."""
+        await self._send_to(site, SiteRefused(site=site, availability_zone=availability_zone, reason=reason))
 
     async def on_event(self, site: str, message: Message) -> None:
         """Events from the bus (the EventRouter's task-event handler)."""

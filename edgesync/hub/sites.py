@@ -43,6 +43,7 @@ class SiteRegistry:
     def __init__(self, sites: tuple[SiteConfig, ...], *, stale_after_s: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._sites = {s.name: SiteView(s.name, s.availability_zone, s.role) for s in sites if not s.is_central}
+        self._zone_owner = {s.availability_zone: s.name for s in sites}
         self.stale_after_s = stale_after_s
         self._clock = clock
 
@@ -61,15 +62,20 @@ class SiteRegistry:
         view.online = status.state == SiteState.ONLINE
         if status.availability_zone is not None:
             view.announced_az = status.availability_zone
-            view.problem = None if status.availability_zone == view.availability_zone else (
-                f"agent of site {site} announced availability zone {status.availability_zone!r}, "
-                f"but the hub's config pairs {site} with {view.availability_zone!r}; fix the agent's "
-                "site file (Nova and Cinder AZ must equal the site's one AZ)"
-            )
+            view.problem = self._az_problem(view, status.availability_zone)
         if view.online:
             view.last_heartbeat = self._clock()
         self._notify(view)
         return view.problem
+
+    def _az_problem(self, view: SiteView, announced: str) -> str | None:
+        if announced == view.availability_zone:
+            return None
+        owner = self._zone_owner.get(announced)
+        whose = f", which is site {owner}'s zone (an AZ maps to exactly one store)" if owner else ""
+        return (f"agent of site {view.name} announced availability zone {announced!r}{whose}, "
+                f"but the hub's config pairs {view.name} with {view.availability_zone!r}; fix the "
+                "agent's site file (Nova and Cinder AZ must equal the site's one AZ)")
 
     def on_heartbeat(self, site: str, beat: Heartbeat) -> None:
         view = self._sites.get(site)

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from edgesync.agent.config import AgentConfig, load_agent
-from edgesync.agent.daemon import Agent
+from edgesync.agent.daemon import Agent, AgentRefused
 from edgesync.agent.journal import Journal, TaskState
 from edgesync.bus import (
     Backoff,
@@ -39,6 +39,7 @@ from edgesync.bus import (
     Inventory,
     Message,
     ProgressEvent,
+    SiteRefused,
     SiteState,
     SiteStatus,
     topics,
@@ -412,6 +413,27 @@ async def test_refused_credentials_stop_the_agent_with_the_reason(
     with pytest.raises(BusError, match="refused the credentials of user 'site-dcn0'") as refused:
         await asyncio.wait_for(agent.run(), 5)
     assert not refused.value.retryable
+
+
+async def test_the_hubs_refusal_of_its_zone_stops_the_agent_saying_why(
+        broker: LabBroker, hub_data: HubData, config: AgentConfig) -> None:
+    async with hub_bus(broker, "dcn0") as (hub, inbox):
+        agent = Agent(config)
+        await agent.start()
+        task = asyncio.create_task(agent.run())
+        try:
+            await inbox.wait_for(live_status(SiteState.ONLINE))
+            # About a configuration this agent no longer has (queued while it was away): ignored.
+            await hub.publish(topics.cmd("dcn0"), SiteRefused(site="dcn0", availability_zone="az-old",
+                                                              reason="the old zone"))
+            await hub.publish(topics.cmd("dcn0"), SiteRefused(site="dcn0", availability_zone="dcn0",
+                                                              reason="dcn0 is not this site's zone"))
+            with pytest.raises(AgentRefused, match="refused this agent: dcn0 is not this site's zone"):
+                await asyncio.wait_for(task, 15)
+        finally:
+            agent.stop()
+            await asyncio.gather(task, return_exceptions=True)
+        await inbox.wait_for(live_status(SiteState.OFFLINE))
 
 
 # --- liveness and the agent's own endpoints -----------------------------------------------

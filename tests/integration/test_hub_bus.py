@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from edgesync.bus import BusClient, CopyCommand, DoneEvent, Heartbeat, Message, SiteState, SiteStatus, topics
+from edgesync.bus import (
+    BusClient,
+    CopyCommand,
+    Delivery,
+    DoneEvent,
+    Heartbeat,
+    Message,
+    SiteState,
+    SiteStatus,
+    topics,
+)
 from edgesync.catalog import Catalog
 from edgesync.config import SiteConfig, StoreConfig
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, outbox_row, run_hub_bus
@@ -123,6 +133,32 @@ def test_registry_flags_an_az_mismatch_and_keeps_the_site_down() -> None:
                                                     availability_zone="az-elsewhere"))
     assert problem is not None and "az-elsewhere" in problem and "dcn0" in problem
     assert not registry.is_up("dcn0")
+    another = registry.on_status("dcn0", SiteStatus(site="dcn0", state=SiteState.ONLINE,
+                                                    availability_zone="dcn1"))
+    assert another is not None and "site dcn1's zone" in another
+
+
+async def test_router_refuses_a_running_agent_whose_az_disagrees() -> None:
+    refused: list[tuple[str, str, str]] = []
+
+    async def on_refused(site_name: str, az: str, problem: str) -> None:
+        refused.append((site_name, az, problem))
+
+    async def on_task_event(site_name: str, message: Message) -> None:
+        raise AssertionError("a status is not a task event")
+
+    router = EventRouter(SiteRegistry(SITES), on_task_event, on_refused)
+    deliveries = [
+        SiteStatus(site="dcn1", state=SiteState.OFFLINE, availability_zone="dcn0"),  # a will: nothing to stop
+        SiteStatus(site="dcn1", state=SiteState.ONLINE, availability_zone="dcn1"),  # right: nothing to say
+        SiteStatus(site="dcn1", state=SiteState.ONLINE, availability_zone="dcn0"),
+    ]
+    for status in deliveries:
+        await router.handle(Delivery(topics.status("dcn1"), status))
+    assert len(refused) == 1
+    site_name, az, problem = refused[0]
+    assert (site_name, az) == ("dcn1", "dcn0") and "site dcn0's zone" in problem
+    assert not router.registry.is_up("dcn1")
 
 
 def test_registry_marks_a_silent_site_down() -> None:
