@@ -10,6 +10,8 @@ which stores are local.
 While a site's agent is down, a command waits (the broker keeps it for the
 agent's persistent session); if the site stays down past
 `offline_deadline_s`, the operation fails with the reason "site offline".
+The site still gets a copy given up on when it returns, so a delete follows
+it: the site must not keep a copy that no location records.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ UNCLAIMED_KEPT = 1000
 #     └─ resend: a new outbox row and message ──┘  └─ of heartbeats lacking it starts again
 #        id, same task id; the next resend waits twice as many heartbeats
 #
-#   any state ──the site down longer than offline_deadline_s──▶ FAILED ("site offline")
+#   any state ──the site down longer than offline_deadline_s──▶ FAILED ("site offline");
+#                a copy failed so is followed by a delete of it to that site
 #
 # Paho acknowledges a QoS 1 command on receipt, before the agent journals it,
 # and it acknowledges the hub's events the same way, before the hub handled
@@ -77,6 +80,12 @@ UNCLAIMED_KEPT = 1000
 # agent may be running: it sends the command only if the outbox never held
 # it, and otherwise waits as above. An answer that arrives while nobody
 # waits (before the re-attached caller registered) is kept in `_unclaimed`.
+
+
+class SiteOffline(StoreUnavailable):
+    """A site's agent stayed down past the offline deadline: that store fails."""
+
+    retryable = False
 
 
 @dataclass
@@ -119,6 +128,10 @@ class AgentCommands:
             if not (resume and await self._already_sent(pending)):
                 await self._send(pending)
             answer = await self._wait(pending)
+        except SiteOffline:
+            if isinstance(command, CopyCommand):
+                await self._undo_when_back(site, command)
+            raise
         finally:
             self._pending.pop(command.task_id, None)
         if isinstance(answer, FailedEvent):
@@ -159,9 +172,18 @@ class AgentCommands:
                 continue
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > self.offline_deadline_s:
-                raise StoreUnavailable(
+                raise SiteOffline(
                     f"site offline: the agent of {pending.site} has not been up for "
-                    f"{self.offline_deadline_s:.0f} s (agents.offline_deadline_s)", retryable=False)
+                    f"{self.offline_deadline_s:.0f} s (agents.offline_deadline_s)")
+
+    async def _undo_when_back(self, site: str, copy: CopyCommand) -> None:
+        """The site still gets the copy when it returns, too late: its store
+        failed with "site offline" and no location will record what the copy
+        makes. A delete sent after it (an agent runs one image's commands in
+        the order they came) removes it again."""
+        log.warning("%s: copy %s of image %s given up; the site will delete it when it is back",
+                    site, copy.task_id, copy.image_id)
+        await self._send_to(site, DeleteCommand(task_id=f"{copy.task_id}-undo", image_id=copy.image_id))
 
     async def _check_delivery(self, pending: _Pending) -> None:
         """Count the heartbeats that arrived since the last look; resend the

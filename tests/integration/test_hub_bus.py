@@ -25,6 +25,7 @@ from edgesync.bus import (
 from edgesync.catalog import Catalog
 from edgesync.config import SiteConfig, StoreConfig
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, outbox_row, run_hub_bus
+from edgesync.hub.remote import AgentCommands, SiteOffline
 from edgesync.hub.sites import SiteRegistry
 from tests.fixtures.broker import Inbox, LabBroker, unique_id
 
@@ -172,6 +173,18 @@ def test_registry_marks_a_silent_site_down() -> None:
     assert registry.is_up("dcn1")
     registry.on_status("dcn1", SiteStatus(site="dcn1", state=SiteState.OFFLINE))
     assert not registry.is_up("dcn1")
+
+
+async def test_a_copy_given_up_for_an_offline_site_is_followed_by_its_delete(catalog: Catalog) -> None:
+    registry = SiteRegistry(SITES)  # dcn0's agent never said it was online
+    commands = AgentCommands(catalog, OutboxPublisher(catalog), registry, offline_deadline_s=0)
+    command = copy_command(unique_id("t"))
+    with pytest.raises(SiteOffline, match="site offline: the agent of dcn0"):
+        await commands.call("dcn0", command)
+    rows = await catalog.outbox_pending()
+    # In this order, to the same site: its agent runs one image's commands in order.
+    assert [(row.topic, row.payload["type"], row.payload["image_id"]) for row in rows] == [
+        (str(topics.cmd("dcn0")), "copy", command.image_id), (str(topics.cmd("dcn0")), "delete", command.image_id)]
 
 
 async def test_run_hub_bus_publishes_and_consumes(broker: LabBroker, catalog: Catalog) -> None:
