@@ -276,6 +276,11 @@ class Catalog:
                 (image_id, location.store, location.url, _now_precise()),
             )
 
+    async def copies_per_store(self) -> dict[str, int]:
+        """How many image copies (locations) each store holds."""
+        rows = await self._rows("SELECT store, COUNT(*) AS copies FROM locations GROUP BY store")
+        return {r["store"]: int(r["copies"]) for r in rows}
+
     async def remove_location(self, image_id: str, store: str) -> None:
         async with self._tx() as db:
             await db.execute("DELETE FROM locations WHERE image_id = ? AND store = ?", (image_id, store))
@@ -488,6 +493,13 @@ class Catalog:
         )
         return [OutboxMessage(r["id"], r["topic"], json.loads(r["payload"]), r["created_at"], r["published_at"])
                 for r in rows]
+
+    async def outbox_stats(self) -> tuple[int, float | None]:
+        """How many commands wait in the outbox, and when the oldest was written (unix time)."""
+        rows = await self._rows(
+            "SELECT COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL"
+        )
+        return int(rows[0]["depth"]), rows[0]["oldest"]
 
     async def outbox_mark_published(self, ids: Iterable[int]) -> None:
         ids = list(ids)

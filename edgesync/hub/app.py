@@ -30,6 +30,7 @@ from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
 from edgesync.hub.replicator import InHubReplicator
 from edgesync.hub.staging import Staging
+from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
@@ -55,6 +56,7 @@ class Hub:
     agents: AgentCommands | None = field(init=False, default=None)
     registry: SiteRegistry | None = field(init=False, default=None)
     publisher: OutboxPublisher | None = field(init=False, default=None)
+    metrics: HubMetrics = field(init=False)
     _bus_task: asyncio.Task[None] | None = field(init=False, default=None)
 
     @property
@@ -64,17 +66,20 @@ class Hub:
     async def open(self) -> None:
         """Everything but the HTTP server (tests drive `app()` directly)."""
         cfg = self.config
+        self.metrics = HubMetrics(sites=[site.name for site in cfg.sites])
         self.catalog = await Catalog.open(cfg.catalog_path)
         self.stores = {}
         try:
             for site in cfg.sites:
                 self.stores[site.name] = self._store_for(site)
+            self._watch()
             staging = Staging(cfg.staging_dir)
-            replicator = InHubReplicator(self.stores)
+            replicator = InHubReplicator(self.stores, self.metrics.for_site)
             self.images = ImageService(catalog=self.catalog, stores=self.stores, config=cfg,
                                        staging=staging, replicator=replicator)
             self.importer = Importer(catalog=self.catalog, stores=self.stores, central=self.central,
-                                     staging=staging, config=cfg.imports, replicator=replicator)
+                                     staging=staging, config=cfg.imports, replicator=replicator,
+                                     metrics=self.metrics)
             await self.importer.recover()
         except BaseException:
             # Release what was opened: an open catalog's thread would keep a
@@ -95,7 +100,19 @@ class Hub:
                                         offline_deadline_s=bus.offline_deadline_s)
         token = site.agent_token_file.read_text().strip() if site.agent_token_file else None
         return RemoteStore(site, self.agents, hub_url=self.config.public_url,
-                           agent_url=site.agent_url, agent_token=token)
+                           agent_url=site.agent_url, agent_token=token,
+                           observer=self.metrics.for_site(self.central))
+
+    def _watch(self) -> None:
+        """What /metrics reads live: the catalog, the site registry, and the
+        capacity of the stores this process writes (an agent reports its own)."""
+        self.metrics.watch_catalog(self.catalog, list(self.stores))
+        if self.registry is not None:
+            self.metrics.watch_sites(self.registry)
+        for name, store in self.stores.items():
+            if not isinstance(store, RemoteStore):
+                self.metrics.for_site(name)  # its byte counters start at 0
+                self.metrics.watch_capacity(name, store.capacity)
 
     async def _start_bus(self) -> None:
         bus = self.config.bus
@@ -103,7 +120,8 @@ class Hub:
             return
         settings = BusSettings(host=bus.host, port=bus.port, username=bus.username,
                                password=bus.password_file.read_text().strip())
-        router = EventRouter(self.registry, self.agents.on_event, self.agents.refuse)
+        router = EventRouter(self.registry, self.agents.on_event, self.agents.refuse,
+                             on_heartbeat=self.metrics.heartbeat)
         self._bus_task = asyncio.create_task(
             run_hub_bus(BusClient(settings), self.publisher, router), name="hub-bus")
 
@@ -116,9 +134,10 @@ class Hub:
 
     def app(self) -> web.Application:
         tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]
-        app = web.Application(middlewares=[json_errors, auth_middleware(tokens)],
+        app = web.Application(middlewares=[http_middleware(self.metrics), json_errors, auth_middleware(tokens)],
                               client_max_size=MAX_JSON_BODY_BYTES)
         app[HUB_KEY] = self
+        app.router.add_get(METRICS_PATH, self.metrics.handle_scrape)
         app.add_routes(discovery.routes)
         app.add_routes(images.routes)
         app.add_routes(edge.routes)

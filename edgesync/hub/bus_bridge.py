@@ -34,6 +34,7 @@ SEEN_IDS_KEPT = 10_000
 TaskEventHandler = Callable[[str, Message], Awaitable[None]]
 # (site, the AZ its agent announced, what is wrong): tell that agent to stop.
 RefuseHandler = Callable[[str, str, str], Awaitable[None]]
+HeartbeatHook = Callable[[str, float], None]  # (site, the agent's timestamp)
 
 
 def outbox_row(topic: SiteTopic, message: Message) -> tuple[str, dict[str, Any]]:
@@ -83,10 +84,11 @@ class OutboxPublisher:
 
 class EventRouter:
     def __init__(self, registry: SiteRegistry, on_task_event: TaskEventHandler,
-                 on_refused: RefuseHandler | None = None) -> None:
+                 on_refused: RefuseHandler | None = None, on_heartbeat: HeartbeatHook | None = None) -> None:
         self.registry = registry
         self.on_task_event = on_task_event
         self.on_refused = on_refused
+        self.on_heartbeat = on_heartbeat  # the metrics' event lag
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
 
@@ -113,6 +115,8 @@ class EventRouter:
                     await self.on_refused(site, message.availability_zone, problem)
         elif isinstance(message, Heartbeat):
             self.registry.on_heartbeat(site, message)
+            if self.on_heartbeat is not None:
+                self.on_heartbeat(site, message.ts)
         elif isinstance(message, Inventory):
             log.debug("site %s holds %d images", site, len(message.image_ids))
         else:

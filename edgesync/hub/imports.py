@@ -31,13 +31,14 @@ from edgesync.config import ImportConfig
 from edgesync.errors import BadRequest, Conflict, EdgesyncError
 from edgesync.hub.auth import Caller, require_owner_or_admin
 from edgesync.hub.remote import RemoteStore
-from edgesync.hub.replicator import Replicator
+from edgesync.hub.replicator import Replicator, failure_reason
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
 from edgesync.importer.download import download
 from edgesync.importer.inject import properties_to_inject
 from edgesync.importer.uri_filter import check_uri
 from edgesync.logs import log_context, task_context
+from edgesync.metrics import HubMetrics
 from edgesync.model import (
     FAILED_IMPORT,
     IMPORT_TASK,
@@ -122,6 +123,7 @@ class Importer:
         staging: Staging,
         config: ImportConfig,
         replicator: Replicator,
+        metrics: HubMetrics | None = None,
     ) -> None:
         self.catalog = catalog
         self.stores = stores
@@ -129,6 +131,7 @@ class Importer:
         self.staging = staging
         self.config = config
         self.replicator = replicator
+        self.metrics = metrics or HubMetrics(sites=list(stores))
         self._running: dict[str, asyncio.Task[None]] = {}
 
     # --- accepting requests ---------------------------------------------------
@@ -357,19 +360,21 @@ class Importer:
 
     async def _copy_one(self, task: Task, image: Image, store: str, *, resume: bool = False) -> None:
         await self._set_job(task, store, StoreJobState.RUNNING)
-        try:
-            location = await self.replicator.replicate(
-                image, task.input.get("source") or self.central, store,
-                self._progress_recorder(task, store),
-                job_id=f"{task.id}-{store}", resume=resume)
-        except Exception as exc:
-            # Any failure fails this store only: letting one escape would end
-            # the gather while sibling copies still run, and finalize under them.
-            reason = _reason(exc)
-            log.warning("copy of %s to %s failed: %s", image.id, store, reason,
-                        exc_info=not isinstance(exc, EdgesyncError))
-            await self._set_job(task, store, StoreJobState.FAILED, reason=reason)
-            return
+        with self.metrics.copy(store) as timing:
+            try:
+                location = await self.replicator.replicate(
+                    image, task.input.get("source") or self.central, store,
+                    self._progress_recorder(task, store),
+                    job_id=f"{task.id}-{store}", resume=resume)
+            except Exception as exc:
+                # Any failure fails this store only: letting one escape would end
+                # the gather while sibling copies still run, and finalize under them.
+                timing.failed(failure_reason(exc))
+                reason = _reason(exc)
+                log.warning("copy of %s to %s failed: %s", image.id, store, reason,
+                            exc_info=not isinstance(exc, EdgesyncError))
+                await self._set_job(task, store, StoreJobState.FAILED, reason=reason)
+                return
         # bytes_done: whatever progress said last (throttled) is now all of it
         await self._set_job(task, store, StoreJobState.DONE, location=location, all_bytes_done=True)
 

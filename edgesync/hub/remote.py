@@ -44,6 +44,7 @@ from edgesync.config import SiteConfig
 from edgesync.errors import StoreError, StoreImageInUse, StoreImageNotFound, StoreUnavailable
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.sites import SiteRegistry
+from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.model import Image
 from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location
 from edgesync.transfer.http import HttpSource, TransferError
@@ -245,20 +246,34 @@ class AgentCommands:
             pending.result.set_result(kept[1])
 
 
+class SiteOffline(StoreUnavailable):
+    """The site's agent stayed down past the offline deadline."""
+
+
+class AgentTaskFailed(StoreError):
+    """The agent reported the task failed; `code` is its machine-readable reason."""
+
+    def __init__(self, message: str, *, code: str | None, retryable: bool) -> None:
+        super().__init__(message, retryable=retryable)
+        self.code = code
+
+
 def _failure(site: str, failed: FailedEvent) -> StoreError:
     text = f"{site}: {failed.reason}"
     if failed.code == "in_use":
         return StoreImageInUse(text)
     if failed.code == "not_found":
         return StoreImageNotFound(text)
-    return StoreError(text, retryable=failed.retryable)
+    return AgentTaskFailed(text, code=failed.code, retryable=failed.retryable)
 
 
 class RemoteStore(ImageStore):
     """An edge site's store, operated by its agent."""
 
     def __init__(self, site: SiteConfig, commands: AgentCommands, *, hub_url: str,
-                 agent_url: str | None, agent_token: str | None) -> None:
+                 agent_url: str | None, agent_token: str | None,
+                 observer: CopyObserver = NO_OBSERVER) -> None:
+        """`observer` counts what reads of this site's copies bring over HTTP."""
         self.name = site.name
         self.type = site.store.type
         self.description = site.store.description
@@ -268,6 +283,7 @@ class RemoteStore(ImageStore):
         self._hub_url = hub_url
         self._agent_url = agent_url
         self._agent_token = agent_token
+        self._observer = observer
         self._session: aiohttp.ClientSession | None = None
         # One HttpSource per image: it caches the extent map between reads.
         self._sources: dict[str, HttpSource] = {}
@@ -299,7 +315,7 @@ class RemoteStore(ImageStore):
             self._session = aiohttp.ClientSession()
         if image_id not in self._sources:
             self._sources[image_id] = HttpSource(self._session, self._agent_url, image_id,
-                                                 token=self._agent_token)
+                                                 token=self._agent_token, observer=self._observer)
         return self._sources[image_id]
 
     def forget(self, image_id: str) -> None:

@@ -4,19 +4,31 @@
 internals. `InHubReplicator` does the copy inside the hub process, reading
 from the source store and writing the destination store through the store
 interface — unless the destination is a site's agent (`RemoteStore`), which
-then makes the copy itself, pulling from the hub.
+then makes the copy itself, pulling from the hub. `failure_reason` names
+why a copy failed, for the metrics.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
-from edgesync.errors import StoreError, StoreImageExists
-from edgesync.hub.remote import RemoteStore
+from edgesync.errors import (
+    EdgesyncError,
+    SizeMismatch,
+    StoreError,
+    StoreFull,
+    StoreImageExists,
+    StoreImageInUse,
+    StoreUnavailable,
+)
+from edgesync.hub.remote import AgentTaskFailed, RemoteStore, SiteOffline
+from edgesync.metrics import FAILURE_REASONS, NO_OBSERVER, CopyObserver
 from edgesync.model import Image
 from edgesync.stores.base import ImageStore, Location
-from edgesync.transfer.pipeline import CopyProgressFn, MeasuredSource, StoreSource, pump
+from edgesync.transfer.http import TransferError
+from edgesync.transfer.pipeline import CopyProgressFn, MeasuredSource, ProgressFn, StoreSource, pump
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +53,11 @@ class Replicator(Protocol):
 
 
 class InHubReplicator:
-    def __init__(self, stores: dict[str, ImageStore]) -> None:
+    def __init__(self, stores: dict[str, ImageStore],
+                 observers: Callable[[str], CopyObserver] = lambda _site: NO_OBSERVER) -> None:
+        """`observers(site)` is told what copies into `site`'s store write."""
         self._stores = stores
+        self._observers = observers
 
     async def replicate(self, image: Image, source: str, dest: str, on_progress: CopyProgressFn,
                         *, job_id: str, resume: bool = False) -> Location:
@@ -59,10 +74,12 @@ class InHubReplicator:
             await target.delete(image.id)
             writer = await target.open_writer(image.id, image.size)
         data = MeasuredSource(StoreSource(self._stores[source], image.id))
+        observer = self._observers(dest)
         async with writer:
             digest = await pump(data, writer, size=image.size,
-                                on_progress=data.reporting_to(on_progress), with_md5=False)
+                                on_progress=_counting(data.reporting_to(on_progress), observer), with_md5=False)
             if digest.os_hash_value != image.os_hash_value:
+                observer.digest_mismatch("image")
                 raise DigestMismatch(
                     f"copy of {image.id} to {dest} does not match os_hash_value; not published"
                 )
@@ -70,3 +87,44 @@ class InHubReplicator:
 
     async def remove(self, image_id: str, store: str) -> None:
         await self._stores[store].delete(image_id)
+
+
+def _counting(on_progress: ProgressFn, observer: CopyObserver) -> ProgressFn:
+    """`on_progress`, also telling `observer` the bytes written since the last call."""
+    counted = 0
+
+    async def progress(done_bytes: int) -> None:
+        nonlocal counted
+        observer.written(done_bytes - counted)
+        counted = done_bytes
+        await on_progress(done_bytes)
+
+    return progress
+
+
+# An agent's FailedEvent codes (agent.replicator.failure_event) as reasons.
+_AGENT_CODES = {"transfer_error": "transfer", "chunk_digest_mismatch": "transfer"}
+
+_REASONS_BY_CLASS: list[tuple[type[BaseException], str]] = [
+    (SiteOffline, "site_offline"),
+    (DigestMismatch, "checksum_mismatch"),
+    (TransferError, "transfer"),
+    (StoreImageInUse, "in_use"),
+    (StoreImageExists, "image_exists"),
+    (SizeMismatch, "size_mismatch"),
+    (StoreFull, "store_full"),
+    (StoreUnavailable, "store_unavailable"),
+    (StoreError, "store_error"),
+]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a copy failed, as one of the closed set of `FAILURE_REASONS`
+    (a metric label: never free text)."""
+    if isinstance(exc, AgentTaskFailed) and exc.code:
+        code = _AGENT_CODES.get(exc.code, exc.code)
+        return code if code in FAILURE_REASONS else "store_error"
+    for cls, reason in _REASONS_BY_CLASS:
+        if isinstance(exc, cls):
+            return reason
+    return "store_error" if isinstance(exc, EdgesyncError) else "internal"

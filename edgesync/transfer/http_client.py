@@ -22,6 +22,7 @@ import aiohttp
 
 from edgesync.bus.backoff import Backoff
 from edgesync.errors import EdgesyncError
+from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.transfer.ratelimit import RateLimiter
 from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, data_path, extents_path, sha256_hex
@@ -65,7 +66,8 @@ class HttpSource:
 
     Counters: `bytes_fetched` (data bodies received, refetches and broken
     bodies included; the small extent-map JSON is not counted), `refetches`
-    (data ranges requested again) and `digest_mismatches`.
+    (data ranges requested again) and `digest_mismatches`; `observer` is told
+    the same as it happens (the daemons' metrics).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class HttpSource:
         max_attempts: int = 6,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
+        observer: CopyObserver = NO_OBSERVER,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -88,6 +91,7 @@ class HttpSource:
         self._headers = {AUTH_HEADER: token} if token else {}
         self._limiter = limiter
         self._max_attempts = max_attempts
+        self._observer = observer
         # Built once here so a bad pair of delays fails now, not at the first retry.
         self._new_backoff = functools.partial(Backoff, initial_s=backoff_initial_s, max_s=backoff_max_s)
         self._new_backoff()
@@ -155,6 +159,7 @@ class HttpSource:
             raise _network_error(exc) from exc
         if await sha256_hex(body) != expected.strip().lower():
             self.digest_mismatches += 1
+            self._observer.digest_mismatch("chunk")
             raise ChunkDigestMismatch("the bytes received don't match their sha256")
         return body
 
@@ -166,6 +171,7 @@ class HttpSource:
         async for piece in resp.content.iter_any():
             received += len(piece)
             self.bytes_fetched += len(piece)
+            self._observer.received(len(piece))
             if received > length:
                 raise TransferError(f"the server sent more than the {length} bytes asked for")
             pieces.append(piece)

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from edgesync.errors import Forbidden, NotFound, StoreUnavailable, Unauthorized
+from edgesync.metrics import CopyObserver
 from edgesync.stores.base import ImageStore
 from edgesync.stores.file import FileStore
 from edgesync.transfer.http import (
@@ -206,14 +207,30 @@ async def test_corrupted_ranges_are_caught_and_fetched_again(
 ) -> None:
     image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
     monkeypatch.setenv(CORRUPT_CHUNKS_ENV, "2")
+    observer = Observed()
     async with serving(source_store) as site:
-        src = source(session, site, image_id)
+        src = source(session, site, image_id, observer=observer)
         os_hash_value = await pull(src, dest_store, image_id)
 
     assert await read_all(dest_store, image_id) == content
     assert os_hash_value == hashlib.sha512(content).hexdigest()
     assert src.digest_mismatches == 2
     assert src.refetches >= 2
+    # The daemons' metrics see the same: every byte received, refetches included.
+    assert observer.mismatches == ["chunk", "chunk"]
+    assert observer.received_bytes == src.bytes_fetched > data_bytes(IMAGE_RUNS)
+
+
+class Observed(CopyObserver):
+    def __init__(self) -> None:
+        self.received_bytes = 0
+        self.mismatches: list[str] = []
+
+    def received(self, nbytes: int) -> None:
+        self.received_bytes += nbytes
+
+    def digest_mismatch(self, kind: str) -> None:
+        self.mismatches.append(kind)
 
 
 async def test_the_fault_hook_armed_for_one_image_leaves_the_others_alone(

@@ -21,7 +21,8 @@ from edgesync.logs import log_context
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-UNAUTHENTICATED_PATHS = frozenset({"/", "/versions", "/healthz"})
+# /metrics too: Prometheus can't send X-Auth-Token, and it tells counts, not images.
+UNAUTHENTICATED_PATHS = frozenset({"/", "/versions", "/healthz", "/metrics"})
 CALLER_KEY = web.RequestKey("caller", object)
 
 

@@ -1,0 +1,511 @@
+"""Every Prometheus metric edgesync exposes; the one module importing prometheus_client.
+
+Names start with `edgesync_` and carry their unit (`_bytes`, `_seconds`,
+`_total` for counters). The label `site` is always the site whose store
+receives a copy; `store` names a store (a store is named after its site).
+Label values come from closed sets (sites, route templates, failure
+reasons), never from request paths or image ids, so series stay few.
+
+Two kinds of metric:
+
+* Events, counted as they happen: API requests, copies and their outcome,
+  bytes written and received, resumes, digest mismatches.
+* Live state, read when Prometheus scrapes: in-memory state (site liveness,
+  an agent's tasks) straight from its owner; slower sources (the catalog,
+  a store's capacity) refreshed by `/metrics` before it renders, each bounded
+  in time and run off the event loop (aiosqlite's thread, the store's
+  executor), so a scrape never blocks the loop nor hangs on a slow cluster.
+
+Each daemon object owns its `CollectorRegistry`: tests run several hubs in
+one process, and a process-global registry would refuse the second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edgesync.stores.base import StoreCapacity
+
+if TYPE_CHECKING:
+    from edgesync.catalog import Catalog
+    from edgesync.hub.sites import SiteRegistry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A `_created` series beside every counter and histogram doubles the series
+# for a timestamp Prometheus 2 doesn't use (process-wide, and only this
+# module touches prometheus_client).
+disable_created_metrics()
+
+NAMESPACE = "edgesync"
+METRICS_PATH = "/metrics"
+
+# --- the definitions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    def series_names(self) -> set[str]:
+        """The names its samples carry in the exposition (what PromQL sees)."""
+        if self.kind == "histogram":
+            return {f"{self.name}_bucket", f"{self.name}_count", f"{self.name}_sum"}
+        return {self.name}
+
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+COPY_BUCKETS_S = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+LAG_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# Why a copy failed, as a closed set (see hub.replicator.failure_reason).
+FAILURE_REASONS = (
+    "site_offline", "checksum_mismatch", "transfer", "store_full", "store_unavailable",
+    "image_exists", "size_mismatch", "in_use", "store_error", "internal",
+)
+COPY_OUTCOMES = ("success", "failure")
+DIGEST_KINDS = ("chunk", "image")
+
+# Both daemons
+API_REQUESTS = Spec("edgesync_api_requests_total", "counter",
+                    "HTTP requests answered, by route template, method and status.",
+                    ("route", "method", "status"))
+API_DURATION = Spec("edgesync_api_request_duration_seconds", "histogram",
+                    "Time to answer an HTTP request (streamed bodies included), by route template and method.",
+                    ("route", "method"), LATENCY_BUCKETS_S)
+REPLICATED_BYTES = Spec("edgesync_replicated_bytes_total", "counter",
+                        "Data bytes copies wrote into a site's store (holes are never written).", ("site",))
+TRANSFER_BYTES = Spec("edgesync_transfer_bytes_total", "counter",
+                      "Image bytes received over HTTP (transfer protocol ranges, refetches included), "
+                      "by the site they are copied to.", ("site",))
+DIGEST_MISMATCHES = Spec("edgesync_digest_mismatches_total", "counter",
+                         "Data that failed verification: a range against its sha256 (kind=chunk) or a "
+                         "whole copy against os_hash_value (kind=image).", ("site", "kind"))
+STORE_USED = Spec("edgesync_store_used_bytes", "gauge",
+                  "Bytes used where the store keeps its copies (file: the filesystem; rbd: the pool).",
+                  ("store",))
+STORE_FREE = Spec("edgesync_store_free_bytes", "gauge",
+                  "Bytes still free where the store keeps its copies.", ("store",))
+
+# The hub
+COPY_DURATION = Spec("edgesync_copy_duration_seconds", "histogram",
+                     "Time from the hub starting a copy to a site until it finished, by outcome.",
+                     ("site", "outcome"), COPY_BUCKETS_S)
+COPY_FAILURES = Spec("edgesync_copy_failures_total", "counter",
+                     "Copies that failed, by site and reason.", ("site", "reason"))
+COPIES_IN_FLIGHT = Spec("edgesync_copies_in_flight", "gauge",
+                        "Copies the hub has started to a site and not finished (waiting for its agent included).",
+                        ("site",))
+SITE_UP = Spec("edgesync_site_up", "gauge",
+               "1 if the site's agent is online, heartbeating and correctly configured, else 0.", ("site",))
+HEARTBEAT_AGE = Spec("edgesync_site_heartbeat_age_seconds", "gauge",
+                     "Seconds since the hub last heard the site's agent.", ("site",))
+STORE_COPIES = Spec("edgesync_store_copies", "gauge",
+                    "Published image copies each store holds, per the hub's catalog.", ("store",))
+OUTBOX_DEPTH = Spec("edgesync_outbox_depth", "gauge",
+                    "Commands to agents not yet accepted by the broker.")
+OUTBOX_OLDEST_AGE = Spec("edgesync_outbox_oldest_age_seconds", "gauge",
+                         "Age of the oldest command still waiting in the outbox (0 when empty).")
+EVENT_LAG = Spec("edgesync_event_lag_seconds", "histogram",
+                 "Time from an agent stamping a heartbeat to the hub handling it (includes clock skew).",
+                 ("site",), LAG_BUCKETS_S)
+
+# An agent
+TASKS_QUEUED = Spec("edgesync_tasks_queued", "gauge",
+                    "Tasks the agent accepted that wait for a copy slot or for the task before them.",
+                    ("site",))
+TASKS_IN_FLIGHT = Spec("edgesync_tasks_in_flight", "gauge", "Tasks the agent is working on now.", ("site",))
+COPY_RESUMES = Spec("edgesync_copy_resumes_total", "counter",
+                    "Copies that went on from their journal's checkpoint instead of starting over.", ("site",))
+AGENT_OUTBOX_DEPTH = Spec("edgesync_agent_outbox_depth", "gauge",
+                          "Task results the agent owes the hub (not yet acknowledged by the broker).", ("site",))
+BROKER_CONNECTED = Spec("edgesync_broker_connected", "gauge",
+                        "1 while the agent is connected to the broker.", ("site",))
+
+SPECS: tuple[Spec, ...] = (
+    API_REQUESTS, API_DURATION, REPLICATED_BYTES, TRANSFER_BYTES, DIGEST_MISMATCHES, STORE_USED, STORE_FREE,
+    COPY_DURATION, COPY_FAILURES, COPIES_IN_FLIGHT, SITE_UP, HEARTBEAT_AGE, STORE_COPIES, OUTBOX_DEPTH,
+    OUTBOX_OLDEST_AGE, EVENT_LAG,
+    TASKS_QUEUED, TASKS_IN_FLIGHT, COPY_RESUMES, AGENT_OUTBOX_DEPTH, BROKER_CONNECTED,
+)
+
+
+def series_names() -> set[str]:
+    """Every series name edgesync's own metrics expose (dashboards use these)."""
+    return {name for spec in SPECS for name in spec.series_names()}
+
+
+# --- what a copy reports as it runs ------------------------------------------------------
+
+
+class CopyObserver:
+    """Told what a copy does as it runs. This base ignores it all (tools, tests)."""
+
+    def written(self, nbytes: int) -> None:
+        """`nbytes` of data were written into the destination store."""
+
+    def received(self, nbytes: int) -> None:
+        """`nbytes` arrived over HTTP."""
+
+    def digest_mismatch(self, kind: str) -> None:
+        """A range (`chunk`) or a whole copy (`image`) failed verification."""
+
+    def resumed(self) -> None:
+        """A copy went on from its checkpoint."""
+
+
+NO_OBSERVER = CopyObserver()
+
+
+class _SiteCopies(CopyObserver):
+    """Counts into one site's series (children bound once: cheap per call)."""
+
+    def __init__(self, metrics: "Metrics", site: str, resumes: Counter | None) -> None:
+        self._written = metrics.replicated_bytes.labels(site)
+        self._received = metrics.transfer_bytes.labels(site)
+        self._mismatches = {kind: metrics.digest_mismatches.labels(site, kind) for kind in DIGEST_KINDS}
+        self._resumes = resumes.labels(site) if resumes is not None else None
+
+    def written(self, nbytes: int) -> None:
+        self._written.inc(nbytes)
+
+    def received(self, nbytes: int) -> None:
+        self._received.inc(nbytes)
+
+    def digest_mismatch(self, kind: str) -> None:
+        self._mismatches[kind].inc()
+
+    def resumed(self) -> None:
+        if self._resumes is not None:
+            self._resumes.inc()
+
+
+# --- live state ----------------------------------------------------------------------------
+
+Reading = Iterable[tuple[Sequence[str], float]]
+Refresh = Callable[[], Awaitable[None]]
+
+
+class _LiveGauges(Collector):
+    """Gauges whose values are read from their owners at each scrape."""
+
+    def __init__(self) -> None:
+        self._readers: dict[Spec, list[Callable[[], Reading]]] = {}
+
+    def add(self, spec: Spec, read: Callable[[], Reading]) -> None:
+        self._readers.setdefault(spec, []).append(read)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for spec, readers in list(self._readers.items()):
+            family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            for read in readers:
+                try:
+                    for labels, value in read():
+                        family.add_metric(list(labels), value)
+                except Exception:  # one broken reader must not fail the whole scrape
+                    log.exception("reading %s for /metrics failed", spec.name)
+            yield family
+
+
+class _Refreshed(Generic[T]):
+    """A value read from a slow source (a store, the catalog) in a task of
+    its own, at most every `ttl_s`. A scrape waits for a read at most
+    `wait_s` and never cancels it halfway: a slow source shows its last
+    answer instead of holding the scrape; a failed read shows nothing."""
+
+    def __init__(self, read: Callable[[], Awaitable[T | None]], *, what: str, ttl_s: float, wait_s: float) -> None:
+        self.value: T | None = None
+        self._read = read
+        self._what = what
+        self._ttl_s = ttl_s
+        self._wait_s = wait_s
+        self._read_at = float("-inf")
+        self._reading: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        if self._reading is None and time.monotonic() - self._read_at >= self._ttl_s:
+            self._reading = asyncio.create_task(self._read_once(), name=f"metrics-{self._what}")
+        if self._reading is not None:
+            await asyncio.wait([self._reading], timeout=self._wait_s)
+
+    async def _read_once(self) -> None:
+        try:
+            self.value = await self._read()
+        except Exception as exc:  # noqa: BLE001 — whatever the source raised, scrapes go on
+            log.warning("%s for /metrics unavailable: %s", self._what, exc)
+            self.value = None
+        finally:
+            self._read_at = time.monotonic()
+            self._reading = None
+
+
+# --- the registries ----------------------------------------------------------------------------
+
+
+class Metrics:
+    """What both daemons expose: API traffic, bytes copied, store capacity."""
+
+    CAPACITY_TTL_S = 15.0
+    SCRAPE_WAIT_S = 2.0
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(namespace=NAMESPACE, registry=self.registry)
+        self._live = _LiveGauges()
+        self.registry.register(self._live)
+        self._refreshers: list[Refresh] = []
+        self.api_requests = self._counter(API_REQUESTS)
+        self.api_duration = self._histogram(API_DURATION)
+        self.replicated_bytes = self._counter(REPLICATED_BYTES)
+        self.transfer_bytes = self._counter(TRANSFER_BYTES)
+        self.digest_mismatches = self._counter(DIGEST_MISMATCHES)
+        self._resumes: Counter | None = None
+
+    def _counter(self, spec: Spec) -> Counter:
+        return Counter(spec.name, spec.help, spec.labels, registry=self.registry)
+
+    def _gauge(self, spec: Spec) -> Gauge:
+        return Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
+
+    def _histogram(self, spec: Spec) -> Histogram:
+        return Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=self.registry)
+
+    def live(self, spec: Spec, read: Callable[[], Reading]) -> None:
+        """Expose `spec` with the values `read()` returns at each scrape."""
+        self._live.add(spec, read)
+
+    def for_site(self, site: str) -> CopyObserver:
+        """The observer of copies into `site`'s store (its series start at 0)."""
+        return _SiteCopies(self, site, self._resumes)
+
+    def watch_capacity(self, store: str, read: Callable[[], Awaitable[StoreCapacity | None]]) -> None:
+        """Expose a store's used and free bytes, as `read()` (its `capacity()`)
+        tells them; nothing while it can't."""
+        capacity = _Refreshed(read, what=f"capacity of store {store}",
+                              ttl_s=self.CAPACITY_TTL_S, wait_s=self.SCRAPE_WAIT_S)
+        self._refreshers.append(capacity.refresh)
+        label = (store,)
+        self.live(STORE_USED, lambda: [] if capacity.value is None else [(label, capacity.value.used_bytes)])
+        self.live(STORE_FREE, lambda: [] if capacity.value is None else [(label, capacity.value.free_bytes)])
+
+    def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
+        self.api_requests.labels(route, method, str(status)).inc()
+        self.api_duration.labels(route, method).observe(duration_s)
+
+    async def render(self) -> bytes:
+        """The exposition text, live sources refreshed first (each bounded)."""
+        await asyncio.gather(*(refresh() for refresh in self._refreshers))
+        return generate_latest(self.registry)
+
+    async def handle_scrape(self, _request: web.Request) -> web.Response:
+        return web.Response(body=await self.render(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+class HubMetrics(Metrics):
+    """The hub: copies by site, site liveness, catalog and outbox."""
+
+    CATALOG_WAIT_S = 2.0
+
+    def __init__(self, sites: Sequence[str], registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.sites = tuple(sites)
+        self.copy_duration = self._histogram(COPY_DURATION)
+        self.copy_failures = self._counter(COPY_FAILURES)
+        self.copies_in_flight = self._gauge(COPIES_IN_FLIGHT)
+        self.event_lag = self._histogram(EVENT_LAG)
+        for site in self.sites:  # every site's series exist from the start, at 0
+            for outcome in COPY_OUTCOMES:
+                self.copy_duration.labels(site, outcome)
+            for reason in FAILURE_REASONS:
+                self.copy_failures.labels(site, reason)
+            self.copies_in_flight.labels(site)
+
+    def copy(self, site: str) -> "CopyTiming":
+        """Time one copy to `site`: `with metrics.copy(site) as copy: … copy.failed(reason)`."""
+        return CopyTiming(self, site)
+
+    def heartbeat(self, site: str, stamped_at: float) -> None:
+        self.event_lag.labels(site).observe(max(0.0, time.time() - stamped_at))
+
+    def watch_sites(self, registry: "SiteRegistry") -> None:
+        for entry in registry.snapshot():
+            self.event_lag.labels(entry["name"])
+
+        def up() -> Reading:
+            return [((s["name"],), 1.0 if s["up"] else 0.0) for s in registry.snapshot()]
+
+        def age() -> Reading:
+            return [((s["name"],), s["heartbeat_age_s"]) for s in registry.snapshot()
+                    if s["heartbeat_age_s"] is not None]
+
+        self.live(SITE_UP, up)
+        self.live(HEARTBEAT_AGE, age)
+
+    def watch_catalog(self, catalog: "Catalog", stores: Sequence[str]) -> None:
+        snapshot = _CatalogSnapshot(catalog, tuple(stores), wait_s=self.CATALOG_WAIT_S)
+        self._refreshers.append(snapshot.refresh)
+        self.live(STORE_COPIES, snapshot.copies)
+        self.live(OUTBOX_DEPTH, snapshot.outbox_depth)
+        self.live(OUTBOX_OLDEST_AGE, snapshot.outbox_age)
+
+
+class CopyTiming:
+    """One copy to a site: counted in flight while it runs; its duration
+    recorded with its outcome when it ends (not when it is cancelled, as at
+    shutdown: the restarted hub finishes that copy)."""
+
+    def __init__(self, metrics: HubMetrics, site: str) -> None:
+        self._metrics = metrics
+        self._site = site
+        self._reason: str | None = None
+        self._started = 0.0
+
+    def failed(self, reason: str) -> None:
+        self._reason = reason if reason in FAILURE_REASONS else "internal"
+
+    def __enter__(self) -> "CopyTiming":
+        self._started = time.monotonic()
+        self._metrics.copies_in_flight.labels(self._site).inc()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        m, site = self._metrics, self._site
+        m.copies_in_flight.labels(site).dec()
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            return
+        if exc_type is not None and self._reason is None:
+            self._reason = "internal"
+        outcome = "success" if self._reason is None else "failure"
+        m.copy_duration.labels(site, outcome).observe(time.monotonic() - self._started)
+        if self._reason is not None:
+            m.copy_failures.labels(site, self._reason).inc()
+
+
+@dataclass(frozen=True)
+class _CatalogFigures:
+    copies: dict[str, int]
+    outbox_depth: int
+    outbox_oldest: float | None  # unix time the oldest waiting command was written
+
+
+class _CatalogSnapshot:
+    """What the catalog says, read at each scrape (in aiosqlite's thread)."""
+
+    def __init__(self, catalog: "Catalog", stores: tuple[str, ...], *, wait_s: float) -> None:
+        self._catalog = catalog
+        self._stores = stores
+        self._figures = _Refreshed(self._read, what="catalog figures", ttl_s=0.0, wait_s=wait_s)
+        self.refresh = self._figures.refresh
+
+    async def _read(self) -> _CatalogFigures:
+        depth, oldest = await self._catalog.outbox_stats()
+        return _CatalogFigures(await self._catalog.copies_per_store(), depth, oldest)
+
+    def copies(self) -> Reading:
+        figures = self._figures.value
+        return [] if figures is None else [((store,), figures.copies.get(store, 0)) for store in self._stores]
+
+    def outbox_depth(self) -> Reading:
+        figures = self._figures.value
+        return [] if figures is None else [((), figures.outbox_depth)]
+
+    def outbox_age(self) -> Reading:
+        figures = self._figures.value
+        if figures is None:
+            return []
+        oldest = figures.outbox_oldest
+        return [((), 0.0 if oldest is None else max(0.0, time.time() - oldest))]
+
+
+class AgentMetrics(Metrics):
+    """An agent: its tasks, what it owes the hub, its broker link."""
+
+    def __init__(self, site: str, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.site = site
+        self._resumes = self._counter(COPY_RESUMES)
+        self.copies = self.for_site(site)
+
+    def watch_agent(self, figures: Callable[[], AgentFigures | None]) -> None:
+        """Expose what `figures()` says at each scrape (None: not running)."""
+        site = (self.site,)
+
+        def reader(value: Callable[[AgentFigures], float]) -> Callable[[], Reading]:
+            def read() -> Reading:
+                now = figures()
+                return [] if now is None else [(site, value(now))]
+            return read
+
+        self.live(TASKS_QUEUED, reader(lambda f: f.tasks_queued))
+        self.live(TASKS_IN_FLIGHT, reader(lambda f: f.tasks_in_flight))
+        self.live(AGENT_OUTBOX_DEPTH, reader(lambda f: f.owed_results))
+        self.live(BROKER_CONNECTED, reader(lambda f: 1.0 if f.broker_connected else 0.0))
+
+
+@dataclass(frozen=True)
+class AgentFigures:
+    tasks_queued: int
+    tasks_in_flight: int
+    owed_results: int
+    broker_connected: bool
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (`/v2/images/{image_id}`), never the raw
+    path: one series per route, whatever ids clients send."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def http_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Counts and times every request. Outermost, so it sees the status the
+    client gets, error bodies included; a request cancelled (the client went
+    away) is not counted."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = route_template(request)
+        method = request.method if request.method in _METHODS else "OTHER"
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            metrics.observe_request(route, method, exc.status, time.perf_counter() - started)
+            raise
+        except Exception:
+            metrics.observe_request(route, method, 500, time.perf_counter() - started)
+            raise
+        metrics.observe_request(route, method, response.status, time.perf_counter() - started)
+        return response
+
+    return observe
