@@ -2,7 +2,7 @@
 
 Lifecycle (`Agent`): `start()` opens the store and the journal, loads the
 results still owed to the hub and serves HTTP (the data endpoint the hub
-pulls edge copies from, and `/healthz`); `run()` resumes the journal's
+pulls edge copies from, `/healthz` and `/metrics`); `run()` resumes the journal's
 unfinished tasks, keeps the broker connection and works until `stop()`;
 then it shuts down in stages and returns. `serve()` wires SIGTERM/SIGINT.
 
@@ -59,9 +59,10 @@ from edgesync.bus import (
 )
 from edgesync.errors import ConfigError, EdgesyncError, NotFound, Unauthorized
 from edgesync.logs import log_context
+from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_middleware
 from edgesync.service import Service
 from edgesync.stores import open_store
-from edgesync.stores.base import ImageStore
+from edgesync.stores.base import ImageStore, StoreCapacity
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, data_routes
 from edgesync.transfer.pipeline import DataSource
 
@@ -105,6 +106,9 @@ class Agent:
         self._refusal: AgentRefused | None = None
         self.http_port: int | None = None
         self.on_running: Callable[[], None] | None = None  # run() has resumed its tasks (systemd's READY)
+        self.metrics = AgentMetrics(self.site)
+        self.metrics.watch_agent(self._figures)
+        self.metrics.watch_capacity(self.site, self._capacity)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -124,7 +128,7 @@ class Agent:
             opened.push_async_callback(session.close)
             limiter = RateLimiter(cfg.bandwidth_limit_bytes_per_s) if cfg.bandwidth_limit_mbps else None
             tasks = TaskRunner(store, journal, events, self._sources, max_concurrent_copies=cfg.max_concurrent_copies,
-                               retry_window_s=cfg.copy_retry_window_s)
+                               retry_window_s=cfg.copy_retry_window_s, observer=self.metrics.copies)
             self._rt = _Runtime(store, journal, events, tasks, session, limiter)
             opened.callback(setattr, self, "_rt", None)
             self._http = await self._serve_http()
@@ -201,12 +205,13 @@ class Agent:
             raise RuntimeError("Agent.start() first")
         return self._rt
 
-    # --- HTTP: data endpoint and health ---------------------------------------------------
+    # --- HTTP: data endpoint, health and metrics -------------------------------------------
 
     async def _serve_http(self) -> web.AppRunner:
-        app = web.Application()
+        app = web.Application(middlewares=[http_middleware(self.metrics)])
         app.add_routes(data_routes(self._published_store, self._authorize))
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get(METRICS_PATH, self.metrics.handle_scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -228,6 +233,16 @@ class Agent:
         token = request.headers.get(AUTH_HEADER, "")
         if not hmac.compare_digest(token.encode(), self.config.token.encode()):
             raise Unauthorized(f"{AUTH_HEADER} must carry site {self.site}'s token")
+
+    def _figures(self) -> AgentFigures | None:
+        rt = self._rt
+        if rt is None:
+            return None
+        return AgentFigures(tasks_queued=len(rt.tasks.queued), tasks_in_flight=len(rt.tasks.in_flight),
+                            owed_results=rt.events.owed_results, broker_connected=self._bus is not None)
+
+    async def _capacity(self) -> StoreCapacity | None:
+        return await self._rt.store.capacity() if self._rt is not None else None
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         rt = self._runtime()
@@ -334,7 +349,7 @@ class Agent:
     def _http_source(self, command: CopyCommand) -> DataSource:
         rt = self._runtime()
         return HttpSource(rt.session, command.source_url, command.image_id, token=self.config.token,
-                          limiter=rt.limiter)
+                          limiter=rt.limiter, observer=self.metrics.copies)
 
 
 async def serve(config: AgentConfig) -> None:

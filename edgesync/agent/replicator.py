@@ -48,6 +48,7 @@ from edgesync.errors import (
     StoreUnavailable,
 )
 from edgesync.importer.hashing import ImageDigest
+from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location
 from edgesync.transfer.pipeline import DataSource, chunked, pump
 
@@ -90,8 +91,10 @@ async def copy(
     progress: ProgressFn | None = None,
     *,
     checkpoints: Checkpoints = Checkpoints(),
+    observer: CopyObserver = NO_OBSERVER,
 ) -> Location:
-    """Copy `source` into `store` as `command.image_id`, verified; its location."""
+    """Copy `source` into `store` as `command.image_id`, verified; its location.
+    `observer` is told the bytes written, a resume, a digest mismatch."""
     if command.os_hash_algo != "sha512":
         raise UnsupportedHash(f"can't verify image {command.image_id}: os_hash_algo "
                               f"{command.os_hash_algo!r} (only sha512 is supported)")
@@ -102,7 +105,9 @@ async def copy(
         raise SizeMismatch(f"the source of image {command.image_id} has {size} bytes, "
                            f"the command says {command.size_bytes}")
     done = await journal.done_ranges(command.task_id)
-    attempt = _CopyAttempt(command, store, journal, source, progress, checkpoints)
+    if done:
+        observer.resumed()
+    attempt = _CopyAttempt(command, store, journal, source, progress, checkpoints, observer)
     try:
         return await attempt.run(done)
     except ChecksumMismatch:
@@ -144,19 +149,21 @@ class _CopyAttempt:
     source: DataSource
     progress: ProgressFn | None
     checkpoints: Checkpoints
+    observer: CopyObserver
 
     async def run(self, done: list[Extent]) -> Location:
         task_id, image_id = self.command.task_id, self.command.image_id
         if not done:
             await self.journal.clear_done(task_id)
         writer = await self.store.open_writer(image_id, self.command.size_bytes, resume=bool(done))
-        journaled = _JournaledWriter(writer, self.journal, task_id, done, self.checkpoints)
+        journaled = _JournaledWriter(writer, self.journal, task_id, done, self.checkpoints, self.observer)
         source = _ResumingSource(self.source, writer, done)
         try:
             digest = await pump(source, journaled, size=self.command.size_bytes, with_md5=False,
                                 on_progress=self._on_progress(source))
             await journaled.settle()
             if digest.os_hash_value != self.command.os_hash_value:
+                self.observer.digest_mismatch("image")
                 raise ChecksumMismatch(
                     f"image {image_id}: the copied bytes hash to sha512 {digest.os_hash_value[:16]}…, "
                     f"not the image's os_hash_value {self.command.os_hash_value[:16]}…; nothing was published")
@@ -239,7 +246,7 @@ class _JournaledWriter(ImageWriter):
     """
 
     def __init__(self, inner: ImageWriter, journal: Journal, task_id: str, done: list[Extent],
-                 checkpoints: Checkpoints) -> None:
+                 checkpoints: Checkpoints, observer: CopyObserver) -> None:
         self.inner = inner
         self.image_id = inner.image_id
         self.size_bytes = inner.size_bytes
@@ -247,6 +254,7 @@ class _JournaledWriter(ImageWriter):
         self._task_id = task_id
         self._done = done
         self._checkpoints = checkpoints
+        self._observer = observer
         self._writes: set[asyncio.Task[None]] = set()
         self._written: list[tuple[int, int]] = []  # returned from the store, not yet journaled
         self._unjournaled_bytes = 0
@@ -266,6 +274,7 @@ class _JournaledWriter(ImageWriter):
 
     async def _write(self, offset: int, data: bytes | memoryview, length: int) -> None:
         await self.inner.write(offset, data)
+        self._observer.written(length)
         self._written.append((offset, length))
         self._unjournaled_bytes += length
 

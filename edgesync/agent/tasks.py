@@ -28,6 +28,7 @@ from edgesync.agent.journal import Command, Journal, Result, TaskState
 from edgesync.bus import Backoff, CopyCommand, DeleteCommand, DoneEvent
 from edgesync.errors import EdgesyncError
 from edgesync.logs import log_context, task_context
+from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import ImageStore
 from edgesync.transfer.pipeline import DataSource
 
@@ -55,12 +56,15 @@ class _ImageLocks:
 
 class TaskRunner:
     def __init__(self, store: ImageStore, journal: Journal, events: EventOutbox, sources: SourceFactory, *,
-                 max_concurrent_copies: int, retry_window_s: float) -> None:
+                 max_concurrent_copies: int, retry_window_s: float,
+                 observer: CopyObserver = NO_OBSERVER) -> None:
+        """`observer` is told what copies write (the agent's metrics)."""
         self.store = store
         self.journal = journal
         self.events = events
         self.sources = sources
         self.retry_window_s = retry_window_s
+        self.observer = observer
         self.draining = False
         self._copy_slots = asyncio.Semaphore(max_concurrent_copies)
         self._images = _ImageLocks()
@@ -182,7 +186,7 @@ class TaskRunner:
             return DoneEvent(task_id=command.task_id, image_id=command.image_id)
         location = await replicator.copy(
             command, self.store, self.journal, self.sources(command),
-            lambda done, total: self.events.progress(command.task_id, done, total))
+            lambda done, total: self.events.progress(command.task_id, done, total), observer=self.observer)
         return DoneEvent(task_id=command.task_id, image_id=command.image_id, location_url=location.url)
 
     async def _discard_partial(self, command: Command) -> None:

@@ -14,6 +14,7 @@ from edgesync.agent.journal import Journal
 from edgesync.agent.replicator import ChecksumMismatch, Checkpoints, failure_event
 from edgesync.bus import CopyCommand, DeleteCommand
 from edgesync.errors import SizeMismatch, StoreFull, StoreImageExists, StoreImageInUse, StoreUnavailable
+from edgesync.metrics import CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.stores.file import FileStore
 from edgesync.transfer.pipeline import StoreSource
@@ -48,6 +49,24 @@ async def command_for(journal: Journal, image: SampleImage, *, task_id: str = "t
                           os_hash_value=os_hash_value or image.sha512, source_url="http://hub")
     await journal.record(command)
     return command
+
+
+class Recorder(CopyObserver):
+    """What the agent's metrics would be told."""
+
+    def __init__(self) -> None:
+        self.written_bytes = 0
+        self.resumes = 0
+        self.mismatches: list[str] = []
+
+    def written(self, nbytes: int) -> None:
+        self.written_bytes += nbytes
+
+    def resumed(self) -> None:
+        self.resumes += 1
+
+    def digest_mismatch(self, kind: str) -> None:
+        self.mismatches.append(kind)
 
 
 def leftovers(store: FileStore) -> list[str]:
@@ -109,6 +128,30 @@ async def test_an_interrupted_copy_resumes_and_fetches_only_what_is_missing(
     await replicator.copy(command, edge, journal, second)
     assert second.bytes_fetched == image.data_bytes - journaled
     assert await read_image(edge, image.image_id) == image.data
+
+
+async def test_the_observer_is_told_bytes_written_resumes_and_mismatches(
+        central: FileStore, edge: FileStore, journal: Journal) -> None:
+    image = await publish_image(central)
+    command = await command_for(journal, image)
+    first, second = Recorder(), Recorder()
+    with pytest.raises(LinkDown):
+        await replicator.copy(command, edge, journal,
+                              CountingSource(StoreSource(central, image.image_id), fail_after_reads=4),
+                              checkpoints=EVERY_WRITE, observer=first)
+    journaled = sum(e.length for e in await journal.done_ranges("t1"))
+    assert (first.written_bytes, first.resumes) == (journaled, 0)
+    await replicator.copy(command, edge, journal, StoreSource(central, image.image_id), observer=second)
+    # The resumed copy writes only what the first one had not: data is written once in all.
+    assert (second.written_bytes, second.resumes) == (image.data_bytes - journaled, 1)
+    assert first.mismatches == second.mismatches == []
+
+    bad = Recorder()
+    other = await publish_image(central, "DZ", seed=2)
+    with pytest.raises(ChecksumMismatch):
+        await replicator.copy(await command_for(journal, other, task_id="t2", os_hash_value="00" * 64), edge,
+                              journal, StoreSource(central, other.image_id), observer=bad)
+    assert bad.mismatches == ["image"]
 
 
 async def test_a_cancelled_copy_keeps_what_it_wrote(
