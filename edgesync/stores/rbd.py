@@ -645,16 +645,17 @@ class RbdStore(ImageStore):
         }
 
     async def capacity(self) -> StoreCapacity | None:
-        stats = await self._run(self._cluster_stats, what="reading cluster usage")
-        # Usage comes from the mgr's digest; without a mgr the mon reports
+        """Used: the bytes the pool stores; free: the cluster's raw free space."""
+        pool, cluster = await self._run(self._usage_sync, what="reading pool usage")
+        # Both come from the mgr's digest; without a mgr the mon reports
         # zeros, which would read as "full" — say "unknown" instead.
-        if not stats.get("kb"):
+        if not cluster.get("kb"):
             return None
-        return StoreCapacity(used_bytes=stats["kb_used"] * 1024, free_bytes=stats["kb_avail"] * 1024)
+        return StoreCapacity(used_bytes=pool["num_bytes"], free_bytes=cluster["kb_avail"] * 1024)
 
-    def _cluster_stats(self, _ioctx: rados.Ioctx) -> dict[str, int]:
+    def _usage_sync(self, ioctx: rados.Ioctx) -> tuple[dict[str, int], dict[str, int]]:
         assert self._cluster is not None
-        return self._cluster.get_cluster_stats()
+        return ioctx.get_stats(), self._cluster.get_cluster_stats()
 
     # -- writing
 
