@@ -5,6 +5,7 @@ reasons, and the HTTP middleware's route templates."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
@@ -326,3 +327,25 @@ async def test_the_metrics_page_is_prometheus_text(client: tuple[TestClient, Met
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         Scrape.parse(await resp.text())
+
+
+async def test_prometheus_own_linter_finds_nothing_to_fix() -> None:
+    """`promtool check metrics`: naming, units, _total on counters, help texts."""
+    hub = HubMetrics(SITES)
+    with hub.copy("dcn0") as timing:
+        timing.failed("transfer")
+    hub.observe_request("/v2/images/{image_id}", "GET", 200, 0.02)
+    hub.heartbeat("dcn0", 0.0)
+    agent = AgentMetrics("dcn0")
+    agent.watch_agent(lambda: AgentFigures(tasks_queued=1, tasks_in_flight=1, owed_results=0, broker_connected=True))
+    agent.watch_capacity("dcn0", lambda: _capacity(StoreCapacity(used_bytes=1, free_bytes=2)))
+    for metrics, live in ((hub, b"edgesync_copy_failures_total"), (agent, b"edgesync_store_free_bytes")):
+        page = await metrics.render()
+        assert live in page  # the lint saw the series, not an empty page
+        lint = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"], input=page,
+                                       capture_output=True, timeout=30)
+        assert lint.returncode == 0 and not lint.stdout.strip(), (lint.stdout + lint.stderr).decode()
+
+
+async def _capacity(value: StoreCapacity) -> StoreCapacity:
+    return value
