@@ -5,7 +5,9 @@ from the example scrape config in grafana/prometheus.yml (its targets
 pointed at the lab's hub and agents, scraping every second). Once every
 target has been scraped, the real `glance` CLI imports an image to central,
 dcn0 and dcn1 while dcn1's store really fails, so the agents make one copy
-and one failure. When Prometheus has scraped what followed, every query of
+and one failure, and an image written straight into dcn0's store (as a Nova
+snapshot would be) is registered, so the hub pulls it from dcn0's agent to
+central. When Prometheus has scraped what followed, every query of
 every panel in grafana/edgesync-dashboard.json is evaluated through its HTTP
 API, with the dashboard's variables substituted as Grafana would, and each
 must return data.
@@ -21,6 +23,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +33,19 @@ import pytest
 import yaml
 
 from tests.fixtures.lab import (
+    ImageFile,
     Lab,
     _edgesync,
     _lab_down,
+    api,
     broken_store,
     check,
     glance,
     make_striped_raw,
     parse_dict_table,
+    store_dir,
     stores_of,
+    wait_for_image,
     wait_import_done,
 )
 
@@ -208,6 +215,20 @@ def substitute(expr: str, site: str) -> str:
     return re.sub(r"\$\{(\w+)\}|\$([A-Za-z_]\w*)", value, expr)
 
 
+def register_edge_image(lab: Lab, tmp_path: Path) -> ImageFile:
+    """An image written into dcn0's store, registered: the hub copies it to central."""
+    image_id = str(uuid.uuid4())
+    path = store_dir(lab, "dcn0").resolve() / image_id
+    image = make_striped_raw(path, stripes=2)  # a data stripe, a hole
+    status, body = api(lab, "POST", "/edgesync/v1/sites/dcn0/images", body={
+        "id": image_id, "name": "metrics-edge-snapshot", "size": image.size, "checksum": image.md5,
+        "os_hash_value": image.sha512, "location_url": f"file://{path}"})  # what dcn0's agent would say
+    assert status == 201, body
+    wait_for_image(lab, image_id, lambda i: stores_of(i) == {"central", "dcn0"}, what="its copy to central",
+                   timeout=WAIT_S)
+    return image
+
+
 def has_data(result: list[dict[str, Any]]) -> bool:
     """Some series, and at least one real number (a quantile of nothing is NaN)."""
     return any(math.isfinite(float(sample["value"][1])) for sample in result)
@@ -223,6 +244,7 @@ def test_every_panel_returns_data_after_a_copy(agents_lab: Lab, prometheus: Prom
     written_before = prom.value('sum(edgesync_replicated_bytes_total{site="dcn0"})')
     failures_before = prom.value('sum(edgesync_copy_failures_total{site="dcn1", reason="store_error"})')
     copies_before = prom.value('sum(edgesync_copy_duration_seconds_count{site="dcn0", outcome="success"})')
+    pulled_before = prom.value('sum(edgesync_transfer_bytes_total{site="central"})')
 
     image = make_striped_raw(tmp_path / "metrics.raw", stripes=4)  # 16 MiB, 8 MiB of data
     with broken_store(lab, "dcn1"):
@@ -232,6 +254,7 @@ def test_every_panel_returns_data_after_a_copy(agents_lab: Lab, prometheus: Prom
             "--stores", "central,dcn0,dcn1", "--allow-failure", "True")).stdout)
         done = wait_import_done(lab, created["id"], timeout=WAIT_S)
     assert stores_of(done) == {"central", "dcn0"} and done["os_glance_failed_import"] == "dcn1", done
+    snapshot = register_edge_image(lab, tmp_path)
 
     # Prometheus has scraped the copy and the failure; the agent counted every data byte once.
     prom.wait_for("the copy to dcn0 scraped", lambda: prom.value(
@@ -240,6 +263,9 @@ def test_every_panel_returns_data_after_a_copy(agents_lab: Lab, prometheus: Prom
         'sum(edgesync_copy_failures_total{site="dcn1", reason="store_error"})') == failures_before + 1)
     prom.wait_for("dcn0's written bytes scraped", lambda: prom.value(
         'sum(edgesync_replicated_bytes_total{site="dcn0"})') == written_before + image.data_bytes)
+    prom.wait_for("the bytes the hub pulled from dcn0 scraped", lambda: prom.value(
+        'sum(edgesync_transfer_bytes_total{site="central"})') == pulled_before + snapshot.data_bytes)
+    assert prom.value('min(edgesync_site_up{site=~"dcn0|dcn1"})') == 1
 
     board = dashboard()
     site_values = prom.get("/api/v1/label/site/values", **{"match[]": "edgesync_copies_in_flight"})

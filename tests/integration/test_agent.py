@@ -50,6 +50,7 @@ from edgesync.stores.file import FileStore
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, TransferError, data_routes
 from edgesync.transfer.pipeline import StoreSource, pump
 from tests.fixtures.broker import SITES, WAIT_S, Inbox, LabBroker, unique_id
+from tests.fixtures.metrics_text import Scrape
 from tests.fixtures.sparse_images import CountingSource, SampleImage, publish_image, read_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -461,6 +462,45 @@ async def test_heartbeats_say_what_is_in_flight(broker: LabBroker, hub_data: Hub
                              and isinstance(d.message, (DoneEvent, FailedEvent)))
     assert beat.message.site == "dcn0" and beat.message.free_bytes  # type: ignore[attr-defined]
     assert busy.message.ts >= beat.message.ts  # type: ignore[attr-defined]
+
+
+async def scrape(agent: Agent) -> Scrape:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{agent.http_port}/metrics") as response:  # no token: Prometheus has none
+        assert response.status == 200
+        return Scrape.parse(await response.text())
+
+
+async def metrics_say(agent: Agent, predicate: Callable[[Scrape], bool]) -> Scrape:
+    async with asyncio.timeout(WAIT_S):
+        while not predicate(page := await scrape(agent)):
+            await asyncio.sleep(0.05)
+    return page
+
+
+async def test_the_agent_metrics_follow_its_copies(tmp_path: Path, broker: LabBroker, hub_data: HubData) -> None:
+    config = load_agent(agent_config(tmp_path, broker, hub_data.url, extra="max_concurrent_copies = 1"))
+    first = await publish_image(hub_data.store, LAYOUT, seed=1)
+    second = await publish_image(hub_data.store, LAYOUT, seed=2)
+    commands = [copy_command(first, hub_data), copy_command(second, hub_data)]
+    hub_data.hold_after(1)
+    async with hub_bus(broker, "dcn0") as (hub, inbox), running(config) as agent:
+        await inbox.wait_for(live_status(SiteState.ONLINE))
+        for command in commands:
+            await hub.publish(topics.cmd("dcn0"), command)
+        # One copy slot: the first copy is held mid-way, the second waits for the slot.
+        busy = await metrics_say(agent, lambda m: m.value("edgesync_tasks_queued", site="dcn0") == 1)
+        assert busy.value("edgesync_tasks_in_flight", site="dcn0") == 1
+        assert busy.value("edgesync_broker_connected", site="dcn0") == 1
+        hub_data.release()
+        for command in commands:
+            await inbox.wait_for(for_task(command.task_id, DoneEvent))
+        done = await scrape(agent)
+    assert done.value("edgesync_tasks_in_flight", site="dcn0") == done.value("edgesync_tasks_queued", site="dcn0") == 0
+    assert done.value("edgesync_replicated_bytes_total", site="dcn0") == first.data_bytes + second.data_bytes
+    assert done.value("edgesync_transfer_bytes_total", site="dcn0") == hub_data.bytes_served
+    assert done.value("edgesync_store_free_bytes", store="dcn0")  # a file store: its filesystem's statvfs
+    assert done.value("edgesync_api_requests_total", route="/metrics", method="GET", status="200")
 
 
 async def test_the_agent_serves_its_published_copies_to_the_hub(
