@@ -9,7 +9,7 @@
     hub_url = "http://central.example:9292"
     token_file = "/etc/edgesync/dcn0.token"   # this site's token for the data endpoints
     state_dir = "/var/lib/edgesync/dcn0"      # the journal lives here
-    listen = "0.0.0.0:9393"                   # data endpoint + /healthz
+    listen = "0.0.0.0:9393"                   # data endpoint + /healthz + /metrics
     max_concurrent_copies = 2
     bandwidth_limit_mbps = 0                  # megabits/s for all pulls; 0 = unlimited
     heartbeat_interval_s = 5
