@@ -349,6 +349,7 @@ class HubMetrics(Metrics):
         return CopyTiming(self, site)
 
     def heartbeat(self, site: str, stamped_at: float) -> None:
+        """A heartbeat `site`'s agent stamped at `stamped_at` (unix time) is handled now."""
         self.event_lag.labels(site).observe(max(0.0, time.time() - stamped_at))
 
     def watch_sites(self, registry: "SiteRegistry") -> None:
