@@ -134,8 +134,9 @@ class Hub:
 
     def app(self) -> web.Application:
         tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]
-        app = web.Application(middlewares=[http_middleware(self.metrics), json_errors, auth_middleware(tokens)],
-                              client_max_size=MAX_JSON_BODY_BYTES)
+        # Metrics outermost: they see the status the client gets, errors included.
+        middlewares = [http_middleware(self.metrics), json_errors, auth_middleware(tokens)]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_JSON_BODY_BYTES)
         app[HUB_KEY] = self
         app.router.add_get(METRICS_PATH, self.metrics.handle_scrape)
         app.add_routes(discovery.routes)

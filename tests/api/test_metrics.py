@@ -39,7 +39,8 @@ async def test_a_copy_is_counted_by_site_with_its_bytes_and_the_copies_held(api:
         "central": 1, "dcn0": 1, "dcn1": 0}
     assert m.value("edgesync_outbox_depth") == 0  # no bus: nothing waits for agents
     for store in ("central", "dcn0", "dcn1"):  # file stores: statvfs of their filesystem
-        free, used = m.value("edgesync_store_free_bytes", store=store), m.value("edgesync_store_used_bytes", store=store)
+        free = m.value("edgesync_store_free_bytes", store=store)
+        used = m.value("edgesync_store_used_bytes", store=store)
         assert free is not None and free > 0 and used is not None and used > 0
     assert image["id"] not in str(m.samples)  # ids never become label values
 
