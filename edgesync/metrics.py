@@ -95,8 +95,8 @@ API_REQUESTS = Spec("edgesync_api_requests_total", "counter",
                     "HTTP requests answered, by route template, method and status.",
                     ("route", "method", "status"))
 API_DURATION = Spec("edgesync_api_request_duration_seconds", "histogram",
-                    "Time to answer an HTTP request (streamed bodies included), by route template and method.",
-                    ("route", "method"), LATENCY_BUCKETS_S)
+                    "Time to answer an HTTP request (streamed bodies included), by route template, method "
+                    "and status.", ("route", "method", "status"), LATENCY_BUCKETS_S)
 REPLICATED_BYTES = Spec("edgesync_replicated_bytes_total", "counter",
                         "Data bytes copies wrote into a site's store (holes are never written).", ("site",))
 TRANSFER_BYTES = Spec("edgesync_transfer_bytes_total", "counter",
@@ -314,7 +314,7 @@ class Metrics:
 
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
         self.api_requests.labels(route, method, str(status)).inc()
-        self.api_duration.labels(route, method).observe(duration_s)
+        self.api_duration.labels(route, method, str(status)).observe(duration_s)
 
     async def render(self) -> bytes:
         """The exposition text, live sources refreshed first (each bounded)."""

@@ -318,7 +318,9 @@ async def test_requests_are_labelled_by_route_template_never_by_path(client: tup
         ("unmatched", "GET", "404"): 1,
         ("unmatched", "OTHER", "405"): 1,
     }
-    assert m.value("edgesync_api_request_duration_seconds_count", route="/items/{item_id}", method="GET") == 5
+    assert m.total("edgesync_api_request_duration_seconds_count", route="/items/{item_id}", method="GET") == 5
+    assert m.value("edgesync_api_request_duration_seconds_count", route="/items/{item_id}", method="GET",
+                   status="200") == 3
 
 
 async def test_the_metrics_page_is_prometheus_text(client: tuple[TestClient, Metrics]) -> None:
