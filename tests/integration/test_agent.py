@@ -327,7 +327,7 @@ async def test_work_goes_on_while_the_broker_is_down_and_its_events_follow(
         finally:
             broker.info = await mosquitto.up(broker.dir, SITES)
         async with hub_bus(broker, "dcn0", hub_id) as (hub, inbox):  # the hub's session kept its place
-            done = await inbox.wait_for(for_task(command.task_id, DoneEvent), timeout_s=10)
+            done = await inbox.wait_for(for_task(command.task_id, DoneEvent), timeout_s=WAIT_S)
     assert done.message.location_url == edge_store(config).location_url(image.image_id)  # type: ignore[attr-defined]
 
 
@@ -401,8 +401,8 @@ async def test_a_stop_right_after_connecting_still_says_offline(
             task = asyncio.create_task(agent.run())
             await inbox.wait_for(live_status(SiteState.ONLINE))
             agent.stop()
-            await asyncio.wait_for(task, 3)
-            await inbox.wait_for(live_status(SiteState.OFFLINE), timeout_s=1)
+            await asyncio.wait_for(task, WAIT_S)
+            await inbox.wait_for(live_status(SiteState.OFFLINE))
 
 
 async def test_refused_credentials_stop_the_agent_with_the_reason(
@@ -544,7 +544,7 @@ async def test_a_killed_agent_process_is_marked_offline_by_its_will(
             sys.executable, "-m", "edgesync", "agent", "--config", str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO)
         try:
-            online = await inbox.wait_for(live_status(SiteState.ONLINE), timeout_s=10)
+            online = await inbox.wait_for(live_status(SiteState.ONLINE), timeout_s=WAIT_S)
             await inbox.wait_for(lambda d: isinstance(d.message, Heartbeat))
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -565,7 +565,7 @@ async def test_sigterm_stops_the_agent_process_cleanly(
             sys.executable, "-m", "edgesync", "agent", "--config", str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO)
         try:
-            await inbox.wait_for(live_status(SiteState.ONLINE), timeout_s=10)
+            await inbox.wait_for(live_status(SiteState.ONLINE), timeout_s=WAIT_S)
         finally:
             proc.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(proc.communicate(), 10)

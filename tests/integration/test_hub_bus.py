@@ -27,9 +27,7 @@ from edgesync.config import SiteConfig, StoreConfig
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, outbox_row, run_hub_bus
 from edgesync.hub.remote import AgentCommands, SiteOffline
 from edgesync.hub.sites import SiteRegistry
-from tests.fixtures.broker import Inbox, LabBroker, unique_id
-
-WAIT_S = 5.0
+from tests.fixtures.broker import WAIT_S, Inbox, LabBroker, unique_id
 
 
 def site(name: str, role: str = "edge") -> SiteConfig:
