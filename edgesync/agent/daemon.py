@@ -47,6 +47,7 @@ from edgesync.bus import (
     Backoff,
     BusClient,
     BusError,
+    CheckDeletableCommand,
     CopyCommand,
     DeleteCommand,
     Heartbeat,
@@ -310,6 +311,8 @@ class Agent:
                 await self._runtime().tasks.accept(message)
             elif isinstance(message, SiteRefused):
                 self._on_refused(message)
+            elif isinstance(message, CheckDeletableCommand):
+                self._runtime().tasks.probe(message)
             else:
                 log.warning("ignored a %s message on the command topic", message.TYPE)
 

@@ -43,6 +43,7 @@ class EventOutbox:
         self._progress_interval_s = progress_interval_s
         self._clock = clock
         self._results: dict[str, Result] = {}  # task id → result, oldest first
+        self._unjournaled: set[str] = set()  # task ids of results the journal doesn't hold
         self._progress: dict[str, ProgressEvent] = {}
         self._progress_accepted_at: dict[str, float] = {}
         self._inventory_due = True  # an agent that starts announces what it holds
@@ -78,6 +79,12 @@ class EventOutbox:
         """Queue a result again (its command was delivered again)."""
         self._results[result.task_id] = result
         self._wake.set()
+
+    def reply(self, result: Result) -> None:
+        """Queue the answer to a question that was never journaled (a probe):
+        it changes nothing, so losing it in a crash costs only the hub's wait."""
+        self._unjournaled.add(result.task_id)
+        self.resend(result)
 
     def inventory_changed(self) -> None:
         self._inventory_due = True
@@ -121,7 +128,10 @@ class EventOutbox:
         sent = 0
         for task_id, result in list(self._results.items()):
             await bus.publish(topics.event(self.site), result)
-            await self._journal.mark_reported(task_id)
+            if task_id in self._unjournaled:
+                self._unjournaled.discard(task_id)
+            else:
+                await self._journal.mark_reported(task_id)
             if self._results.get(task_id) is result:
                 del self._results[task_id]
             sent += 1

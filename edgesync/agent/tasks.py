@@ -6,6 +6,10 @@ agent is stopping, in which case the next start resumes it; a task id seen
 before is a redelivery, and a finished task's result is sent again while a
 running one is left alone.
 
+A probe (`CheckDeletableCommand`: could this copy be deleted now?) is not a
+task: it changes nothing, so it is neither journaled nor queued behind the
+image's tasks; it is answered at once and the answer is not kept.
+
 Tasks run in the daemon's TaskGroup. Copies are bounded by
 `max_concurrent_copies`; tasks on one image run one at a time, in arrival
 order (asyncio locks are FIFO), so a delete never races the copy before it.
@@ -25,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from edgesync.agent import replicator
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Command, Journal, Result, TaskState
-from edgesync.bus import Backoff, CopyCommand, DeleteCommand, DoneEvent
+from edgesync.bus import Backoff, CheckDeletableCommand, CopyCommand, DeleteCommand, DoneEvent, FailedEvent
 from edgesync.errors import EdgesyncError
 from edgesync.logs import log_context, task_context
 from edgesync.metrics import NO_OBSERVER, CopyObserver
@@ -123,6 +127,25 @@ class TaskRunner:
             self.events.resend(record.result)
         else:
             log.info("task %s delivered again; it is under way", command.task_id)
+
+    def probe(self, command: CheckDeletableCommand) -> None:
+        """Answer whether the copy could be deleted now (no clones depend on it)."""
+        if self._group is None or self.draining:
+            return  # stopping: the hub sees the site go offline and stops waiting
+        self._group.create_task(self._probe(command), name=f"probe-{command.task_id}")
+
+    async def _probe(self, command: CheckDeletableCommand) -> None:
+        result: DoneEvent | FailedEvent
+        try:
+            await self.store.ensure_deletable(command.image_id)
+            result = DoneEvent(task_id=command.task_id, image_id=command.image_id)
+        except Exception as exc:  # noqa: BLE001 — every answer is an event
+            if not isinstance(exc, EdgesyncError):
+                log.exception("probe %s failed", command.task_id)
+            result = replicator.failure_event(command.task_id, exc)
+        log.info("probe %s: image %s %s", command.task_id, command.image_id,
+                 "can be deleted" if isinstance(result, DoneEvent) else f"can't be deleted: {result.reason}")
+        self.events.reply(result)
 
     def _spawn(self, command: Command) -> None:
         if self._group is None:

@@ -111,6 +111,19 @@ class SiteRefused(Message):
     reason: str
 
 
+@_register("check_deletable", Channel.CMD)
+@dataclass(frozen=True, kw_only=True)
+class CheckDeletableCommand(Message):
+    """Would a delete of the site's copy of `image_id` succeed now (no COW
+    clones depend on it)? Read-only. Answered by Done (yes, or no copy) or by
+    Failed with code "in_use". A type of its own rather than a flag on
+    DeleteCommand: an older agent drops an unknown type, where it would
+    ignore an unknown flag and delete."""
+
+    task_id: str
+    image_id: str
+
+
 # --- events: agent → hub -------------------------------------------------------
 
 

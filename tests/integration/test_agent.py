@@ -30,6 +30,7 @@ from edgesync.bus import (
     Backoff,
     BusClient,
     BusError,
+    CheckDeletableCommand,
     CopyCommand,
     DeleteCommand,
     Delivery,
@@ -373,6 +374,31 @@ class ClonedStore(FileStore):
 
     async def delete(self, image_id: str) -> None:
         raise StoreImageInUse(f"store {self.name}: image {image_id} has COW clones: vms/instance-1")
+
+    async def ensure_deletable(self, image_id: str) -> None:
+        if await self.exists(image_id):
+            raise StoreImageInUse(f"store {self.name}: image {image_id} has COW clones: vms/instance-1")
+
+
+async def test_a_probe_says_whether_the_copy_could_be_deleted_and_changes_nothing(
+        broker: LabBroker, hub_data: HubData, config: AgentConfig) -> None:
+    store = ClonedStore(config.name, edge_store(config).root)
+    image = await publish_image(store, "DZ")
+    in_use = CheckDeletableCommand(task_id=unique_id("probe"), image_id=image.image_id)
+    absent = CheckDeletableCommand(task_id=unique_id("probe"), image_id="no-such-image")
+    async with hub_bus(broker, "dcn0") as (hub, inbox), running(config, store=store):
+        await inbox.wait_for(live_status(SiteState.ONLINE))
+        await hub.publish(topics.cmd("dcn0"), in_use)
+        failed = await inbox.wait_for(for_task(in_use.task_id, FailedEvent))
+        await hub.publish(topics.cmd("dcn0"), absent)
+        await inbox.wait_for(for_task(absent.task_id, DoneEvent))
+    assert (failed.message.code, failed.message.retryable) == ("in_use", False)  # type: ignore[attr-defined]
+    assert await store.exists(image.image_id)
+    journal = await Journal.open(config.journal_path)
+    try:  # a question, not a task: nothing to resume or answer again after a restart
+        assert await journal.get(in_use.task_id) is None and await journal.unreported() == []
+    finally:
+        await journal.close()
 
 
 async def test_a_copy_in_use_is_not_deleted(broker: LabBroker, hub_data: HubData, config: AgentConfig) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from edgesync.bus import (
     BusError,
+    CheckDeletableCommand,
     CopyCommand,
     DeleteCommand,
     DoneEvent,
@@ -32,6 +33,7 @@ EXAMPLES: list[Message] = [
                 source_url="http://hub:9292/v2/images/img/file"),
     DeleteCommand(task_id="t2", image_id="img"),
     SiteRefused(site="dcn0", availability_zone="dcn1", reason="dcn1 is another site's zone"),
+    CheckDeletableCommand(task_id="t4", image_id="img"),
     ProgressEvent(task_id="t1", bytes_done=512, bytes_total=1024),
     DoneEvent(task_id="t1", image_id="img", location_url="rbd://fsid/images/img/snap"),
     DoneEvent(task_id="t2", image_id="img"),
