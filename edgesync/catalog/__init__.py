@@ -74,6 +74,17 @@ class OutboxMessage:
     published_at: float | None = None
 
 
+@dataclass(frozen=True)
+class PendingDelete:
+    """A delete sent to a site's agent and not confirmed yet; `last_error` once the agent refused it."""
+
+    task_id: str
+    image_id: str
+    site: str
+    created_at: float
+    last_error: str | None = None
+
+
 class Catalog:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -511,6 +522,49 @@ class Catalog:
                 (time.time(), *ids),
             )
 
+    # --- deletes pending at sites -----------------------------------------------
+
+    async def send_delete(self, pending: PendingDelete, topic: str, payload: dict[str, Any]) -> None:
+        """Record the delete as pending and queue its command, in one transaction."""
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO pending_deletes (task_id, image_id, site, created_at) VALUES (?, ?, ?, ?)",
+                (pending.task_id, pending.image_id, pending.site, pending.created_at))
+            await _outbox_insert(db, topic, payload)
+
+    async def pending_delete(self, task_id: str) -> PendingDelete | None:
+        rows = await self._rows("SELECT * FROM pending_deletes WHERE task_id = ?", (task_id,))
+        return _pending_from_row(rows[0]) if rows else None
+
+    async def pending_deletes(self, site: str | None = None) -> list[PendingDelete]:
+        """Oldest first; every site's, or one site's."""
+        where, args = ("WHERE site = ?", (site,)) if site is not None else ("", ())
+        rows = await self._rows(f"SELECT * FROM pending_deletes {where} ORDER BY created_at, task_id", args)
+        return [_pending_from_row(r) for r in rows]
+
+    async def confirm_delete(self, task_id: str) -> PendingDelete | None:
+        """The agent removed the copy: forget the pending delete and the copy's
+        location (if the image still exists), in one transaction."""
+        async with self._tx() as db:
+            async with db.execute("SELECT * FROM pending_deletes WHERE task_id = ?", (task_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            pending = _pending_from_row(row)
+            await db.execute("DELETE FROM pending_deletes WHERE task_id = ?", (task_id,))
+            await db.execute("DELETE FROM locations WHERE image_id = ? AND store = ?",
+                             (pending.image_id, pending.site))
+            return pending
+
+    async def fail_pending_delete(self, task_id: str, reason: str) -> None:
+        """The agent refused it (e.g. clones made while the site was offline): keep it listed, with why."""
+        async with self._tx() as db:
+            await db.execute("UPDATE pending_deletes SET last_error = ? WHERE task_id = ?", (reason, task_id))
+
+    async def drop_pending_delete(self, task_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM pending_deletes WHERE task_id = ?", (task_id,))
+
 
 # --- helpers (module-private, SQL stays here) ---------------------------------
 
@@ -552,6 +606,11 @@ def _task_from_row(row: aiosqlite.Row) -> Task:
         status=TaskStatus(row["status"]), message=row["message"],
         input=json.loads(row["input"]), created_at=row["created_at"], updated_at=row["updated_at"],
     )
+
+
+def _pending_from_row(row: aiosqlite.Row) -> PendingDelete:
+    return PendingDelete(task_id=row["task_id"], image_id=row["image_id"], site=row["site"],
+                         created_at=row["created_at"], last_error=row["last_error"])
 
 
 async def _image_exists(db: aiosqlite.Connection, image_id: str) -> bool:

@@ -98,6 +98,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_unpublished ON outbox(published_at) WHERE published_at IS NULL;
     """,
+    # 2: deletes sent to a site's agent and not confirmed yet (the site may be
+    # offline). No reference to images: an image delete outlives the image.
+    """
+    CREATE TABLE pending_deletes (
+        task_id    TEXT PRIMARY KEY,
+        image_id   TEXT NOT NULL,
+        site       TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX pending_deletes_site ON pending_deletes(site, created_at);
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

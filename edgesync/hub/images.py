@@ -3,6 +3,8 @@ delete from one store, stage, and reading the data back."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -18,11 +20,13 @@ from edgesync.hub.patch import (
     check_extra_property,
     plan_patch,
 )
-from edgesync.hub.remote import RemoteStore
+from edgesync.hub.remote import RemoteStore, SiteOffline
 from edgesync.hub.replicator import Replicator
 from edgesync.hub.staging import Staging
 from edgesync.model import Image, ImageStatus, Visibility
 from edgesync.stores.base import ImageStore, Location
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1024 * 1024
 
@@ -132,22 +136,58 @@ class ImageService:
         )
 
     async def delete(self, caller: Caller, image_id: str) -> None:
-        """Delete the image and every copy of it. Edge copies go first, central
-        last, so a copy in use (409) never leaves an image without its central copy."""
+        """Delete the image and every copy of it.
+
+        All or nothing with respect to clones: every copy is checked first (an
+        edge site's agent is asked), and a copy in use anywhere refuses the
+        delete (409) before any copy is removed. Then edge copies go first,
+        central last, so a late refusal never leaves an image without its
+        central copy.
+
+        A site whose agent is offline can't be asked, and its copy can't be
+        checked for clones: its delete is sent anyway and stays pending until
+        the agent returns (GET /edgesync/v1/pending-deletes), and the image is
+        deleted. Operators expect an image delete to succeed as Glance's does,
+        not to wait on the slowest site; a clone made at that site while it
+        was away makes its pending delete fail, which the listing shows.
+
+        A location in a store no longer configured (its site was removed from
+        the config) can't be reached: it goes with the image, with a warning.
+        """
         image = await self.get(caller, image_id)
         require_owner_or_admin(caller, image, "delete it")
         if image.protected:
             raise Forbidden(f"Image {image_id} is protected; set protected=false before deleting it")
         await self._refuse_if_locked(image_id, "deleted")
-        for store in image.stores:  # all or nothing: refuse before removing any copy
-            await self._in_use_hint(image_id, store, self.stores[store].ensure_deletable(image_id))
-        for store in sorted(image.stores, key=lambda s: s == self.central):
-            await self._delete_copy(image_id, store)
+        stores = [s for s in image.stores if s in self.stores]
+        for gone in sorted(set(image.stores) - set(stores)):
+            log.warning("image %s: dropping its location in store %s, which is no longer configured",
+                        image_id, gone)
+        await self._refuse_if_in_use(image_id, stores)
+        for store in sorted(stores, key=lambda s: s == self.central):
+            await self._delete_copy(image_id, store, pending_ok=True)
         self.staging.discard(image_id)
         await self.catalog.delete_image(image_id)
 
+    async def _refuse_if_in_use(self, image_id: str, stores: list[str]) -> None:
+        """Ask every store at once; StoreImageInUse if any copy has clones."""
+        checks = [self._in_use_hint(image_id, s, self.stores[s].ensure_deletable(image_id)) for s in stores]
+        for store, outcome in zip(stores, await asyncio.gather(*checks, return_exceptions=True)):
+            if isinstance(outcome, SiteOffline):
+                log.warning("image %s: deleting without checking %s for clones: %s", image_id, store,
+                            outcome.message)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
     async def delete_from_store(self, caller: Caller, store: str, image_id: str) -> None:
-        if store not in self.stores:
+        """Delete one store's copy. An edge site's agent must be up: a store
+        delete is an operator's explicit request, answered with what happened
+        (503, nothing changed, if the agent is offline), not queued. Should the
+        agent go offline after the command went out, the delete stays pending
+        and the location goes when the agent confirms. A location in a store
+        no longer configured is simply dropped."""
+        known = store in self.stores
+        if not known and not await self._has_location(image_id, store):
             raise NotFound(f"Unknown store '{store}'; known stores: {', '.join(self.stores)}")
         image = await self.get(caller, image_id)
         require_owner_or_admin(caller, image, "delete it from a store")
@@ -163,13 +203,35 @@ class ImageService:
                 "delete the image to remove it everywhere"
             )
         await self._refuse_if_locked(image_id, "changed")
-        await self._delete_copy(image_id, store)
+        if not known:
+            log.warning("image %s: dropping its location in store %s, which is no longer configured",
+                        image_id, store)
+            await self.catalog.remove_location(image_id, store)
+            return
+        target = self.stores[store]
+        if isinstance(target, RemoteStore) and not target.online():
+            raise SiteOffline(
+                f"Store '{store}' can't delete its copy of image {image_id} now: the agent of site {store} "
+                "is offline. Nothing was changed; try again when it is up (GET /edgesync/v1/sites)")
+        await self._delete_copy(image_id, store, pending_ok=False)
 
-    async def _delete_copy(self, image_id: str, store: str) -> None:
+    async def _has_location(self, image_id: str, store: str) -> bool:
+        image = await self.catalog.get_image(image_id)
+        return image is not None and store in image.stores
+
+    async def _delete_copy(self, image_id: str, store: str, *, pending_ok: bool) -> None:
+        """Remove one copy and its location. With `pending_ok`, a site gone
+        offline leaves its delete pending and the location goes now (the image
+        is going); without, SiteOffline is raised and the location stays until
+        the agent confirms."""
         try:
             await self._in_use_hint(image_id, store, self.replicator.remove(image_id, store))
         except NotFound:
             pass  # already gone from the store: just forget the location
+        except SiteOffline as exc:
+            if not pending_ok:
+                raise
+            log.warning("image %s: %s", image_id, exc.message)
         await self.catalog.remove_location(image_id, store)
 
     @staticmethod

@@ -7,11 +7,21 @@ edge-created image to central) go over HTTP to the agent's data endpoint.
 The orchestration keeps calling the one store interface and does not know
 which stores are local.
 
-While a site's agent is down, a command waits (the broker keeps it for the
-agent's persistent session); if the site stays down past
-`offline_deadline_s`, the operation fails with the reason "site offline".
-The site still gets a copy given up on when it returns, so a delete follows
-it: the site must not keep a copy that no location records.
+While a site's agent is down, a copy waits (the broker keeps its command for
+the agent's persistent session); if the site stays down past
+`offline_deadline_s`, the copy fails with the reason "site offline". The
+site still gets a copy given up on when it returns, so a delete follows it:
+the site must not keep a copy that no location records.
+
+Deletes never wait for a site to come back. Each is recorded in the catalog
+as a pending delete in the transaction that queues its command, and is
+settled by the agent's answer whenever it comes — to the caller still
+waiting, or, after the site went offline or the hub restarted, to nobody but
+the catalog: a Done removes the entry (and the copy's location, if the image
+still exists); a Failed nobody waits for stays listed with its reason.
+`delete` waits only while the site is up and otherwise raises `SiteOffline`,
+leaving the delete pending. A probe (`ensure_deletable`) is a question, not
+an order: it is only asked of a site that is up, and not recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from typing import Any
 import aiohttp
 
 from edgesync.bus import (
+    CheckDeletableCommand,
     CopyCommand,
     DeleteCommand,
     DoneEvent,
@@ -39,7 +50,7 @@ from edgesync.bus import (
     topics,
 )
 from edgesync.bus.messages import new_message_id
-from edgesync.catalog import Catalog
+from edgesync.catalog import Catalog, PendingDelete
 from edgesync.config import SiteConfig
 from edgesync.errors import StoreError, StoreImageInUse, StoreImageNotFound, StoreUnavailable
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
@@ -52,7 +63,12 @@ from edgesync.transfer.http import HttpSource, TransferError
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], Awaitable[None]]  # (data bytes done, data bytes in all)
+Command = CopyCommand | DeleteCommand | CheckDeletableCommand
 WAIT_SLICE_S = 1.0
+# An agent that is up answers a probe in milliseconds; one that doesn't in
+# this long is stuck, and the caller gets a 503 to try again.
+PROBE_TIMEOUT_S = 30.0
+PENDING_HINT = "GET /edgesync/v1/pending-deletes lists it until the agent confirms"
 RESEND_AFTER_BEATS = 3  # heartbeats in a row without the task before it is sent again
 RESEND_MAX_BEATS = 48  # the wait between resends doubles up to this
 UNCLAIMED_KEPT = 1000
@@ -69,6 +85,7 @@ UNCLAIMED_KEPT = 1000
 #
 #   any state ──the site down longer than offline_deadline_s──▶ FAILED ("site offline");
 #                a copy failed so is followed by a delete of it to that site
+#   (a delete or a probe: the site down at all ──▶ SiteOffline; see `delete`)
 #
 # Paho acknowledges a QoS 1 command on receipt, before the agent journals it,
 # and it acknowledges the hub's events the same way, before the hub handled
@@ -84,15 +101,14 @@ UNCLAIMED_KEPT = 1000
 
 
 class SiteOffline(StoreUnavailable):
-    """A site's agent stayed down past the offline deadline: that store fails."""
-
-    retryable = False
+    """The site's agent is down: a copy that waited past the offline deadline
+    fails with this; a probe can't be asked; a delete is left pending."""
 
 
 @dataclass
 class _Pending:
     site: str
-    command: CopyCommand | DeleteCommand
+    command: Command
     result: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     on_progress: ProgressFn | None = None
     sent: bool = False  # an outbox row for it was acknowledged by the broker
@@ -116,29 +132,72 @@ class AgentCommands:
         self._unclaimed: OrderedDict[str, tuple[str, Message]] = OrderedDict()
         publisher.on_published(self._published)
 
-    async def call(self, site: str, command: CopyCommand | DeleteCommand,
+    async def call(self, site: str, command: CopyCommand,
                    on_progress: ProgressFn | None = None, *, resume: bool = False) -> DoneEvent:
         """Send `command` to `site`'s agent and wait for its Done (returned) or
-        Failed (raised as a store error). With `resume` (after a hub restart),
-        a command the outbox already holds is not sent again, only waited for."""
-        pending = self._pending[command.task_id] = _Pending(site, command, on_progress=on_progress)
-        if site in self.registry:  # count only the heartbeats from now on
-            pending.heartbeats_seen = self.registry.view(site).heartbeats
+        Failed (raised as a store error), through outages up to the offline
+        deadline. With `resume` (after a hub restart), a command the outbox
+        already holds is not sent again, only waited for."""
+        pending = self._register(site, command, on_progress)
         try:
             self._claim(pending)
             if not (resume and await self._already_sent(pending)):
                 await self._send(pending)
             answer = await self._wait(pending)
         except SiteOffline:
-            if isinstance(command, CopyCommand):
-                await self._undo_when_back(site, command)
+            await self._undo_when_back(site, command)
             raise
         finally:
             self._pending.pop(command.task_id, None)
-        if isinstance(answer, FailedEvent):
-            raise _failure(site, answer)
-        assert isinstance(answer, DoneEvent)
-        return answer
+        return _answer(site, answer)
+
+    async def probe(self, site: str, image_id: str) -> None:
+        """Ask `site`'s agent whether its copy could be deleted now: returns if
+        so (or if it has none), StoreImageInUse if clones depend on it,
+        SiteOffline if the site is (or goes) down before it answers."""
+        if not self.registry.is_up(site):
+            raise SiteOffline(f"the agent of site {site} is offline; it can't be asked whether "
+                              f"its copy of image {image_id} is in use")
+        command = CheckDeletableCommand(task_id=str(uuid.uuid4()), image_id=image_id)
+        pending = self._register(site, command)
+        try:
+            await self._send(pending)
+            answer = await self._wait_while_up(pending, f"whether its copy of image {image_id} is in use",
+                                               timeout_s=PROBE_TIMEOUT_S)
+        finally:
+            self._pending.pop(command.task_id, None)
+        _answer(site, answer)
+
+    async def delete(self, site: str, image_id: str) -> None:
+        """Tell `site`'s agent to remove its copy, as a pending delete, and wait
+        for the answer while the site is up. Down (now or before it answers):
+        SiteOffline, and the delete stays pending until the agent returns."""
+        command = DeleteCommand(task_id=str(uuid.uuid4()), image_id=image_id)
+        offline = SiteOffline(f"the agent of site {site} is offline; the delete of its copy of image {image_id} "
+                              f"is pending and happens when the agent returns ({PENDING_HINT})")
+        pending = self._register(site, command)
+        try:
+            await self._send_delete(site, command)
+            if not self.registry.is_up(site):
+                raise offline
+            answer = await self._wait_while_up(pending, f"the delete of image {image_id}")
+        except SiteOffline:
+            raise offline from None
+        finally:
+            self._pending.pop(command.task_id, None)
+        _answer(site, answer)
+
+    async def _send_delete(self, site: str, command: DeleteCommand) -> None:
+        """The command into the outbox and its pending delete into the catalog, together."""
+        entry = PendingDelete(task_id=command.task_id, image_id=command.image_id, site=site, created_at=time.time())
+        await self.catalog.send_delete(entry, *outbox_row(topics.cmd(site), command))
+        self.publisher.wake()
+
+    def _register(self, site: str, command: Command, on_progress: ProgressFn | None = None) -> _Pending:
+        pending = self._pending[command.task_id] = _Pending(site, command, on_progress=on_progress)
+        if site in self.registry:  # count only the heartbeats from now on
+            pending.heartbeats_seen = self.registry.view(site).heartbeats
+        return pending
 
     async def _send(self, pending: _Pending) -> None:
         await self._send_to(pending.site, pending.command)
@@ -181,10 +240,26 @@ class AgentCommands:
         """The site still gets the copy when it returns, too late: its store
         failed with "site offline" and no location will record what the copy
         makes. A delete sent after it (an agent runs one image's commands in
-        the order they came) removes it again."""
+        the order they came) removes it again; it is a pending delete like any."""
         log.warning("%s: copy %s of image %s given up; the site will delete it when it is back",
                     site, copy.task_id, copy.image_id)
-        await self._send_to(site, DeleteCommand(task_id=f"{copy.task_id}-undo", image_id=copy.image_id))
+        await self._send_delete(site, DeleteCommand(task_id=f"{copy.task_id}-undo", image_id=copy.image_id))
+
+    async def _wait_while_up(self, pending: _Pending, what: str, *, timeout_s: float | None = None) -> Message:
+        """The answer, as long as the site stays up (SiteOffline once it isn't)
+        and, with `timeout_s`, comes within that long (StoreUnavailable)."""
+        give_up_at = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(pending.result), self.check_every_s)
+            except TimeoutError:
+                pass
+            await self._check_delivery(pending)
+            if not self.registry.is_up(pending.site):
+                raise SiteOffline(f"the agent of site {pending.site} went offline before answering {what}")
+            if give_up_at is not None and time.monotonic() > give_up_at:
+                raise StoreUnavailable(f"the agent of site {pending.site} is up but did not answer {what} "
+                                       f"within {timeout_s:.0f} s; try again")
 
     async def _check_delivery(self, pending: _Pending) -> None:
         """Count the heartbeats that arrived since the last look; resend the
@@ -221,6 +296,9 @@ class AgentCommands:
     async def on_event(self, site: str, message: Message) -> None:
         """Events from the bus (the EventRouter's task-event handler)."""
         task_id = getattr(message, "task_id", None)
+        if isinstance(message, (DoneEvent, FailedEvent)):
+            # First, so a waiting caller sees the catalog already settled.
+            await self._settle_delete(site, message)
         pending = self._pending.get(task_id) if task_id else None
         if pending is None or pending.site != site:
             if task_id and isinstance(message, (DoneEvent, FailedEvent)):
@@ -245,9 +323,22 @@ class AgentCommands:
         if kept is not None and kept[0] == pending.site:
             pending.result.set_result(kept[1])
 
-
-class SiteOffline(StoreUnavailable):
-    """The site's agent stayed down past the offline deadline."""
+    async def _settle_delete(self, site: str, answer: DoneEvent | FailedEvent) -> None:
+        """The agent's answer to a pending delete, whether or not anyone still waits for it."""
+        entry = await self.catalog.pending_delete(answer.task_id)
+        if entry is None or entry.site != site:
+            return  # not a delete, or a duplicate of an answer already settled
+        where = {"site": site, "image_id": entry.image_id}
+        if isinstance(answer, DoneEvent):
+            await self.catalog.confirm_delete(answer.task_id)
+            log.info("site %s confirmed the delete of image %s", site, entry.image_id, extra=where)
+        elif answer.task_id in self._pending:
+            # The caller reports the refusal; the copy and its location stay.
+            await self.catalog.drop_pending_delete(answer.task_id)
+        else:
+            await self.catalog.fail_pending_delete(answer.task_id, answer.reason)
+            log.warning("site %s refused the pending delete of image %s: %s", site, entry.image_id, answer.reason,
+                        extra=where)
 
 
 class AgentTaskFailed(StoreError):
@@ -256,6 +347,14 @@ class AgentTaskFailed(StoreError):
     def __init__(self, message: str, *, code: str | None, retryable: bool) -> None:
         super().__init__(message, retryable=retryable)
         self.code = code
+
+
+def _answer(site: str, answer: Message) -> DoneEvent:
+    """A Done returned, a Failed raised as the store error it stands for."""
+    if isinstance(answer, FailedEvent):
+        raise _failure(site, answer)
+    assert isinstance(answer, DoneEvent)
+    return answer
 
 
 def _failure(site: str, failed: FailedEvent) -> StoreError:
@@ -303,8 +402,16 @@ class RemoteStore(ImageStore):
         return Location(self.name, done.location_url)
 
     async def delete(self, image_id: str) -> None:
+        """SiteOffline if the agent is (or goes) down: the delete then stays pending."""
         self.forget(image_id)
-        await self._commands.call(self.name, DeleteCommand(task_id=str(uuid.uuid4()), image_id=image_id))
+        await self._commands.delete(self.name, image_id)
+
+    async def ensure_deletable(self, image_id: str) -> None:
+        """The agent checks its store; SiteOffline if it can't be asked."""
+        await self._commands.probe(self.name, image_id)
+
+    def online(self) -> bool:
+        return self._commands.registry.is_up(self.name)
 
     # --- reading an edge copy (edge-created images go to central) --------------
 

@@ -57,6 +57,17 @@ async def test_sites_lists_every_site_with_its_zone(api: Api) -> None:
     assert set(sites) == {"central", "dcn0", "dcn1"}
     assert sites["central"]["role"] == "central" and sites["dcn0"]["availability_zone"] == "dcn0"
     assert sites["dcn0"]["agent"] is False  # no bus configured: copies run in the hub
+    assert sites["dcn0"]["pending_deletes"] == 0
+
+
+async def test_pending_deletes_are_listed_for_admins_only(api: Api) -> None:
+    async with api.admin.get("/edgesync/v1/pending-deletes", params={"site": "dcn0"}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"pending_deletes": []}  # in-hub deletes never wait for a site
+    async with api.admin.get("/edgesync/v1/pending-deletes", params={"site": "nowhere"}) as resp:
+        await error_of(resp, 404, "nowhere", "known sites")
+    async with api.p1.get("/edgesync/v1/pending-deletes") as resp:
+        await error_of(resp, 403, "admin")
 
 
 # --- images created at an edge go to central first -----------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from edgesync.stores.base import Location
 from tests.api.conftest import Api, Caller, default_image, error_of
 
 # --- create / show ---------------------------------------------------------------------
@@ -279,6 +280,24 @@ async def test_delete_removes_every_copy(api: Api) -> None:
     api.assert_nothing_left(image["id"])
     async with api.p1.delete(f"/v2/images/{image['id']}") as resp:
         await error_of(resp, 404)
+
+
+async def test_delete_of_an_image_located_in_a_site_no_longer_configured_drops_that_location(api: Api) -> None:
+    """A site removed from the config can't be reached: its location goes with the image."""
+    image = await api.active_image(default_image(), stores=("central", "dcn0"))
+    await api.hub.catalog.add_location(image["id"], Location("retired", f"file:///retired/{image['id']}"))
+    async with api.p1.delete(f"/v2/images/{image['id']}") as resp:
+        assert resp.status == 204, await resp.text()
+    api.assert_nothing_left(image["id"])
+
+
+async def test_delete_from_a_store_no_longer_configured_drops_only_its_location(api: Api) -> None:
+    image = await api.active_image(default_image(), stores=("central", "dcn0"))
+    await api.hub.catalog.add_location(image["id"], Location("retired", f"file:///retired/{image['id']}"))
+    async with api.p1.delete(f"/v2/stores/retired/{image['id']}") as resp:
+        assert resp.status == 204, await resp.text()
+    assert (await api.p1.show(image["id"]))["stores"] == "central,dcn0"
+    assert api.store_files("dcn0") == [image["id"]]
 
 
 async def test_delete_of_a_staged_image_removes_its_staging_file(api: Api) -> None:

@@ -11,21 +11,28 @@
   copy to any other edge is refused (409, hub first) until that lands.
 * `GET /edgesync/v1/sites`: each site, its AZ, role, store, whether it is up,
   work in flight and free space: what its agent last said (heartbeat age
-  included), or for a store the hub operates itself, what the store says now.
+  included), or for a store the hub operates itself, what the store says now;
+  and how many deletes wait for the site's agent.
 * `GET /edgesync/v1/tasks[?limit=N][&unfinished=true]`: the newest import
   and copy tasks of every image (an admin) or of the caller's project's
   images, with each store's state and bytes.
+* `GET /edgesync/v1/pending-deletes[?site=S]` (admins): deletes sent to a
+  site's agent and not confirmed yet — image id, site, since when, and the
+  agent's reason if it refused one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
 from edgesync.errors import BadRequest, EdgesyncError, NotFound
 from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.auth import require_admin
 from edgesync.hub.serialize import image_json, task_json
 from edgesync.stores.base import ImageStore
 
@@ -86,6 +93,7 @@ async def sites(request: web.Request) -> web.Response:
         live = {entry["name"]: entry for entry in hub.registry.snapshot()}
     # Copies the hub makes itself: the same job ids an agent reports in flight.
     open_tasks = await hub.catalog.tasks(unfinished_only=True, limit=MAX_TASKS)
+    waiting = Counter(p.site for p in await hub.catalog.pending_deletes())
     body = []
     for site in hub.config.sites:
         entry: dict[str, Any] = {
@@ -98,6 +106,7 @@ async def sites(request: web.Request) -> web.Response:
             entry["in_flight"] = [f"{t.id}-{site.name}" for t in open_tasks if site.name in t.unfinished_stores]
             entry["heartbeat_age_s"] = None
             entry.update(await _store_capacity(hub.stores[site.name]))
+        entry["pending_deletes"] = waiting[site.name]
         body.append(entry)
     return web.json_response({"sites": body})
 
@@ -131,3 +140,17 @@ async def tasks(request: web.Request) -> web.Response:
     found = await hub.catalog.tasks(unfinished_only=unfinished == "true", limit=int(raw_limit),
                                     owner=None if caller.is_admin else caller.project)
     return web.json_response({"tasks": [task_json(t) for t in found]})
+
+
+@routes.get("/edgesync/v1/pending-deletes")
+async def pending_deletes(request: web.Request) -> web.Response:
+    hub = hub_of(request)
+    require_admin(caller_of(request), "list pending deletes")
+    site = request.query.get("site")
+    if site is not None and hub.config.site(site) is None:
+        raise NotFound(f"No site named {site!r}; known sites: {', '.join(s.name for s in hub.config.sites)}")
+    return web.json_response({"pending_deletes": [
+        {"image_id": p.image_id, "site": p.site, "task_id": p.task_id,
+         "since": datetime.fromtimestamp(p.created_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "last_error": p.last_error}
+        for p in await hub.catalog.pending_deletes(site)]})
