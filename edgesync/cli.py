@@ -120,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--store", choices=["file", "rbd"], default="file")
     up.add_argument("--sites", default="central,dcn0,dcn1",
                     help="comma-separated site names; the first is central")
-    up.add_argument("--agents", action=argparse.BooleanOptionalAction, default=False,
-                    help="start Mosquitto and one agent per edge site (copies go through them)")
+    up.add_argument("--agents", action=argparse.BooleanOptionalAction, default=True,
+                    help="start Mosquitto and one agent per edge site, which operate the edge stores "
+                         "(default); --no-agents: the hub writes every store itself")
     up.add_argument("--offline-deadline-s", type=float, default=300.0, metavar="SECONDS",
-                    help="with --agents: a copy to a site down this long fails with 'site offline' "
+                    help="with agents: a copy to a site down this long fails with 'site offline' "
                          "(default 300)")
     for name in ("down", "status"):
         lab_sub.add_parser(name, help=f"{name} the lab")

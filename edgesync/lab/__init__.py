@@ -60,7 +60,10 @@ def pid_alive(pid: int | None) -> bool:
 
 
 async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
-             agents: bool = False, offline_deadline_s: float = OFFLINE_DEADLINE_S) -> dict[str, Any]:
+             agents: bool = True, offline_deadline_s: float = OFFLINE_DEADLINE_S) -> dict[str, Any]:
+    """Start the lab and return its lab.json once the hub answers and (with
+    `agents`, the default) every edge site's agent is up as the hub sees it.
+    Without agents the hub writes every store itself (in-hub mode)."""
     sites = sites or ["central", "dcn0", "dcn1"]
     if len(set(sites)) != len(sites) or not sites:
         raise LabError(f"--sites needs distinct site names, got {sites}")
@@ -95,8 +98,7 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     _save(directory, info)
     try:
         await start_hub(directory)
-        for site in edges:
-            await start_agent(directory, site)
+        await asyncio.gather(*(start_agent(directory, site) for site in edges))
     except LabError:
         await down(directory)
         raise
@@ -118,7 +120,11 @@ async def start_hub(directory: Path) -> int:
     pid = _spawn(directory, "hub", ["hub", "--config", info["hub_config"]])
     info["hub_pid"] = pid
     _save(directory, info)
-    await _wait_ready(info["hub_url"], pid, directory / "logs" / "hub.log")
+    log_path = directory / "logs" / "hub.log"
+    await _wait_ready(info["hub_url"], pid, log_path)
+    for site, entry in info["sites"].items():  # a restarted hub hears from running agents afresh
+        if pid_alive(entry.get("agent_pid")):
+            await _wait_site_up(info, site, pid, log_path)
     return pid
 
 
@@ -156,18 +162,43 @@ def _require_broker(directory: Path) -> None:
 
 
 async def start_agent(directory: Path, site: str) -> int:
-    """Start one site's agent (if it isn't running) and wait until it serves."""
+    """Start one site's agent (if it isn't running) and wait until it serves
+    and the hub counts the site as up."""
     info = read_info(directory)
     entry = info["sites"].get(site)
     if entry is None or entry.get("agent_url") is None:
         raise LabError(f"site {site!r} has no agent in the lab in {directory}")
     if pid_alive(entry.get("agent_pid")):
         return int(entry["agent_pid"])
+    # No await from reading lab.json to saving it: agents started together don't lose each other's pid.
     pid = _spawn(directory, f"agent-{site}", ["agent", "--config", str(directory / "sites" / f"{site}.toml")])
     entry["agent_pid"] = pid
     _save(directory, info)
-    await _wait_ready(entry["agent_url"], pid, directory / "logs" / f"agent-{site}.log")
+    log_path = directory / "logs" / f"agent-{site}.log"
+    await _wait_ready(entry["agent_url"], pid, log_path)
+    await _wait_site_up(info, site, pid, log_path)
     return pid
+
+
+async def _wait_site_up(info: dict[str, Any], site: str, pid: int, log_path: Path) -> None:
+    """Until the hub has the agent's online status and a heartbeat: before
+    that it would leave a delete for the site pending."""
+    deadline = time.monotonic() + HUB_READY_TIMEOUT_S
+    headers = {"X-Auth-Token": info["admin_token"]}
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                raise LabError(f"{log_path.stem} exited during start-up; its log says:\n{_tail(log_path)}")
+            try:
+                async with session.get(f"{info['hub_url']}/edgesync/v1/sites", headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    sites = {s["name"]: s for s in (await r.json())["sites"]} if r.status == 200 else {}
+                    if sites.get(site, {}).get("up"):
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.2)
+    raise LabError(f"the hub did not see {site}'s agent up within {HUB_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
 
 
 async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:

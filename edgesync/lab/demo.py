@@ -1,5 +1,6 @@
-"""`make demo`: a lab, a generated qcow2 imported through the real `glance`
-client (converted to RAW on the way), copied to the edges, and shown."""
+"""`make demo`: a lab (hub, Mosquitto, one agent per edge site), a generated
+qcow2 imported through the real `glance` client (converted to RAW on the
+way), copied to the edges by their agents, and shown."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ async def run_demo(directory: Path, *, store: str) -> int:
     info = await lab.up(directory, store=store, sites=["central", "dcn0", "dcn1"])
     print(f"== lab ready in {time.monotonic() - started:.1f} s: hub {info['hub_url']}", flush=True)
     for name, site in info["sites"].items():
-        print(f"   {name:8} {site['role']:8} AZ {site['availability_zone']:8} fsid {site['fsid']}")
+        agent = f"agent pid {site['agent_pid']}" if site.get("agent_pid") else "no agent"
+        print(f"   {name:8} {site['role']:8} AZ {site['availability_zone']:8} fsid {site['fsid']}  {agent}")
     qcow2 = await asyncio.to_thread(make_demo_qcow2, directory / "demo")
     _glance(info, "stores-info")
     out = _glance(info, "image-create-via-import", "--disk-format", "qcow2", "--container-format", "bare",

@@ -4,13 +4,17 @@ Issue 3's "done when": a 1 GiB image, half zeros, imported to central through
 glanceclient lands at rbd://<central fsid>/images/<uuid>/snap, uses about
 512 MiB, has `snap` protected and exports byte-identical; edge copies use
 their own cluster's fsid; a COW clone of `snap` makes store delete and image
-delete answer 409 with nothing removed.
+delete answer 409 with nothing removed — with agents (the lab's default),
+the agent of each edge is asked before anything is removed. An image deleted
+while an edge's agent is down is removed there when the agent returns, and
+is listed as pending until then.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,11 @@ from tests.fixtures.lab import (
     Lab,
     api,
     check,
+    get_image,
     glance,
+    lab_cli,
     make_striped_raw,
+    needs_agents,
     parse_dict_table,
     wait_import_done,
 )
@@ -145,3 +152,42 @@ def test_cow_clone_blocks_store_and_image_delete(rbd_lab: Lab, tmp_path: Path) -
     assert status == 204
     for site in ("central", "dcn1"):
         assert image_id not in rbd(rbd_lab, site, "ls", "images").split()
+
+
+def pending_deletes(lab: Lab, image_id: str) -> list[dict[str, Any]]:
+    status, body = api(lab, "GET", "/edgesync/v1/pending-deletes")
+    assert status == 200, body
+    return [p for p in body["pending_deletes"] if p["image_id"] == image_id]
+
+
+def test_an_image_deleted_while_an_edge_agent_is_down_goes_there_when_it_returns(
+        rbd_lab: Lab, tmp_path: Path) -> None:
+    needs_agents(rbd_lab)
+    source = make_striped_raw(tmp_path / "small.raw", stripes=4, stripe=MiB)
+    out = check(glance(rbd_lab, "image-create-via-import", "--disk-format", "raw", "--container-format",
+                       "bare", "--name", "offline-delete", "--file", str(source.path),
+                       "--stores", "central,dcn0,dcn1"))
+    image_id = parse_dict_table(out.stdout)["id"]
+    assert set(wait_import_done(rbd_lab, image_id)["stores"].split(",")) == {"central", "dcn0", "dcn1"}
+    lab_cli(rbd_lab, "agent", "stop", "dcn1")
+    try:
+        status, body = api(rbd_lab, "DELETE", f"/v2/stores/dcn1/{image_id}")
+        assert status == 503, body  # a store delete says it can't, and changes nothing
+        assert "offline" in body["error"]["message"] and "Nothing was changed" in body["error"]["message"]
+        assert pending_deletes(rbd_lab, image_id) == []
+        check(glance(rbd_lab, "image-delete", image_id))
+        assert get_image(rbd_lab, image_id) is None
+        for site in ("central", "dcn0"):
+            assert image_id not in rbd(rbd_lab, site, "ls", "images").split()
+        assert image_id in rbd(rbd_lab, "dcn1", "ls", "images").split()  # its agent is away
+        [pending] = pending_deletes(rbd_lab, image_id)
+        assert pending["site"] == "dcn1" and pending["last_error"] is None
+        status, body = api(rbd_lab, "GET", "/edgesync/v1/sites")
+        assert {s["name"]: s["pending_deletes"] for s in body["sites"]}["dcn1"] >= 1
+    finally:
+        lab_cli(rbd_lab, "agent", "start", "dcn1")
+    deadline = time.monotonic() + 30
+    while pending_deletes(rbd_lab, image_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pending_deletes(rbd_lab, image_id) == [], "the returning agent never confirmed the delete"
+    assert image_id not in rbd(rbd_lab, "dcn1", "ls", "images").split()
