@@ -132,7 +132,8 @@ class TaskRunner:
         """Answer whether the copy could be deleted now (no clones depend on it)."""
         if self._group is None or self.draining:
             return  # stopping: the hub sees the site go offline and stops waiting
-        self._group.create_task(self._probe(command), name=f"probe-{command.task_id}")
+        self._group.create_task(self._probe(command), name=f"probe-{command.task_id}",
+                                context=task_context(task_id=command.task_id, image_id=command.image_id))
 
     async def _probe(self, command: CheckDeletableCommand) -> None:
         result: DoneEvent | FailedEvent
