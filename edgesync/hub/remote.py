@@ -349,6 +349,10 @@ class AgentTaskFailed(StoreError):
         self.code = code
 
 
+class AgentStoreUnavailable(AgentTaskFailed, StoreUnavailable):
+    """The agent could not reach its store (503: try again later)."""
+
+
 def _answer(site: str, answer: Message) -> DoneEvent:
     """A Done returned, a Failed raised as the store error it stands for."""
     if isinstance(answer, FailedEvent):
@@ -363,6 +367,8 @@ def _failure(site: str, failed: FailedEvent) -> StoreError:
         return StoreImageInUse(text)
     if failed.code == "not_found":
         return StoreImageNotFound(text)
+    if failed.code == "store_unavailable":  # e.g. the site's Ceph is down: 503, try again later
+        return AgentStoreUnavailable(text, code=failed.code, retryable=failed.retryable)
     return AgentTaskFailed(text, code=failed.code, retryable=failed.retryable)
 
 

@@ -17,7 +17,7 @@ import pytest
 from edgesync.bus import DoneEvent, FailedEvent, SiteState, SiteStatus, decode
 from edgesync.catalog import Catalog
 from edgesync.config import SiteConfig, StoreConfig
-from edgesync.errors import StoreImageInUse
+from edgesync.errors import StoreImageInUse, StoreUnavailable
 from edgesync.hub.bus_bridge import OutboxPublisher
 from edgesync.hub.remote import AgentCommands, SiteOffline
 from edgesync.hub.sites import SiteRegistry
@@ -167,3 +167,13 @@ async def test_a_probe_answers_in_use_or_deletable(catalog: Catalog, commands: A
     await commands.on_event("dcn0", DoneEvent(task_id=str(command["task_id"]), image_id="i1"))
     await asyncio.wait_for(probing, WAIT_S)
     assert await catalog.pending_deletes() == []  # a question leaves no trace
+
+
+async def test_a_probe_the_sites_store_cannot_answer_is_a_503(catalog: Catalog, commands: AgentCommands) -> None:
+    probing = asyncio.create_task(commands.probe("dcn0", "i1"))
+    command = await sent_command(catalog, "check_deletable")
+    await commands.on_event("dcn0", FailedEvent(task_id=str(command["task_id"]), reason="ceph: timed out",
+                                                retryable=True, code="store_unavailable"))
+    with pytest.raises(StoreUnavailable, match="ceph: timed out") as raised:
+        await asyncio.wait_for(probing, WAIT_S)
+    assert raised.value.http_status == 503
