@@ -64,6 +64,7 @@ from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_midd
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore, StoreCapacity
+from edgesync.transfer.counters import COUNTERS
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, data_routes
 from edgesync.transfer.pipeline import DataSource
 
@@ -251,7 +252,7 @@ class Agent:
             "site": self.site, "availability_zone": self.config.site.availability_zone,
             "broker": "connected" if self._bus is not None else "disconnected",
             "in_flight": list(rt.tasks.in_flight), "owed_results": rt.events.owed_results,
-            "stopping": rt.tasks.draining,
+            "stopping": rt.tasks.draining, "transfer": COUNTERS.snapshot(),
         })
 
     # --- the broker ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from edgesync.errors import BadRequest, EdgesyncError, RangeNotSatisfiable, StoreError
 from edgesync.stores.base import ImageStore
+from edgesync.transfer.counters import COUNTERS
 from edgesync.transfer.wire import (
     CHUNK_DIGEST_HEADER,
     CORRUPT_CHUNKS_ENV,
@@ -68,6 +69,8 @@ def data_routes(lookup: Lookup, authorize: Authorize) -> web.RouteTableDef:
         if len(body) != length:
             raise StoreError(f"store {store.name} returned {len(body)} of {length} bytes at {offset} of image {image_id}")
         digest = await sha256_hex(body)
+        COUNTERS.served_bytes_total += length
+        COUNTERS.served_ranges_total += 1
         return web.Response(
             body=corrupt.apply(image_id, body),
             content_type="application/octet-stream",

@@ -25,6 +25,7 @@ from edgesync.errors import Forbidden, NotFound, StoreUnavailable, Unauthorized
 from edgesync.metrics import CopyObserver
 from edgesync.stores.base import ImageStore
 from edgesync.stores.file import FileStore
+from edgesync.transfer.counters import COUNTERS
 from edgesync.transfer.http import (
     CHUNK_DIGEST_HEADER,
     CORRUPT_CHUNKS_ENV,
@@ -169,12 +170,18 @@ async def test_pull_gives_an_identical_sparse_copy_and_sends_only_data(
     source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
 ) -> None:
     image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    before = COUNTERS.snapshot()
     async with serving(source_store) as site:
         src = source(session, site, image_id)
         os_hash_value = await pull(src, dest_store, image_id)
 
     assert await read_all(dest_store, image_id) == content
     assert os_hash_value == hashlib.sha512(content).hexdigest()
+    # The server's counters (metrics, benchmarks) saw the same bytes leave.
+    after = COUNTERS.snapshot()
+    assert after["served_bytes_total"] - before["served_bytes_total"] == data_bytes(IMAGE_RUNS)
+    assert after["served_ranges_total"] - before["served_ranges_total"] == len(
+        [r for r in site.requests if "/data?" in r])
     # Holes never cross the wire, and stay holes at the destination.
     source_data = sum(e.length for e in await source_store.extents(image_id))
     assert src.bytes_fetched == source_data == data_bytes(IMAGE_RUNS)
