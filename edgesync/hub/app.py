@@ -21,7 +21,7 @@ from edgesync.errors import Conflict
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.remote import AgentCommands, RemoteStore
 from edgesync.hub.sites import SiteRegistry
-from edgesync.transfer.http import data_routes
+from edgesync.transfer.http import ServedCopy, data_routes
 from edgesync.hub.api import discovery, edge, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
@@ -125,12 +125,13 @@ class Hub:
         self._bus_task = asyncio.create_task(
             run_hub_bus(BusClient(settings), self.publisher, router), name="hub-bus")
 
-    async def _central_copy(self, image_id: str) -> ImageStore:
-        """For agents pulling: central's store, if it holds the image."""
+    async def _central_copy(self, image_id: str) -> ServedCopy:
+        """For agents pulling: central's copy, if it has one. Its sha512 names
+        its content, so agents pulling it at once share each range's read."""
         image = await self.catalog.require_image(image_id)
         if self.central not in image.stores:
             raise Conflict(f"Image {image_id} has no copy in the central store")
-        return self.stores[self.central]
+        return ServedCopy(self.stores[self.central], content_id=image.os_hash_value or None)
 
     def app(self) -> web.Application:
         tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]

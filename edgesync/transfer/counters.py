@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 class TransferCounters:
     served_bytes_total: int = 0  # edgesync_transfer_served_bytes_total: data bodies data_routes answered with
     served_ranges_total: int = 0  # edgesync_transfer_served_ranges_total: data responses sent
+    shared_ranges_total: int = 0  # edgesync_transfer_shared_ranges_total: of those, answered by another's read
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

@@ -9,12 +9,12 @@ The protocol itself is described in `edgesync.transfer.wire`.
 """
 
 from edgesync.transfer.http_client import ChunkDigestMismatch, ExtentMap, HttpSource, TransferError
-from edgesync.transfer.http_server import data_routes, error_response
+from edgesync.transfer.http_server import ServedCopy, data_routes, error_response
 from edgesync.transfer.ratelimit import RateLimiter
 from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, CORRUPT_CHUNKS_ENV, MAX_RANGE_BYTES, PREFIX
 
 __all__ = [
     "AUTH_HEADER", "CHUNK_DIGEST_HEADER", "CORRUPT_CHUNKS_ENV", "MAX_RANGE_BYTES", "PREFIX",
-    "ChunkDigestMismatch", "ExtentMap", "HttpSource", "RateLimiter", "TransferError",
+    "ChunkDigestMismatch", "ExtentMap", "HttpSource", "RateLimiter", "ServedCopy", "TransferError",
     "data_routes", "error_response",
 ]

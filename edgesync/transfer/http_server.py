@@ -4,6 +4,10 @@ and its bytes by range, each range with its sha256.
 Mounted by the hub (agents pull from central) and by each agent (the hub
 pulls edge-created images). The routes answer errors as JSON themselves, so
 they behave the same with or without the hub's error middleware.
+
+A lookup that names the copy's content (`ServedCopy.content_id`) lets
+requests for the same range share one read and one sha256 (`SharedRanges`):
+the hub does, so a copy to N sites reads central's copy once, not N times.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from edgesync.errors import BadRequest, EdgesyncError, RangeNotSatisfiable, StoreError
 from edgesync.stores.base import ImageStore
 from edgesync.transfer.counters import COUNTERS
+from edgesync.transfer.shared import RangeKey, ReadRange, SharedRanges
 from edgesync.transfer.wire import (
     CHUNK_DIGEST_HEADER,
     CORRUPT_CHUNKS_ENV,
@@ -29,24 +35,41 @@ from edgesync.transfer.wire import (
 
 log = logging.getLogger(__name__)
 
-Lookup = Callable[[str], Awaitable[ImageStore]]
+
+
+@dataclass(frozen=True)
+class ServedCopy:
+    """A published copy to serve: its store and, if known, an id of its
+    content that no other copy shares (the hub gives the image's os_hash_value)."""
+
+    store: ImageStore
+    content_id: str | None = None
+
+
+Lookup = Callable[[str], Awaitable[ImageStore | ServedCopy]]
 Authorize = Callable[[web.Request], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def data_routes(lookup: Lookup, authorize: Authorize) -> web.RouteTableDef:
+def data_routes(lookup: Lookup, authorize: Authorize, *, shared: SharedRanges | None = None) -> web.RouteTableDef:
     """The two routes. `lookup(image_id)` returns the store holding the
-    published copy (or raises NotFound/Conflict); `authorize(request)` raises
-    Unauthorized/Forbidden."""
+    published copy, or a ServedCopy (or raises NotFound/Conflict);
+    `authorize(request)` raises Unauthorized/Forbidden. Ranges of copies
+    with a content id are shared through `shared` (a new one by default)."""
     routes = web.RouteTableDef()
     corrupt = CorruptFirstChunks.from_env()
+    shared = shared if shared is not None else SharedRanges()
+
+    async def served(image_id: str) -> ServedCopy:
+        found = await lookup(image_id)
+        return found if isinstance(found, ServedCopy) else ServedCopy(found)
 
     @routes.get(extents_path("{image_id}"))
     @_json_errors
     async def get_extents(request: web.Request) -> web.StreamResponse:
         authorize(request)
         image_id = request.match_info["image_id"]
-        store = await lookup(image_id)
+        store = (await served(image_id)).store
         size = await store.size(image_id)
         extents = await store.extents(image_id)
         return web.json_response({
@@ -61,23 +84,33 @@ def data_routes(lookup: Lookup, authorize: Authorize) -> web.RouteTableDef:
         authorize(request)
         image_id = request.match_info["image_id"]
         offset, length = _range_params(request.query)
-        store = await lookup(image_id)
-        size = await store.size(image_id)
-        if offset + length > size:
-            raise _past_the_end(offset, length, size)
-        body = await store.read(image_id, offset, length)
-        if len(body) != length:
-            raise StoreError(f"store {store.name} returned {len(body)} of {length} bytes at {offset} of image {image_id}")
-        digest = await sha256_hex(body)
+        copy = await served(image_id)
+        if copy.content_id is None:
+            answer = await _read_range(copy.store, image_id, offset, length)
+        else:
+            answer = await shared.get(RangeKey(copy.content_id, offset, length),
+                                      lambda: _read_range(copy.store, image_id, offset, length))
         COUNTERS.served_bytes_total += length
         COUNTERS.served_ranges_total += 1
         return web.Response(
-            body=corrupt.apply(image_id, body),
+            body=corrupt.apply(image_id, answer.data),
             content_type="application/octet-stream",
-            headers={CHUNK_DIGEST_HEADER: digest},
+            headers={CHUNK_DIGEST_HEADER: answer.sha256},
         )
 
     return routes
+
+
+async def _read_range(store: ImageStore, image_id: str, offset: int, length: int) -> ReadRange:
+    """The bytes and their sha256. Stores answer short past the end; only
+    then is the size asked for (one store call per range, not two)."""
+    body = await store.read(image_id, offset, length)
+    if len(body) != length:
+        size = await store.size(image_id)
+        if offset + length > size:
+            raise _past_the_end(offset, length, size)
+        raise StoreError(f"store {store.name} returned {len(body)} of {length} bytes at {offset} of image {image_id}")
+    return ReadRange(body, await sha256_hex(body))
 
 
 def _range_params(query: Mapping[str, str]) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from edgesync.transfer.http import (
     ChunkDigestMismatch,
     HttpSource,
     RateLimiter,
+    ServedCopy,
     TransferError,
     data_routes,
 )
@@ -84,9 +85,10 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def publish_sparse(store: FileStore, size: int, runs: list[tuple[int, int]]) -> tuple[str, bytes]:
+async def publish_sparse(store: FileStore, size: int, runs: list[tuple[int, int]],
+                         image_id: str | None = None) -> tuple[str, bytes]:
     """A published image of `size` bytes, random data in `runs`, holes elsewhere."""
-    image_id = str(uuid.uuid4())
+    image_id = image_id or str(uuid.uuid4())
     content = bytearray(size)
     async with await store.open_writer(image_id, size) as writer:
         for offset, length in runs:
@@ -451,6 +453,75 @@ async def test_a_range_comes_with_its_digest_and_length(
     assert resp.headers["Content-Length"] == "100"
     assert resp.headers[CHUNK_DIGEST_HEADER] == hashlib.sha256(body).hexdigest()
     assert extent_map == {"image_id": image_id, "size": 4 * MiB, "extents": [[0, 64 * KiB]]}
+
+
+# --- several sites pulling one copy ----------------------------------------------------------
+
+
+class CountingStore(FileStore):
+    """A FileStore that counts the ranges read from it."""
+
+    reads = 0
+
+    async def read(self, image_id: str, offset: int, length: int) -> bytes:
+        self.reads += 1
+        return await super().read(image_id, offset, length)
+
+
+def served_as(store: ImageStore, content_id: str | None) -> Callable[[str], Awaitable[ServedCopy]]:
+    async def lookup(image_id: str) -> ServedCopy:
+        return ServedCopy(store, content_id)
+    return lookup
+
+
+async def test_sites_pulling_one_copy_share_each_range_read(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    store = CountingStore("central", tmp_path / "central")
+    image_id, content = await publish_sparse(store, IMAGE_SIZE, IMAGE_RUNS)
+    before = COUNTERS.snapshot()
+    async with serving(store, lookup=served_as(store, hashlib.sha512(content).hexdigest())) as site:
+        sources = [source(session, site, image_id) for _ in range(3)]
+        sites = [FileStore(f"dcn{n}", tmp_path / f"dcn{n}") for n in range(3)]
+        digests = await asyncio.gather(*(pull(src, dest, image_id) for src, dest in zip(sources, sites)))
+    ranges = len([r for r in site.requests if "/data?" in r]) // 3
+    assert store.reads == ranges  # one read per range, not one per site
+    assert digests == [hashlib.sha512(content).hexdigest()] * 3
+    for dest in sites:
+        assert await read_all(dest, image_id) == content
+    assert COUNTERS.shared_ranges_total - before["shared_ranges_total"] == 2 * ranges
+    assert COUNTERS.served_bytes_total - before["served_bytes_total"] == 3 * data_bytes(IMAGE_RUNS)
+
+
+async def test_without_a_content_id_every_request_reads(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    store = CountingStore("central", tmp_path / "central")
+    image_id, content = await publish_sparse(store, IMAGE_SIZE, IMAGE_RUNS)
+    async with serving(store, lookup=served_as(store, None)) as site:
+        for n in range(2):
+            await pull(source(session, site, image_id), FileStore(f"dcn{n}", tmp_path / f"dcn{n}"), image_id)
+    assert store.reads == len([r for r in site.requests if "/data?" in r])
+
+
+async def test_a_new_copy_under_the_same_image_id_is_never_served_from_the_old_reads(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """An import that failed and was staged again gives the same image id other bytes."""
+    first = FileStore("central", tmp_path / "first")
+    image_id, old = await publish_sparse(first, IMAGE_SIZE, IMAGE_RUNS)
+    second = FileStore("central", tmp_path / "second")
+    _, new = await publish_sparse(second, IMAGE_SIZE, IMAGE_RUNS, image_id=image_id)
+    current: list[ServedCopy] = [ServedCopy(first, hashlib.sha512(old).hexdigest())]
+
+    async def lookup(_image_id: str) -> ServedCopy:
+        return current[0]
+
+    async with serving(first, lookup=lookup) as site:
+        await pull(source(session, site, image_id), FileStore("a", tmp_path / "a"), image_id)
+        current[0] = ServedCopy(second, hashlib.sha512(new).hexdigest())
+        got = await pull(source(session, site, image_id), FileStore("b", tmp_path / "b"), image_id)
+    assert got == hashlib.sha512(new).hexdigest()
 
 
 # --- the bandwidth limit ---------------------------------------------------------------

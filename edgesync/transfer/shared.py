@@ -1,0 +1,105 @@
+"""Ranges read once for several requests: the hub copying one image to many sites.
+
+A copy to several edges starts every agent at once, and each asks the hub for
+the same ranges at about the same time. Without sharing, the hub reads every
+range from central's store and hashes it (sha256) once per site; with it, a
+request finds the range in flight or just read, and waits for that read
+instead: one store read and one hash per range, however many sites pull.
+
+Entries are keyed by the copy's content id (the hub uses the image's
+os_hash_value), so bytes of one image can never answer for another that later
+got the same image id. Memory is bounded: the most recent ranges up to
+`max_bytes` (in flight included), each dropped at the latest `ttl_s` after
+its read, so an idle hub holds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from edgesync.transfer.counters import COUNTERS
+
+DEFAULT_MAX_BYTES = 64 << 20  # sixteen 4 MiB ranges: how far apart agents that start together drift
+DEFAULT_TTL_S = 10.0
+
+
+@dataclass(frozen=True)
+class RangeKey:
+    content_id: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class ReadRange:
+    """A range's bytes and their sha256 (hex)."""
+
+    data: bytes
+    sha256: str
+
+
+Loader = Callable[[], Awaitable[ReadRange]]
+
+
+@dataclass(eq=False)
+class _Entry:
+    read: asyncio.Task[ReadRange]
+    expiry: asyncio.TimerHandle | None = None  # cancelled when dropped: it must not keep the bytes alive
+
+
+class SharedRanges:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: float = DEFAULT_TTL_S) -> None:
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[RangeKey, _Entry] = OrderedDict()
+        self._bytes = 0
+        self.shared = 0  # answers that reused another request's read
+
+    async def get(self, key: RangeKey, load: Loader) -> ReadRange:
+        """The range: from a read in flight or kept, else `load()`ed now.
+
+        The read runs in its own task and each request awaits it shielded:
+        a client that goes away doesn't cancel a read others wait for."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._start(key, load)
+        else:
+            self._entries.move_to_end(key)
+            self.shared += 1
+            COUNTERS.shared_ranges_total += 1
+        return await asyncio.shield(entry.read)
+
+    def _start(self, key: RangeKey, load: Loader) -> _Entry:
+        entry = _Entry(asyncio.ensure_future(load()))
+        self._entries[key] = entry
+        self._bytes += key.length
+        entry.read.add_done_callback(lambda _: self._settled(key, entry))
+        self._evict()
+        return entry
+
+    def _settled(self, key: RangeKey, entry: _Entry) -> None:
+        read = entry.read
+        if read.cancelled() or read.exception() is not None:
+            self._drop(key, entry)  # a failed read is not kept: the next request tries again
+        elif self._entries.get(key) is entry:
+            entry.expiry = asyncio.get_running_loop().call_later(self.ttl_s, self._drop, key, entry)
+
+    def _drop(self, key: RangeKey, entry: _Entry) -> None:
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+            self._bytes -= key.length
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+            entry.expiry = None
+
+    def _evict(self) -> None:
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            key, entry = next(iter(self._entries.items()))
+            self._drop(key, entry)  # its waiters keep their reference; later requests read again
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
