@@ -6,6 +6,8 @@ agent); this process pulls it with `HttpSource` through `pump` into another
 FileStore, verifying every range's sha256 and the whole image's sha512, as an
 agent does. References in the same run: the same `pump` from the local store
 (no HTTP), and `cp --sparse=always`. MB/s are logical (image size / time).
+User+sys CPU seconds of the puller and of the server are printed too: on a
+busy machine they say more than the wall times.
 
     .venv/bin/python bench/bench_transfer_http.py [--size-mib 1024] [--repeat 3] [--window 4]
 """
@@ -123,17 +125,23 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     try:
         await wait_listening(port)
         times: dict[str, list[float]] = {"http": [], "local pump": [], "cp --sparse": []}
+        cpu: dict[str, list[float]] = {"http puller": [], "http server": [], "local pump": []}
         wire: list[int] = []
         for run_no in range(args.repeat):
             dest = FileStore("dcn0", work / f"dcn0-{run_no}")
+            cpu_before = own_cpu_seconds(), cpu_seconds(server.pid)
             elapsed, src, sha512 = await via_http(f"http://127.0.0.1:{port}", image_id, dest, args.window)
+            cpu["http puller"].append(own_cpu_seconds() - cpu_before[0])
+            cpu["http server"].append(cpu_seconds(server.pid) - cpu_before[1])
             assert sha512 == expected_sha512, "the copy's sha512 differs from the source's"
             times["http"].append(elapsed)
             wire.append(src.bytes_fetched)
             dest_allocated = await dest.allocated_bytes(image_id)
             shutil.rmtree(dest.root)
             local = FileStore("dcn0", work / f"local-{run_no}")
+            cpu_before = own_cpu_seconds(), 0.0
             times["local pump"].append(await via_local_store(source, image_id, local, args.window))
+            cpu["local pump"].append(own_cpu_seconds() - cpu_before[0])
             shutil.rmtree(local.root)
             times["cp --sparse"].append(await asyncio.to_thread(via_cp, source.root / image_id, work / "cp"))
             (work / "cp").unlink()
@@ -141,6 +149,19 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         server.terminate()
         server.wait()
     report(size, allocated, dest_allocated, times, wire)
+    for name, runs in cpu.items():
+        print(f"CPU s (user+sys) {name:>12}: median {statistics.median(runs):5.2f}   "
+              f"runs: {', '.join(f'{t:.2f}' for t in runs)}")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(size: int, allocated: int, dest_allocated: int, times: dict[str, list[float]], wire: list[int]) -> None:

@@ -84,13 +84,14 @@ class HubClient:
         await self.call("POST", f"/v2/images/{image_id}/import", json={
             "method": {"name": method}, "stores": stores, "all_stores_must_succeed": must_succeed})
 
-    async def wait(self, image_id: str, predicate: Any, timeout_s: float = 600) -> dict[str, Any]:
+    async def wait(self, image_id: str, predicate: Any, timeout_s: float = 600,
+                   poll_s: float = 0.05) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             image = await self.call("GET", f"/v2/images/{image_id}")
             if predicate(image):
                 return image
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll_s)
         raise TimeoutError(f"image {image_id} did not get there in {timeout_s} s")
 
 

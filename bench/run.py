@@ -13,6 +13,8 @@ BENCHES = [
     ["bench_hub.py", "--store", "rbd"],
     ["bench_hub.py", "--store", "rbd", "--size-mib", "4096"],
     ["bench_rbd_write.py"],
+    ["bench_transfer_http.py"],
+    ["bench_agents.py"],
 ]
 
 
