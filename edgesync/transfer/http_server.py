@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -50,26 +51,58 @@ Lookup = Callable[[str], Awaitable[ImageStore | ServedCopy]]
 Authorize = Callable[[web.Request], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# A copy asks for its image range after range. Looking the image up again for
+# each range cost the hub five catalog queries per 4 MiB; a data request
+# reuses a lookup this recent instead. An image deleted meanwhile fails at
+# the store read, and the whole-image sha512 stands behind every copy anyway.
+LOOKUP_REUSE_S = 1.0
 
-def data_routes(lookup: Lookup, authorize: Authorize, *, shared: SharedRanges | None = None) -> web.RouteTableDef:
+
+class _RecentLookups:
+    """`lookup`, with answers reused for `reuse_s` (failures are not kept)."""
+
+    MAX_KEPT = 256
+
+    def __init__(self, lookup: Lookup, reuse_s: float) -> None:
+        self._lookup = lookup
+        self._reuse_s = reuse_s
+        self._answers: dict[str, tuple[float, ServedCopy]] = {}
+
+    async def fresh(self, image_id: str) -> ServedCopy:
+        found = await self._lookup(image_id)
+        copy = found if isinstance(found, ServedCopy) else ServedCopy(found)
+        now = time.monotonic()
+        if len(self._answers) >= self.MAX_KEPT:
+            self._answers = {k: v for k, v in self._answers.items() if now - v[0] < self._reuse_s}
+        self._answers[image_id] = (now, copy)
+        return copy
+
+    async def recent(self, image_id: str) -> ServedCopy:
+        kept = self._answers.get(image_id)
+        if kept is not None and time.monotonic() - kept[0] < self._reuse_s:
+            return kept[1]
+        return await self.fresh(image_id)
+
+
+def data_routes(lookup: Lookup, authorize: Authorize, *, shared: SharedRanges | None = None,
+                lookup_reuse_s: float = LOOKUP_REUSE_S) -> web.RouteTableDef:
     """The two routes. `lookup(image_id)` returns the store holding the
-    published copy, or a ServedCopy (or raises NotFound/Conflict);
-    `authorize(request)` raises Unauthorized/Forbidden. Ranges of copies
-    with a content id are shared through `shared` (a new one by default)."""
+    published copy, or a ServedCopy (or raises NotFound/Conflict); the
+    extent map always asks it, a data range may reuse an answer up to
+    `lookup_reuse_s` old. `authorize(request)` raises Unauthorized/Forbidden.
+    Ranges of copies with a content id are shared through `shared` (a new
+    one by default)."""
     routes = web.RouteTableDef()
     corrupt = CorruptFirstChunks.from_env()
     shared = shared if shared is not None else SharedRanges()
-
-    async def served(image_id: str) -> ServedCopy:
-        found = await lookup(image_id)
-        return found if isinstance(found, ServedCopy) else ServedCopy(found)
+    lookups = _RecentLookups(lookup, lookup_reuse_s)
 
     @routes.get(extents_path("{image_id}"))
     @_json_errors
     async def get_extents(request: web.Request) -> web.StreamResponse:
         authorize(request)
         image_id = request.match_info["image_id"]
-        store = (await served(image_id)).store
+        store = (await lookups.fresh(image_id)).store
         size = await store.size(image_id)
         extents = await store.extents(image_id)
         return web.json_response({
@@ -84,7 +117,7 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, shared: SharedRanges | 
         authorize(request)
         image_id = request.match_info["image_id"]
         offset, length = _range_params(request.query)
-        copy = await served(image_id)
+        copy = await lookups.recent(image_id)
         if copy.content_id is None:
             answer = await _read_range(copy.store, image_id, offset, length)
         else:

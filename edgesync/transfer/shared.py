@@ -8,9 +8,12 @@ instead: one store read and one hash per range, however many sites pull.
 
 Entries are keyed by the copy's content id (the hub uses the image's
 os_hash_value), so bytes of one image can never answer for another that later
-got the same image id. Memory is bounded: the most recent ranges up to
-`max_bytes` (in flight included), each dropped at the latest `ttl_s` after
-its read, so an idle hub holds nothing.
+got the same image id. Memory is bounded: ranges up to `max_bytes` (in flight
+included), each dropped at the latest `ttl_s` after its read, so an idle hub
+holds nothing. When room is needed, ranges already answered more than once go
+first (two sites have had them: likely every site that wants them), then the
+least recently used: the room goes to ranges a site that fell behind will
+still ask for, so sites may drift further apart and still share.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 from edgesync.transfer.counters import COUNTERS
 
-DEFAULT_MAX_BYTES = 64 << 20  # sixteen 4 MiB ranges: how far apart agents that start together drift
+DEFAULT_MAX_BYTES = 128 << 20  # 32 ranges of 4 MiB: two busy agents drifted up to 25 apart
 DEFAULT_TTL_S = 10.0
 
 
@@ -47,6 +50,7 @@ Loader = Callable[[], Awaitable[ReadRange]]
 @dataclass(eq=False)
 class _Entry:
     read: asyncio.Task[ReadRange]
+    answers: int = 1
     expiry: asyncio.TimerHandle | None = None  # cancelled when dropped: it must not keep the bytes alive
 
 
@@ -68,6 +72,7 @@ class SharedRanges:
             entry = self._start(key, load)
         else:
             self._entries.move_to_end(key)
+            entry.answers += 1
             self.shared += 1
             COUNTERS.shared_ranges_total += 1
         return await asyncio.shield(entry.read)
@@ -97,8 +102,14 @@ class SharedRanges:
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and len(self._entries) > 1:
-            key, entry = next(iter(self._entries.items()))
+            key, entry = self._victim()
             self._drop(key, entry)  # its waiters keep their reference; later requests read again
+
+    def _victim(self) -> tuple[RangeKey, _Entry]:
+        """The least recently used range answered more than once, else the
+        least recently used. (A handful of entries: a scan is cheap.)"""
+        oldest = next(iter(self._entries.items()))
+        return next(((k, e) for k, e in self._entries.items() if e.answers > 1), oldest)
 
     @property
     def bytes_held(self) -> int:

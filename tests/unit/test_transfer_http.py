@@ -121,6 +121,7 @@ async def serving(
     *,
     lookup: Callable[[str], Awaitable[ImageStore]] | None = None,
     middlewares: tuple[Middleware, ...] = (),
+    lookup_reuse_s: float = 1.0,
 ) -> AsyncIterator[Site]:
     """`data_routes` over `store` on a real server on 127.0.0.1."""
     requests: list[str] = []
@@ -131,7 +132,7 @@ async def serving(
         return await handler(request)
 
     app = web.Application(middlewares=[record, *middlewares])
-    app.add_routes(data_routes(lookup or lookup_in(store), authorize))
+    app.add_routes(data_routes(lookup or lookup_in(store), authorize, lookup_reuse_s=lookup_reuse_s))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -339,24 +340,58 @@ async def test_a_connection_cut_mid_body_is_retried(
 
 
 async def test_an_unavailable_store_is_retried(
-    source_store: FileStore, session: aiohttp.ClientSession
+    tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    image_id, content = await publish_sparse(source_store, 4 * MiB, [(0, 4 * MiB)])
-    calls = 0
+    store = FlakyStore("central", tmp_path / "central")
+    image_id, content = await publish_sparse(store, 4 * MiB, [(0, 4 * MiB)])
+    lookups = 0
 
     async def flaky_lookup(wanted: str) -> ImageStore:
-        # Fails the first try of the map (call 0) and of the range (call 2).
-        nonlocal calls
-        calls += 1
-        if calls in (1, 3):
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
             raise StoreUnavailable("ceph is recovering")
-        return source_store
+        return store
 
-    async with serving(source_store, lookup=flaky_lookup) as site:
+    async with serving(store, lookup=flaky_lookup) as site:
         src = source(session, site, image_id)
         assert await src.size() == 4 * MiB  # the map survived one 503
+        store.failing_reads = 1
         assert await src.read(0, 4 * MiB) == content  # the range survived another
     assert src.refetches == 1
+
+
+class FlakyStore(FileStore):
+    """A FileStore whose next `failing_reads` reads fail as Ceph recovering would."""
+
+    failing_reads = 0
+
+    async def read(self, image_id: str, offset: int, length: int) -> bytes:
+        if self.failing_reads:
+            self.failing_reads -= 1
+            raise StoreUnavailable("ceph is recovering")
+        return await super().read(image_id, offset, length)
+
+
+@pytest.mark.parametrize("reuse_s", [0.0, 3600.0])
+async def test_data_requests_reuse_a_recent_lookup_and_the_map_never_does(
+    source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession, reuse_s: float
+) -> None:
+    """Looking the image up for every range cost the hub five catalog queries per 4 MiB."""
+    image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
+    lookups = 0
+
+    async def counting_lookup(wanted: str) -> ImageStore:
+        nonlocal lookups
+        lookups += 1
+        return source_store
+
+    async with serving(source_store, lookup=counting_lookup, lookup_reuse_s=reuse_s) as site:
+        await pull(source(session, site, image_id), dest_store, image_id)
+        await source(session, site, image_id).size()
+    ranges = len([r for r in site.requests if "/data?" in r])
+    assert lookups == (2 if reuse_s else 2 + ranges)
+    assert await read_all(dest_store, image_id) == content
 
 
 async def test_an_unreachable_peer_fails_retryable(session: aiohttp.ClientSession) -> None:

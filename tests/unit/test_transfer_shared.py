@@ -100,6 +100,18 @@ async def test_memory_is_bounded_by_bytes_oldest_first() -> None:
     assert reads.calls == 4
 
 
+async def test_ranges_answered_twice_make_room_first() -> None:
+    """Two sites drifting apart: what both had goes before what one still needs."""
+    shared = SharedRanges(max_bytes=8 * MiB)
+    reads = CountingLoader()
+    for offset in (0, 4 * MiB):  # the leading site
+        await shared.get(key(offset), reads.loader(key(offset)))
+    await shared.get(key(4 * MiB), reads.loader(key(4 * MiB)))  # the other site, on the newest
+    await shared.get(key(8 * MiB), reads.loader(key(8 * MiB)))  # the leader goes on: 4 MiB goes
+    await shared.get(key(0), reads.loader(key(0)))  # the laggard still finds 0
+    assert reads.calls == 3
+
+
 async def test_an_evicted_range_is_freed_at_once() -> None:
     """Not held until its expiry timer fires: a copy of a whole image would
     otherwise keep every range it read for `ttl_s`."""
