@@ -247,7 +247,7 @@ def report(rounds: list[Round], size_mib: int, load: tuple[list[float], list[flo
     print(f"edgesync copy to dcn0 + dcn1     {spread([r.copy_s for r in rounds])} s")
     print(f"rbd export|import x2 (reference) {spread([r.reference_s for r in rounds])} s")
     print(f"ratio edgesync / reference       {spread(ratios)}")
-    print(f"ranges the hub served from another agent's read: "
+    print(f"ranges the hub answered from the other agent's read (at most half): "
           f"{', '.join(f'{r.shared} of {r.ranges}' for r in rounds)}")
     cpu_table(rounds)
     print("rbd du (last round), used of provisioned:")
