@@ -14,7 +14,7 @@ other (the order alternates between rounds):
   in parallel (no verification at all).
 
 It prints both times and their ratio, the data bytes that crossed HTTP (the
-hub's and the agents' transfer counters, from their /healthz) against the
+hub's and the agents' transfer counters, from their /metrics) against the
 image's allocated bytes, `rbd du` per site, the hub's and the agents' peak
 RSS during the copy (VmHWM, reset before it), and user+sys CPU seconds per
 process. Other work on the machine shows up in the wall times, not in the
@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 from common import MiB, HubClient, make_half_zero_image, peak_rss_bytes, settled  # noqa: E402
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from edgesync import lab  # noqa: E402
 
@@ -119,16 +121,31 @@ def rbd_du(conf: str, name: str) -> tuple[int, int]:
     return sum(e["used_size"] for e in entries), entries[0]["provisioned_size"]
 
 
-async def all_counters(info: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """The transfer counters of the hub and of each agent (their /healthz)."""
+# What the hub served, and what each agent received, over the transfer protocol.
+HUB_COUNTERS = ("edgesync_transfer_served_bytes_total", "edgesync_transfer_served_ranges_total",
+                "edgesync_transfer_shared_ranges_total")
+AGENT_RECEIVED = "edgesync_transfer_bytes_total"
+
+
+async def all_counters(info: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The transfer counters of the hub and of each agent, from their /metrics."""
     urls = {"hub": info["hub_url"]} | {s: info["sites"][s]["agent_url"] for s in EDGES}
     counters = {}
     async with aiohttp.ClientSession() as session:
         for name, url in urls.items():
-            async with session.get(f"{url}/healthz") as resp:
+            async with session.get(f"{url}/metrics") as resp:
                 resp.raise_for_status()
-                counters[name] = (await resp.json())["transfer"]
+                counters[name] = sample_sums(await resp.text())
     return counters
+
+
+def sample_sums(exposition: str) -> dict[str, float]:
+    """Each sample name's value, summed over its labels."""
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
 
 
 async def run_shell(*commands: str) -> None:
@@ -181,11 +198,9 @@ async def timed_copy(client: HubClient, info: dict[str, Any], procs: dict[str, i
         raise RuntimeError(f"the copy did not reach every site: {image}")
     result.copy_cpu = cpu.used
     result.peak_rss = {name: peak_rss_bytes(procs[name]) for name in watched}
-    hub_delta = {k: after["hub"][k] - before["hub"][k] for k in after["hub"]}
-    result.served = hub_delta["served_bytes_total"]
-    result.ranges = hub_delta["served_ranges_total"]
-    result.shared = hub_delta.get("shared_ranges_total", 0)
-    result.fetched = {s: after[s]["fetched_bytes_total"] - before[s]["fetched_bytes_total"] for s in EDGES}
+    served, ranges, shared = (int(after["hub"][k] - before["hub"][k]) for k in HUB_COUNTERS)
+    result.served, result.ranges, result.shared = served, ranges, shared
+    result.fetched = {s: int(after[s][AGENT_RECEIVED] - before[s][AGENT_RECEIVED]) for s in EDGES}
 
 
 async def timed_reference(info: dict[str, Any], procs: dict[str, int], image_id: str, result: Round) -> None:

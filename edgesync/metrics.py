@@ -40,7 +40,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgesync.stores.base import StoreCapacity
@@ -48,6 +48,7 @@ from edgesync.stores.base import StoreCapacity
 if TYPE_CHECKING:
     from edgesync.catalog import Catalog
     from edgesync.hub.sites import SiteRegistry
+    from edgesync.transfer.counters import ServedCounters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +106,13 @@ TRANSFER_BYTES = Spec("edgesync_transfer_bytes_total", "counter",
 DIGEST_MISMATCHES = Spec("edgesync_digest_mismatches_total", "counter",
                          "Data that failed verification: a range against its sha256 (kind=chunk) or a "
                          "whole copy against os_hash_value (kind=image).", ("site", "kind"))
+SERVED_BYTES = Spec("edgesync_transfer_served_bytes_total", "counter",
+                    "Image bytes this daemon served over HTTP to other sites (transfer protocol ranges).")
+SERVED_RANGES = Spec("edgesync_transfer_served_ranges_total", "counter",
+                     "Transfer protocol ranges this daemon served to other sites.")
+SHARED_RANGES = Spec("edgesync_transfer_shared_ranges_total", "counter",
+                     "Of the ranges served, those answered from a read made for another site's request "
+                     "(sites pulling one image at once share each range's read and digest).")
 STORE_USED = Spec("edgesync_store_used_bytes", "gauge",
                   "Bytes used where the store keeps its copies (file: the filesystem; rbd: the pool).",
                   ("store",))
@@ -147,7 +155,8 @@ BROKER_CONNECTED = Spec("edgesync_broker_connected", "gauge",
                         "1 while the agent is connected to the broker.", ("site",))
 
 SPECS: tuple[Spec, ...] = (
-    API_REQUESTS, API_DURATION, REPLICATED_BYTES, TRANSFER_BYTES, DIGEST_MISMATCHES, STORE_USED, STORE_FREE,
+    API_REQUESTS, API_DURATION, REPLICATED_BYTES, TRANSFER_BYTES, DIGEST_MISMATCHES, SERVED_BYTES, SERVED_RANGES,
+    SHARED_RANGES, STORE_USED, STORE_FREE,
     COPY_DURATION, COPY_FAILURES, COPIES_IN_FLIGHT, SITE_UP, HEARTBEAT_AGE, STORE_COPIES, OUTBOX_DEPTH,
     OUTBOX_OLDEST_AGE, EVENT_LAG,
     TASKS_QUEUED, TASKS_IN_FLIGHT, COPY_RESUMES, AGENT_OUTBOX_DEPTH, BROKER_CONNECTED,
@@ -211,7 +220,8 @@ Refresh = Callable[[], Awaitable[None]]
 
 
 class _LiveGauges(Collector):
-    """Gauges whose values are read from their owners at each scrape."""
+    """Gauges (and counters kept as plain attributes elsewhere) whose values
+    are read from their owners at each scrape."""
 
     def __init__(self) -> None:
         self._readers: dict[Spec, list[Callable[[], Reading]]] = {}
@@ -219,9 +229,10 @@ class _LiveGauges(Collector):
     def add(self, spec: Spec, read: Callable[[], Reading]) -> None:
         self._readers.setdefault(spec, []).append(read)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         for spec, readers in list(self._readers.items()):
-            family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+            kind = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+            family = kind(spec.name, spec.help, labels=spec.labels)
             for read in readers:
                 try:
                     for labels, value in read():
@@ -311,6 +322,12 @@ class Metrics:
         label = (store,)
         self.live(STORE_USED, lambda: [] if capacity.value is None else [(label, capacity.value.used_bytes)])
         self.live(STORE_FREE, lambda: [] if capacity.value is None else [(label, capacity.value.free_bytes)])
+
+    def watch_served(self, counters: "ServedCounters") -> None:
+        """Expose what the daemon's data routes served (their plain counters)."""
+        self.live(SERVED_BYTES, lambda: [((), counters.served_bytes_total)])
+        self.live(SERVED_RANGES, lambda: [((), counters.served_ranges_total)])
+        self.live(SHARED_RANGES, lambda: [((), counters.shared_ranges_total)])
 
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
         self.api_requests.labels(route, method, str(status)).inc()

@@ -64,8 +64,7 @@ from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_midd
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore, StoreCapacity
-from edgesync.transfer.counters import COUNTERS
-from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, data_routes
+from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, ServedCounters, data_routes
 from edgesync.transfer.pipeline import DataSource
 
 log = logging.getLogger(__name__)
@@ -111,6 +110,8 @@ class Agent:
         self.metrics = AgentMetrics(self.site)
         self.metrics.watch_agent(self._figures)
         self.metrics.watch_capacity(self.site, self._capacity)
+        self.served = ServedCounters()  # what the hub pulled from this site (edge-created images)
+        self.metrics.watch_served(self.served)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class Agent:
 
     async def _serve_http(self) -> web.AppRunner:
         app = web.Application(middlewares=[http_middleware(self.metrics)])
-        app.add_routes(data_routes(self._published_store, self._authorize))
+        app.add_routes(data_routes(self._published_store, self._authorize, counters=self.served))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(METRICS_PATH, self.metrics.handle_scrape)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -252,7 +253,7 @@ class Agent:
             "site": self.site, "availability_zone": self.config.site.availability_zone,
             "broker": "connected" if self._bus is not None else "disconnected",
             "in_flight": list(rt.tasks.in_flight), "owed_results": rt.events.owed_results,
-            "stopping": rt.tasks.draining, "transfer": COUNTERS.snapshot(),
+            "stopping": rt.tasks.draining,
         })
 
     # --- the broker ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from edgesync.errors import Conflict
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.remote import AgentCommands, RemoteStore
 from edgesync.hub.sites import SiteRegistry
-from edgesync.transfer.http import ServedCopy, data_routes
+from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
 from edgesync.hub.api import discovery, edge, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
@@ -57,6 +57,7 @@ class Hub:
     registry: SiteRegistry | None = field(init=False, default=None)
     publisher: OutboxPublisher | None = field(init=False, default=None)
     metrics: HubMetrics = field(init=False)
+    served: ServedCounters = field(init=False, default_factory=ServedCounters)  # what agents pulled from central
     _bus_task: asyncio.Task[None] | None = field(init=False, default=None)
 
     @property
@@ -107,6 +108,7 @@ class Hub:
         """What /metrics reads live: the catalog, the site registry, and the
         capacity of the stores this process writes (an agent reports its own)."""
         self.metrics.watch_catalog(self.catalog, list(self.stores))
+        self.metrics.watch_served(self.served)
         if self.registry is not None:
             self.metrics.watch_sites(self.registry)
         for name, store in self.stores.items():
@@ -145,7 +147,7 @@ class Hub:
         app.add_routes(edge.routes)
         # Agents pull central's copies here (any valid token; the auth
         # middleware has already checked it).
-        app.add_routes(data_routes(self._central_copy, lambda request: None))
+        app.add_routes(data_routes(self._central_copy, lambda request: None, counters=self.served))
         return app
 
     async def start(self) -> None:

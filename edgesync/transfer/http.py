@@ -8,6 +8,7 @@
 The protocol itself is described in `edgesync.transfer.wire`.
 """
 
+from edgesync.transfer.counters import ServedCounters
 from edgesync.transfer.http_client import ChunkDigestMismatch, ExtentMap, HttpSource, TransferError
 from edgesync.transfer.http_server import ServedCopy, data_routes, error_response
 from edgesync.transfer.ratelimit import RateLimiter
@@ -15,6 +16,6 @@ from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, CORRUPT_CHU
 
 __all__ = [
     "AUTH_HEADER", "CHUNK_DIGEST_HEADER", "CORRUPT_CHUNKS_ENV", "MAX_RANGE_BYTES", "PREFIX",
-    "ChunkDigestMismatch", "ExtentMap", "HttpSource", "RateLimiter", "ServedCopy", "TransferError",
+    "ChunkDigestMismatch", "ExtentMap", "HttpSource", "RateLimiter", "ServedCopy", "ServedCounters", "TransferError",
     "data_routes", "error_response",
 ]

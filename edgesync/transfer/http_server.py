@@ -23,7 +23,7 @@ from aiohttp import web
 
 from edgesync.errors import BadRequest, EdgesyncError, RangeNotSatisfiable, StoreError
 from edgesync.stores.base import ImageStore
-from edgesync.transfer.counters import COUNTERS
+from edgesync.transfer.counters import ServedCounters
 from edgesync.transfer.shared import RangeKey, ReadRange, SharedRanges
 from edgesync.transfer.wire import (
     CHUNK_DIGEST_HEADER,
@@ -84,17 +84,18 @@ class _RecentLookups:
         return await self.fresh(image_id)
 
 
-def data_routes(lookup: Lookup, authorize: Authorize, *, shared: SharedRanges | None = None,
+def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounters | None = None,
                 lookup_reuse_s: float = LOOKUP_REUSE_S) -> web.RouteTableDef:
     """The two routes. `lookup(image_id)` returns the store holding the
     published copy, or a ServedCopy (or raises NotFound/Conflict); the
     extent map always asks it, a data range may reuse an answer up to
     `lookup_reuse_s` old. `authorize(request)` raises Unauthorized/Forbidden.
-    Ranges of copies with a content id are shared through `shared` (a new
-    one by default)."""
+    Ranges of copies with a content id are shared (SharedRanges). What was
+    served is counted into `counters` (the daemon's, for its metrics)."""
     routes = web.RouteTableDef()
     corrupt = CorruptFirstChunks.from_env()
-    shared = shared if shared is not None else SharedRanges()
+    counters = counters if counters is not None else ServedCounters()
+    shared = SharedRanges(counters=counters)
     lookups = _RecentLookups(lookup, lookup_reuse_s)
 
     @routes.get(extents_path("{image_id}"))
@@ -123,8 +124,8 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, shared: SharedRanges | 
         else:
             answer = await shared.get(RangeKey(copy.content_id, offset, length),
                                       lambda: _read_range(copy.store, image_id, offset, length))
-        COUNTERS.served_bytes_total += length
-        COUNTERS.served_ranges_total += 1
+        counters.served_bytes_total += length
+        counters.served_ranges_total += 1
         return web.Response(
             body=corrupt.apply(image_id, answer.data),
             content_type="application/octet-stream",

@@ -10,10 +10,11 @@ Entries are keyed by the copy's content id (the hub uses the image's
 os_hash_value), so bytes of one image can never answer for another that later
 got the same image id. Memory is bounded: ranges up to `max_bytes` (in flight
 included), each dropped at the latest `ttl_s` after its read, so an idle hub
-holds nothing. When room is needed, ranges already answered more than once go
-first (two sites have had them: likely every site that wants them), then the
-least recently used: the room goes to ranges a site that fell behind will
-still ask for, so sites may drift further apart and still share.
+holds nothing. Ranges already answered more than once (two sites have had
+them: likely every site that wants them) are kept only while they and the
+rest take less than `keep_answered_bytes`; the room up to `max_bytes` goes to
+ranges only one site has had, which a site that fell behind will still ask
+for, so sites may drift apart by that much and still share.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from edgesync.transfer.counters import COUNTERS
+from edgesync.transfer.counters import ServedCounters
 
 DEFAULT_MAX_BYTES = 128 << 20  # 32 ranges of 4 MiB: two busy agents drifted up to 25 apart
+DEFAULT_KEEP_ANSWERED_BYTES = 32 << 20  # for a third site close behind the second
 DEFAULT_TTL_S = 10.0
 
 
@@ -55,12 +57,15 @@ class _Entry:
 
 
 class SharedRanges:
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, ttl_s: float = DEFAULT_TTL_S,
+                 counters: ServedCounters | None = None,
+                 keep_answered_bytes: int = DEFAULT_KEEP_ANSWERED_BYTES) -> None:
         self.max_bytes = max_bytes
+        self.keep_answered_bytes = keep_answered_bytes
         self.ttl_s = ttl_s
+        self.counters = counters if counters is not None else ServedCounters()
         self._entries: OrderedDict[RangeKey, _Entry] = OrderedDict()
         self._bytes = 0
-        self.shared = 0  # answers that reused another request's read
 
     async def get(self, key: RangeKey, load: Loader) -> ReadRange:
         """The range: from a read in flight or kept, else `load()`ed now.
@@ -73,8 +78,10 @@ class SharedRanges:
         else:
             self._entries.move_to_end(key)
             entry.answers += 1
-            self.shared += 1
-            COUNTERS.shared_ranges_total += 1
+            self.counters.shared_ranges_total += 1
+            read = entry.read  # the entry may go now; this request still waits for its read
+            self._evict()
+            return await asyncio.shield(read)
         return await asyncio.shield(entry.read)
 
     def _start(self, key: RangeKey, load: Loader) -> _Entry:
@@ -101,15 +108,17 @@ class SharedRanges:
             entry.expiry = None
 
     def _evict(self) -> None:
+        """Make room (see the module's docstring). Waiters of a dropped entry
+        keep their reference to its read; later requests read again."""
+        while self._bytes > self.keep_answered_bytes and (answered := self._answered()) is not None:
+            self._drop(*answered)
         while self._bytes > self.max_bytes and len(self._entries) > 1:
-            key, entry = self._victim()
-            self._drop(key, entry)  # its waiters keep their reference; later requests read again
+            self._drop(*(self._answered() or next(iter(self._entries.items()))))
 
-    def _victim(self) -> tuple[RangeKey, _Entry]:
-        """The least recently used range answered more than once, else the
-        least recently used. (A handful of entries: a scan is cheap.)"""
-        oldest = next(iter(self._entries.items()))
-        return next(((k, e) for k, e in self._entries.items() if e.answers > 1), oldest)
+    def _answered(self) -> tuple[RangeKey, _Entry] | None:
+        """The least recently used range answered more than once, if any.
+        (A few dozen entries at most: a scan is cheap.)"""
+        return next(((k, e) for k, e in self._entries.items() if e.answers > 1), None)
 
     @property
     def bytes_held(self) -> int:

@@ -35,7 +35,7 @@ from edgesync.metrics import (
     http_middleware,
 )
 from edgesync.stores.base import StoreCapacity
-from edgesync.transfer.http import ChunkDigestMismatch, TransferError
+from edgesync.transfer.http import ChunkDigestMismatch, ServedCounters, TransferError
 from tests.fixtures.metrics_text import Scrape
 
 SITES = ("central", "dcn0", "dcn1")
@@ -148,6 +148,17 @@ async def test_an_observer_counts_into_its_site() -> None:
     assert m.value("edgesync_digest_mismatches_total", site="dcn0", kind="chunk") == 1
     assert m.value("edgesync_digest_mismatches_total", site="dcn0", kind="image") == 0
     assert m.value("edgesync_copy_resumes_total", site="dcn0") == 1
+
+
+async def test_what_the_data_routes_served_is_read_at_scrape_time() -> None:
+    metrics, served = HubMetrics(SITES), ServedCounters()
+    metrics.watch_served(served)
+    served.served_bytes_total, served.served_ranges_total, served.shared_ranges_total = 8 << 20, 2, 1
+    m = await scrape(metrics)
+    assert m.types["edgesync_transfer_served_bytes_total"] == "counter"
+    assert m.value("edgesync_transfer_served_bytes_total") == 8 << 20
+    assert m.value("edgesync_transfer_served_ranges_total") == 2
+    assert m.value("edgesync_transfer_shared_ranges_total") == 1
 
 
 # --- live state ---------------------------------------------------------------------------
@@ -338,6 +349,7 @@ async def test_prometheus_own_linter_finds_nothing_to_fix() -> None:
         timing.failed("transfer")
     hub.observe_request("/v2/images/{image_id}", "GET", 200, 0.02)
     hub.heartbeat("dcn0", 0.0)
+    hub.watch_served(ServedCounters(served_bytes_total=1, served_ranges_total=1))
     agent = AgentMetrics("dcn0")
     agent.watch_agent(lambda: AgentFigures(tasks_queued=1, tasks_in_flight=1, owed_results=0, broker_connected=True))
     agent.watch_capacity("dcn0", lambda: _capacity(StoreCapacity(used_bytes=1, free_bytes=2)))

@@ -25,7 +25,6 @@ from edgesync.errors import Forbidden, NotFound, StoreUnavailable, Unauthorized
 from edgesync.metrics import CopyObserver
 from edgesync.stores.base import ImageStore
 from edgesync.stores.file import FileStore
-from edgesync.transfer.counters import COUNTERS
 from edgesync.transfer.http import (
     CHUNK_DIGEST_HEADER,
     CORRUPT_CHUNKS_ENV,
@@ -35,6 +34,7 @@ from edgesync.transfer.http import (
     HttpSource,
     RateLimiter,
     ServedCopy,
+    ServedCounters,
     TransferError,
     data_routes,
 )
@@ -57,11 +57,13 @@ IMAGE_RUNS = [(0, 1 * MiB), (3 * MiB + 64 * KiB, 6 * MiB), (20 * MiB, 64 * KiB),
 
 @dataclass
 class Site:
-    """A store served over HTTP, with every request the server saw."""
+    """A store served over HTTP, with every request the server saw and what
+    its data routes counted."""
 
     store: ImageStore
     url: str
     requests: list[str]
+    served: ServedCounters
 
 
 @pytest.fixture(autouse=True)
@@ -131,12 +133,13 @@ async def serving(
         requests.append(request.path_qs)
         return await handler(request)
 
+    served = ServedCounters()
     app = web.Application(middlewares=[record, *middlewares])
-    app.add_routes(data_routes(lookup or lookup_in(store), authorize, lookup_reuse_s=lookup_reuse_s))
+    app.add_routes(data_routes(lookup or lookup_in(store), authorize, counters=served, lookup_reuse_s=lookup_reuse_s))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield Site(store, str(server.make_url("")).rstrip("/"), requests)
+        yield Site(store, str(server.make_url("")).rstrip("/"), requests, served)
     finally:
         await server.close()
 
@@ -173,18 +176,15 @@ async def test_pull_gives_an_identical_sparse_copy_and_sends_only_data(
     source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
 ) -> None:
     image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
-    before = COUNTERS.snapshot()
     async with serving(source_store) as site:
         src = source(session, site, image_id)
         os_hash_value = await pull(src, dest_store, image_id)
 
     assert await read_all(dest_store, image_id) == content
     assert os_hash_value == hashlib.sha512(content).hexdigest()
-    # The server's counters (metrics, benchmarks) saw the same bytes leave.
-    after = COUNTERS.snapshot()
-    assert after["served_bytes_total"] - before["served_bytes_total"] == data_bytes(IMAGE_RUNS)
-    assert after["served_ranges_total"] - before["served_ranges_total"] == len(
-        [r for r in site.requests if "/data?" in r])
+    # The server's counters (its metrics, the benchmarks) saw the same bytes leave.
+    assert site.served == ServedCounters(served_bytes_total=data_bytes(IMAGE_RUNS), shared_ranges_total=0,
+                                         served_ranges_total=len([r for r in site.requests if "/data?" in r]))
     # Holes never cross the wire, and stay holes at the destination.
     source_data = sum(e.length for e in await source_store.extents(image_id))
     assert src.bytes_fetched == source_data == data_bytes(IMAGE_RUNS)
@@ -514,7 +514,6 @@ async def test_sites_pulling_one_copy_share_each_range_read(
 ) -> None:
     store = CountingStore("central", tmp_path / "central")
     image_id, content = await publish_sparse(store, IMAGE_SIZE, IMAGE_RUNS)
-    before = COUNTERS.snapshot()
     async with serving(store, lookup=served_as(store, hashlib.sha512(content).hexdigest())) as site:
         sources = [source(session, site, image_id) for _ in range(3)]
         sites = [FileStore(f"dcn{n}", tmp_path / f"dcn{n}") for n in range(3)]
@@ -524,8 +523,8 @@ async def test_sites_pulling_one_copy_share_each_range_read(
     assert digests == [hashlib.sha512(content).hexdigest()] * 3
     for dest in sites:
         assert await read_all(dest, image_id) == content
-    assert COUNTERS.shared_ranges_total - before["shared_ranges_total"] == 2 * ranges
-    assert COUNTERS.served_bytes_total - before["served_bytes_total"] == 3 * data_bytes(IMAGE_RUNS)
+    assert site.served == ServedCounters(served_bytes_total=3 * data_bytes(IMAGE_RUNS),
+                                         served_ranges_total=3 * ranges, shared_ranges_total=2 * ranges)
 
 
 async def test_without_a_content_id_every_request_reads(

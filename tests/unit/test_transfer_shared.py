@@ -49,7 +49,7 @@ async def test_concurrent_and_later_requests_share_one_read() -> None:
     later = await shared.get(k, reads.loader(k))
     assert reads.calls == 1
     assert answers == [later] * 3
-    assert shared.shared == 3
+    assert shared.counters.shared_ranges_total == 3
 
 
 async def test_another_content_or_range_is_read_on_its_own() -> None:
@@ -58,7 +58,7 @@ async def test_another_content_or_range_is_read_on_its_own() -> None:
     for k in (key(0), key(0, content="c2"), key(4 * MiB), key(0, length=MiB)):
         await shared.get(k, reads.loader(k))
     assert reads.calls == 4
-    assert shared.shared == 0
+    assert shared.counters.shared_ranges_total == 0
 
 
 async def test_a_failed_read_is_not_kept() -> None:
@@ -110,6 +110,17 @@ async def test_ranges_answered_twice_make_room_first() -> None:
     await shared.get(key(8 * MiB), reads.loader(key(8 * MiB)))  # the leader goes on: 4 MiB goes
     await shared.get(key(0), reads.loader(key(0)))  # the laggard still finds 0
     assert reads.calls == 3
+
+
+async def test_ranges_answered_twice_are_kept_only_while_there_is_little_else() -> None:
+    """Two sites in step: what both had goes at once beyond `keep_answered_bytes`."""
+    shared = SharedRanges(max_bytes=64 * MiB, keep_answered_bytes=8 * MiB)
+    reads = CountingLoader()
+    for offset in range(0, 32 * MiB, 4 * MiB):
+        for _site in range(2):
+            await shared.get(key(offset), reads.loader(key(offset)))
+    assert reads.calls == 8
+    assert shared.bytes_held == 8 * MiB
 
 
 async def test_an_evicted_range_is_freed_at_once() -> None:

@@ -10,7 +10,6 @@ from edgesync.config import CONTAINER_FORMATS
 from edgesync.hub.api.context import caller_of, hub_of
 from edgesync.hub.auth import require_admin
 from edgesync.model import ImageStatus
-from edgesync.transfer.counters import COUNTERS
 
 routes = web.RouteTableDef()
 
@@ -40,9 +39,7 @@ async def versions(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    # The transfer counters let a benchmark compare bytes on the wire with
-    # an image's allocated bytes without scraping logs.
-    return web.json_response({"status": "ok", "transfer": COUNTERS.snapshot()})
+    return web.json_response({"status": "ok"})
 
 
 def image_schema(disk_formats: tuple[str, ...]) -> dict[str, Any]:
