@@ -198,7 +198,8 @@ async def timed_copy(client: HubClient, info: dict[str, Any], procs: dict[str, i
         raise RuntimeError(f"the copy did not reach every site: {image}")
     result.copy_cpu = cpu.used
     result.peak_rss = {name: peak_rss_bytes(procs[name]) for name in watched}
-    served, ranges, shared = (int(after["hub"][k] - before["hub"][k]) for k in HUB_COUNTERS)
+    # .get: a hub from before these counters (to bench an older build) shows 0.
+    served, ranges, shared = (int(after["hub"].get(k, 0) - before["hub"].get(k, 0)) for k in HUB_COUNTERS)
     result.served, result.ranges, result.shared = served, ranges, shared
     result.fetched = {s: int(after[s][AGENT_RECEIVED] - before[s][AGENT_RECEIVED]) for s in EDGES}
 
