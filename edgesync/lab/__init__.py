@@ -133,9 +133,7 @@ async def stop_hub(directory: Path, *, kill: bool = False) -> None:
     (a crash: what it was doing is left for the next start to recover)."""
     info = read_info(directory)
     pid = info.get("hub_pid")
-    if kill and pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    await _stop_pid(pid)
+    await _stop_pid(pid, kill=kill)
     info["hub_pid"] = None
     _save(directory, info)
 
@@ -208,9 +206,7 @@ async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:
     if entry is None:
         raise LabError(f"no site {site!r} in the lab in {directory}")
     pid = entry.get("agent_pid")
-    if kill and pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    await _stop_pid(pid)
+    await _stop_pid(pid, kill=kill)
     entry["agent_pid"] = None
     _save(directory, info)
 
@@ -395,11 +391,13 @@ async def _wait_ready(url: str, pid: int, log_path: Path) -> None:
     raise LabError(f"{log_path.stem} did not answer within {HUB_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
 
 
-async def _stop_pid(pid: int | None, timeout_s: float = 15.0) -> None:
+async def _stop_pid(pid: int | None, timeout_s: float = 15.0, *, kill: bool = False) -> None:
+    """SIGTERM and wait (SIGKILL after `timeout_s`); with `kill`, SIGKILL at
+    once, the way a crash stops a daemon."""
     if not pid_alive(pid):
         return
     assert pid is not None
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while pid_alive(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
