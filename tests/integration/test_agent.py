@@ -515,8 +515,9 @@ async def test_the_agent_metrics_follow_its_copies(tmp_path: Path, broker: LabBr
         for command in commands:
             await hub.publish(topics.cmd("dcn0"), command)
         # One copy slot: the first copy is held mid-way, the second waits for the slot.
-        busy = await metrics_say(agent, lambda m: m.value("edgesync_tasks_queued", site="dcn0") == 1)
-        assert busy.value("edgesync_tasks_in_flight", site="dcn0") == 1
+        # (A command just received is queued before it takes the slot: wait for both figures, not either.)
+        busy = await metrics_say(agent, lambda m: (m.value("edgesync_tasks_queued", site="dcn0"),
+                                                   m.value("edgesync_tasks_in_flight", site="dcn0")) == (1, 1))
         assert busy.value("edgesync_broker_connected", site="dcn0") == 1
         hub_data.release()
         for command in commands:
