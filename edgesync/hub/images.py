@@ -11,7 +11,8 @@ from typing import Any
 
 from edgesync.catalog import SORTABLE, Catalog, ImageQuery
 from edgesync.config import CONTAINER_FORMATS, HubConfig
-from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse
+from edgesync.errors import (BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse,
+                             StoreUnavailable)
 from edgesync.hub.auth import Caller, can_see, require_owner_or_admin
 from edgesync.hub.patch import (
     READ_ONLY,
@@ -269,7 +270,13 @@ class ImageService:
         image = await self.get(caller, image_id)
         if image.status != ImageStatus.ACTIVE:
             raise Conflict(f"Image {image_id} is {image.status.value}; only active images have data to download")
-        store = self.central if self.central in image.stores else image.stores[0]
+        # Central first; a copy in a store no longer configured can't be read.
+        known = [name for name in image.stores if name in self.stores]
+        if not known:
+            raise StoreUnavailable(
+                f"Image {image_id} has copies only in stores this hub no longer has in its configuration "
+                f"({', '.join(image.stores)}); add the site back or copy the image from elsewhere")
+        store = self.central if self.central in known else known[0]
         return image, self.stores[store]
 
     @staticmethod

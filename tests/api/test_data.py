@@ -258,3 +258,19 @@ async def test_an_empty_image_imports_to_every_store(api: Api) -> None:
     assert await api.p1.download(image["id"]) == b""
     async with api.p1.get(f"/v2/images/{image['id']}/file", headers={"Range": "bytes=0-"}) as resp:
         await error_of(resp, 416)
+
+
+async def test_download_reads_a_configured_copy_when_central_is_gone_from_the_config(api: Api) -> None:
+    """Copies recorded in stores no longer configured are skipped: dcn0's copy
+    serves; with none left, a 503 says why instead of a 500."""
+    from edgesync.stores.base import Location
+    data = default_image()
+    image = await api.active_image(data, stores=("central", "dcn0"))
+    await api.hub.catalog.remove_location(image["id"], "central")
+    await api.hub.catalog.add_location(image["id"], Location("retired", f"file:///retired/{image['id']}"))
+    async with api.p1.get(f"/v2/images/{image['id']}/file") as resp:
+        assert resp.status == 200, await resp.text()
+        assert await resp.read() == data
+    await api.hub.catalog.remove_location(image["id"], "dcn0")
+    async with api.p1.get(f"/v2/images/{image['id']}/file") as resp:
+        await error_of(resp, 503, "retired", "no longer")
