@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgesync.stores.base import Location
 from tests.api.conftest import (
     MiB,
     Api,
@@ -263,7 +264,6 @@ async def test_an_empty_image_imports_to_every_store(api: Api) -> None:
 async def test_download_reads_a_configured_copy_when_central_is_gone_from_the_config(api: Api) -> None:
     """Copies recorded in stores no longer configured are skipped: dcn0's copy
     serves; with none left, a 503 says why instead of a 500."""
-    from edgesync.stores.base import Location
     data = default_image()
     image = await api.active_image(data, stores=("central", "dcn0"))
     await api.hub.catalog.remove_location(image["id"], "central")
