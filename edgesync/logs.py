@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 FORMATS = ("text", "json")
-CONTEXT_FIELDS = ("site", "image_id", "task_id")
+CONTEXT_FIELDS = ("request_id", "site", "image_id", "task_id")
 
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("edgesync_log_context", default={})
 
@@ -47,6 +47,11 @@ def log_context(**fields: object) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def context_field(name: str) -> str | None:
+    """A field of the current context (e.g. the request id a task records)."""
+    return _context.get().get(name)
 
 
 def task_context(**fields: object) -> contextvars.Context:

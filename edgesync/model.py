@@ -127,6 +127,7 @@ class Task:
     message: str = ""
     user_id: str | None = None
     input: dict[str, str] = field(default_factory=dict)
+    request_id: str | None = None  # x-openstack-request-id of the request that started it
     created_at: str = field(default_factory=utcnow)
     updated_at: str = field(default_factory=utcnow)
     jobs: list[StoreJob] = field(default_factory=list)

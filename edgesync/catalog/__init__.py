@@ -331,11 +331,11 @@ class Catalog:
             )
             await db.execute(
                 "INSERT INTO tasks (id, image_id, owner, user_id, method, stores, "
-                "all_stores_must_succeed, status, message, input, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "all_stores_must_succeed, status, message, input, request_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (task.id, task.image_id, task.owner, task.user_id, task.method,
                  json.dumps(task.stores), int(task.all_stores_must_succeed),
-                 task.status.value, task.message, json.dumps(task.input),
+                 task.status.value, task.message, json.dumps(task.input), task.request_id,
                  task.created_at, task.updated_at),
             )
             for job in task.jobs:
@@ -604,7 +604,8 @@ def _task_from_row(row: aiosqlite.Row) -> Task:
         method=row["method"], stores=json.loads(row["stores"]),
         all_stores_must_succeed=bool(row["all_stores_must_succeed"]),
         status=TaskStatus(row["status"]), message=row["message"],
-        input=json.loads(row["input"]), created_at=row["created_at"], updated_at=row["updated_at"],
+        input=json.loads(row["input"]), request_id=row["request_id"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
     )
 
 

@@ -110,6 +110,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX pending_deletes_site ON pending_deletes(site, created_at);
     """,
+    # 3: the x-openstack-request-id of the request that started a task (Glance's request_id)
+    """
+    ALTER TABLE tasks ADD COLUMN request_id TEXT;
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -25,6 +25,7 @@ from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
 from edgesync.hub.api import discovery, edge, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
+from edgesync.hub.api.request_id import add_request_id_header, request_ids
 from edgesync.hub.auth import TokenTable
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
@@ -138,8 +139,10 @@ class Hub:
     def app(self) -> web.Application:
         tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]
         # Metrics outermost: they see the status the client gets, errors included.
-        middlewares = [http_middleware(self.metrics), json_errors, auth_middleware(tokens)]
+        # The request id next: error lines logged by json_errors carry it.
+        middlewares = [http_middleware(self.metrics), request_ids, json_errors, auth_middleware(tokens)]
         app = web.Application(middlewares=middlewares, client_max_size=MAX_JSON_BODY_BYTES)
+        app.on_response_prepare.append(add_request_id_header)
         app[HUB_KEY] = self
         app.router.add_get(METRICS_PATH, self.metrics.handle_scrape)
         app.add_routes(discovery.routes)

@@ -37,7 +37,7 @@ from edgesync.importer import qemu
 from edgesync.importer.download import download
 from edgesync.importer.inject import properties_to_inject
 from edgesync.importer.uri_filter import check_uri
-from edgesync.logs import log_context, task_context
+from edgesync.logs import context_field, log_context, task_context
 from edgesync.metrics import HubMetrics
 from edgesync.model import (
     FAILED_IMPORT,
@@ -248,7 +248,7 @@ class Importer:
         return Task(
             id=task_id, image_id=image.id, owner=image.owner, user_id=caller.user,
             method=req.method, stores=stores, all_stores_must_succeed=req.must_succeed,
-            status=TaskStatus.PROCESSING, input=task_input,
+            status=TaskStatus.PROCESSING, input=task_input, request_id=context_field("request_id"),
             jobs=[StoreJob(task_id, s) for s in stores],
         )
 

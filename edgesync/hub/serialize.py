@@ -42,7 +42,7 @@ def task_json(task: Task) -> dict[str, Any]:
         "created_at": task.created_at,
         "updated_at": task.updated_at,
         "expires_at": None,
-        "request_id": task.id,
+        "request_id": task.request_id,
         "input": {
             "import_req": {
                 "method": {"name": task.method},
