@@ -123,10 +123,10 @@ class ImageService:
         await self.catalog.add_location(image_id, Location(site, location_url))
         return await self.catalog.require_image(image_id)
 
-    async def update(self, caller: Caller, image_id: str, ops: Any) -> Image:
+    async def update(self, caller: Caller, image_id: str, ops: Any, *, dialect: str = "v2.1") -> Image:
         image = await self.get(caller, image_id)
         require_owner_or_admin(caller, image, "change it")
-        changes = plan_patch(image, ops, **self._formats())
+        changes = plan_patch(image, ops, dialect=dialect, **self._formats())
         if "visibility" in changes.fields:
             self._check_visibility_change(caller, changes.fields["visibility"])
         if "owner" in changes.fields and not caller.is_admin:

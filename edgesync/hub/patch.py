@@ -1,13 +1,21 @@
-"""Glance's image PATCH (`application/openstack-images-v2.1-json-patch`).
+"""Glance's image PATCH, in both of its dialects.
 
-Turns a list of add/replace/remove operations into one set of changes to an
-image, refusing what Glance refuses: read-only and reserved (`os_glance_*`)
-attributes (403), replacing or removing a property that isn't there (409),
-values of the wrong type (400).
+* v2.1 (`application/openstack-images-v2.1-json-patch`, JSON Schema draft 10):
+  `{"op": "replace", "path": "/name", "value": …}`.
+* v2.0 (`application/openstack-images-v2.0-json-patch`, draft 4):
+  `{"replace": "/name", "value": …}` — the operation is the member's name.
+  `add` of an attribute the image already has is a 409 here (v2.1 overwrites).
+
+Turns a list of operations into one set of changes to an image, refusing
+what Glance refuses, with Glance's messages: a malformed body, operation or
+JSON pointer (400), read-only and reserved (`os_glance_*`) attributes and
+removing a core attribute (403), replacing or removing a property that isn't
+there, or (v2.0) adding one that is (409), values of the wrong type (400).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +31,27 @@ WRITABLE_CORE = frozenset({
     "name", "visibility", "protected", "os_hidden", "owner", "min_ram",
     "min_disk", "tags", "disk_format", "container_format",
 })
+
+
+V21_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
+V20_MEDIA_TYPE = "application/openstack-images-v2.0-json-patch"
+DIALECTS = {V21_MEDIA_TYPE: "v2.1", V20_MEDIA_TYPE: "v2.0"}
+OPERATIONS = ("add", "remove", "replace")
+RESERVED = frozenset({"location", "deleted", "deleted_at"})
+# How many pointer tokens each operation takes under a root (Glance's limits):
+# `/locations/-` and `/locations/0` for add and remove; one token elsewhere.
+_PATH_DEPTH = {"locations": {"add": 2, "remove": 2, "replace": 1}}
+
+
+@dataclass(frozen=True)
+class PatchOp:
+    op: str
+    path: tuple[str, ...]
+    value: Any = None
+
+    @property
+    def key(self) -> str:
+        return self.path[0]
 
 
 @dataclass
@@ -73,39 +102,86 @@ def check_extra_property(key: str, value: Any) -> str:
     return value
 
 
-def plan_patch(image: Image, ops: Any, *, disk_formats: tuple[str, ...],
-               container_formats: tuple[str, ...]) -> ImageChanges:
-    if not isinstance(ops, list):
-        raise BadRequest("A PATCH body must be a JSON list of operations (add, replace, remove)")
+def parse_ops(body: Any, dialect: str = "v2.1") -> list[PatchOp]:
+    """The operations of a PATCH body in `dialect` ("v2.1" or "v2.0")."""
+    if not isinstance(body, list):
+        raise BadRequest("Request body must be a JSON array of operation objects.")
+    ops = []
+    for raw in body:
+        if not isinstance(raw, dict):
+            raise BadRequest("Operations must be JSON objects.")
+        name, pointer = _v21_op(raw) if dialect == "v2.1" else _v20_op(raw)
+        path = decode_pointer(pointer)
+        if len(path) != _PATH_DEPTH.get(path[0], {}).get(name, 1):
+            raise BadRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
+        if name != "remove" and "value" not in raw:
+            raise BadRequest(f'Operation "{name}" requires a member named "value".')
+        ops.append(PatchOp(name, path, raw.get("value")))
+    return ops
+
+
+def _v21_op(raw: dict[str, Any]) -> tuple[str, Any]:
+    name = raw.get("op")
+    available = ", ".join(OPERATIONS)
+    if name is None:
+        raise BadRequest(f"Unable to find `op` in JSON Schema change. It must be one of the following: {available}.")
+    if name not in OPERATIONS:
+        raise BadRequest(f"Invalid operation: `{name}`. It must be one of the following: {available}.")
+    if "path" not in raw:
+        raise BadRequest("Unable to find 'path' in JSON Schema change")
+    return name, raw["path"]
+
+
+def _v20_op(raw: dict[str, Any]) -> tuple[str, Any]:
+    named = [op for op in OPERATIONS if op in raw]
+    if len(named) > 1:
+        raise BadRequest('Operation objects must contain only one member named "add", "remove", or "replace".')
+    if not named:
+        raise BadRequest('Operation objects must contain exactly one member named "add", "remove", or "replace".')
+    return named[0], raw[named[0]]
+
+
+def decode_pointer(pointer: Any) -> tuple[str, ...]:
+    """The tokens of the limited JSON pointers Glance accepts (`~1` is `/`, `~0` is `~`)."""
+    if not isinstance(pointer, str):
+        raise BadRequest(f"Pointer `{pointer}` must be a string starting with \"/\".")
+    if not pointer.startswith("/"):
+        raise BadRequest(f'Pointer `{pointer}` does not start with "/".')
+    if re.search(r"/\s*?/", pointer[1:]):
+        raise BadRequest(f'Pointer `{pointer}` contains adjacent "/".')
+    if len(pointer) > 1 and pointer.endswith("/"):
+        raise BadRequest(f'Pointer `{pointer}` end with "/".')
+    if re.search("~[^01]", pointer) or pointer.endswith("~"):
+        raise BadRequest(f'Pointer `{pointer}` contains "~" not part of a recognized escape sequence.')
+    tokens = tuple(part.replace("~1", "/").replace("~0", "~").strip() for part in pointer[1:].split("/"))
+    if not tokens[0]:
+        raise BadRequest(f"Pointer `{pointer}` does not contains valid token.")
+    return tokens
+
+
+def plan_patch(image: Image, body: Any, *, disk_formats: tuple[str, ...],
+               container_formats: tuple[str, ...], dialect: str = "v2.1") -> ImageChanges:
     changes = ImageChanges()
     props = dict(image.properties)
-    for op in ops:
-        name, key, value = _parse_op(op)
+    for op in parse_ops(body, dialect):
+        key = op.key
         if key in READ_ONLY:
             raise Forbidden(f"Attribute '{key}' is read-only.")
+        if key in RESERVED or key.startswith(RESERVED_PREFIX):
+            raise Forbidden(f"Attribute '{key}' is reserved.")
+        if dialect == "v2.0" and op.op == "add" and (key in WRITABLE_CORE or key in props):
+            raise Conflict(f"Property {key} already present.")
         if key in WRITABLE_CORE:
-            _apply_core(image, changes, name, key, value, disk_formats, container_formats)
+            _apply_core(image, changes, op.op, key, op.value, disk_formats, container_formats)
         else:
-            _apply_extra(props, changes, name, key, value)
+            _apply_extra(props, changes, op.op, key, op.value)
     return changes
-
-
-def _parse_op(op: Any) -> tuple[str, str, Any]:
-    if not isinstance(op, dict) or op.get("op") not in ("add", "replace", "remove"):
-        raise BadRequest("Each PATCH operation needs 'op' = add, replace or remove")
-    path = op.get("path")
-    if not isinstance(path, str) or not path.startswith("/") or path.count("/") != 1 or len(path) < 2:
-        raise BadRequest(f"PATCH path must look like '/property', got {path!r}")
-    if op["op"] != "remove" and "value" not in op:
-        raise BadRequest(f"PATCH '{op['op']}' of {path} needs a 'value'")
-    key = path[1:].replace("~1", "/").replace("~0", "~")
-    return op["op"], key, op.get("value")
 
 
 def _apply_core(image: Image, changes: ImageChanges, name: str, key: str, value: Any,
                 disk_formats: tuple[str, ...], container_formats: tuple[str, ...]) -> None:
     if name == "remove":
-        raise Forbidden(f"Attribute '{key}' is a core attribute and can't be removed")
+        raise Forbidden(f"Property {key} may not be removed.")
     if key in ("disk_format", "container_format") and image.status != ImageStatus.QUEUED:
         raise Forbidden(f"'{key}' can only be changed while the image is queued (it is {image.status.value})")
     value = check_core_value(key, value, disk_formats=disk_formats, container_formats=container_formats)
@@ -116,8 +192,6 @@ def _apply_core(image: Image, changes: ImageChanges, name: str, key: str, value:
 
 
 def _apply_extra(props: dict[str, str], changes: ImageChanges, name: str, key: str, value: Any) -> None:
-    if key.startswith(RESERVED_PREFIX):
-        raise Forbidden(f"Attribute '{key}' is reserved: os_glance_* properties are set by the service only")
     if name == "remove":
         if key not in props:
             raise Conflict(f"Property {key} does not exist.")

@@ -207,16 +207,16 @@ async def test_patch_core_fields(api: Api) -> None:
     ([{"op": "replace", "path": "/size", "value": 1}], 403, "read-only"),
     ([{"op": "replace", "path": "/checksum", "value": "x"}], 403, "read-only"),
     ([{"op": "add", "path": "/stores", "value": "dcn0"}], 403, "read-only"),
-    ([{"op": "remove", "path": "/name"}], 403, "can't be removed"),
+    ([{"op": "remove", "path": "/name"}], 403, "may not be removed"),
     ([{"op": "add", "path": "/os_glance_importing_to_stores", "value": "dcn0"}], 403, "reserved"),
     ([{"op": "replace", "path": "/os_glance_failed_import", "value": ""}], 403, "os_glance_"),
     ([{"op": "remove", "path": "/os_glance_import_task"}], 403, "reserved"),
     ([{"op": "replace", "path": "/protected", "value": "yes"}], 400, "true or false"),
     ([{"op": "add", "path": "/k", "value": 5}], 400, "must be a string"),
-    ([{"op": "move", "path": "/k"}], 400, "add, replace or remove"),
-    ([{"op": "add", "path": "/k"}], 400, "needs a 'value'"),
-    ([{"op": "add", "path": "k", "value": "v"}], 400, "/property"),
-    ({"op": "add", "path": "/k", "value": "v"}, 400, "JSON list"),
+    ([{"op": "move", "path": "/k"}], 400, "Invalid operation: `move`"),
+    ([{"op": "add", "path": "/k"}], 400, 'requires a member named "value"'),
+    ([{"op": "add", "path": "k", "value": "v"}], 400, 'does not start with "/"'),
+    ({"op": "add", "path": "/k", "value": "v"}, 400, "JSON array"),
 ])
 async def test_patch_refusals(api: Api, ops: Any, status: int, fragment: str) -> None:
     image = await api.p1.create()
@@ -239,9 +239,35 @@ async def test_patch_needs_the_json_patch_media_type(api: Api) -> None:
         async with api.p1.patch(image["id"], [{"op": "add", "path": "/k", "value": "v"}],
                                 content_type=content_type) as resp:
             await error_of(resp, 415, "application/openstack-images-v2.1-json-patch")
-    async with api.p1.patch(image["id"], [{"op": "add", "path": "/k", "value": "v"}],
+            assert resp.headers["Accept-Patch"] == (
+                "application/openstack-images-v2.0-json-patch, application/openstack-images-v2.1-json-patch")
+    async with api.p1.patch(image["id"], [{"add": "/k", "value": "v"}],
                             content_type="application/openstack-images-v2.0-json-patch") as resp:
         assert resp.status == 200
+
+
+V20 = "application/openstack-images-v2.0-json-patch"
+
+
+async def test_patch_v20_dialect(api: Api) -> None:
+    """A v2.0 client (`{"replace": "/name", …}`) can rename and unprotect an
+    image, and so clean it up; v2.1's body under the v2.0 type is a 400."""
+    image = await api.p1.create(protected=True, hw_disk_bus="scsi")
+    async with api.p1.patch(image["id"], [{"replace": "/name", "value": "renamed"},
+                                          {"replace": "/protected", "value": False},
+                                          {"remove": "/hw_disk_bus"}, {"add": "/os_distro", "value": "cirros"}],
+                            content_type=V20) as resp:
+        assert resp.status == 200, await resp.text()
+        out = await resp.json()
+    assert (out["name"], out["protected"], out["os_distro"]) == ("renamed", False, "cirros")
+    assert "hw_disk_bus" not in out
+    async with api.p1.patch(image["id"], [{"add": "/os_distro", "value": "x"}], content_type=V20) as resp:
+        await error_of(resp, 409, "Property os_distro already present.")
+    async with api.p1.patch(image["id"], [{"op": "replace", "path": "/name", "value": "x"}],
+                            content_type=V20) as resp:
+        await error_of(resp, 400, 'exactly one member named "add", "remove", or "replace"')
+    async with api.p1.delete(f"/v2/images/{image['id']}") as resp:
+        assert resp.status == 204
 
 
 async def test_formats_cannot_change_once_the_image_has_data(api: Api) -> None:

@@ -17,13 +17,14 @@ def image(**kw: Any) -> Image:
     return Image(id="8a3c1c1e-0000-4000-8000-000000000001", owner="p1", **kw)
 
 
-def plan(img: Image, ops: Any) -> ImageChanges:
-    return plan_patch(img, ops, disk_formats=DEFAULT_DISK_FORMATS, container_formats=CONTAINER_FORMATS)
+def plan(img: Image, ops: Any, dialect: str = "v2.1") -> ImageChanges:
+    return plan_patch(img, ops, disk_formats=DEFAULT_DISK_FORMATS, container_formats=CONTAINER_FORMATS,
+                      dialect=dialect)
 
 
-def refused(img: Image, ops: Any, error: type[Exception]) -> str:
+def refused(img: Image, ops: Any, error: type[Exception], dialect: str = "v2.1") -> str:
     with pytest.raises(error) as info:
-        plan(img, ops)
+        plan(img, ops, dialect)
     return info.value.message  # type: ignore[attr-defined]
 
 
@@ -78,10 +79,13 @@ def test_core_fields() -> None:
 
 @pytest.mark.parametrize("key", sorted(READ_ONLY))
 def test_read_only_core_is_403(key: str) -> None:
+    # add and remove of /locations take an index (/locations/-, /locations/0), as in Glance
+    suffix = "/-" if key == "locations" else ""
     for op in ("add", "replace"):
-        message = refused(image(), [{"op": op, "path": f"/{key}", "value": "x"}], Forbidden)
+        path = f"/{key}{suffix if op == 'add' else ''}"
+        message = refused(image(), [{"op": op, "path": path, "value": "x"}], Forbidden)
         assert message == f"Attribute '{key}' is read-only."
-    refused(image(), [{"op": "remove", "path": f"/{key}"}], Forbidden)
+    refused(image(), [{"op": "remove", "path": f"/{key}{'/0' if suffix else ''}"}], Forbidden)
 
 
 @pytest.mark.parametrize("op", ["add", "replace", "remove"])
@@ -93,7 +97,7 @@ def test_os_glance_properties_are_reserved(op: str) -> None:
 
 
 def test_removing_a_core_field_is_403() -> None:
-    assert "can't be removed" in refused(image(), [{"op": "remove", "path": "/name"}], Forbidden)
+    assert refused(image(), [{"op": "remove", "path": "/name"}], Forbidden) == "Property name may not be removed."
 
 
 def test_formats_only_change_while_queued() -> None:
@@ -147,3 +151,74 @@ def test_value_checks_are_shared_with_create() -> None:
         check_extra_property("os_glance_x", "v")
     with pytest.raises(BadRequest, match="must be a string"):
         check_extra_property("k", ["v"])
+
+
+# --- Glance's messages for malformed operations and pointers (v2.1) -----------------------
+
+
+@pytest.mark.parametrize("ops, message", [
+    ({"op": "add"}, "Request body must be a JSON array of operation objects."),
+    (["add"], "Operations must be JSON objects."),
+    ([{"path": "/a", "value": "1"}],
+     "Unable to find `op` in JSON Schema change. It must be one of the following: add, remove, replace."),
+    ([{"op": "move", "path": "/a"}],
+     "Invalid operation: `move`. It must be one of the following: add, remove, replace."),
+    ([{"op": "add", "value": "1"}], "Unable to find 'path' in JSON Schema change"),
+    ([{"op": "add", "path": "/a"}], 'Operation "add" requires a member named "value".'),
+    ([{"op": "add", "path": "a", "value": "1"}], 'Pointer `a` does not start with "/".'),
+    ([{"op": "add", "path": "/a//b", "value": "1"}], 'Pointer `/a//b` contains adjacent "/".'),
+    ([{"op": "add", "path": "/a/", "value": "1"}], 'Pointer `/a/` end with "/".'),
+    ([{"op": "add", "path": "/a~2", "value": "1"}], 'Pointer `/a~2` contains "~" not part of a recognized escape sequence.'),
+    ([{"op": "add", "path": "/a/b", "value": "1"}], "Invalid JSON pointer for this resource: '/a/b'"),
+    ([{"op": "replace", "path": "/locations/0", "value": []}], "Invalid JSON pointer for this resource: '/locations/0'"),
+])
+def test_v21_malformed_messages_are_glances(ops: Any, message: str) -> None:
+    assert refused(image(properties={"a": "0"}), ops, BadRequest) == message
+
+
+@pytest.mark.parametrize("key", ["location", "deleted", "deleted_at", "os_glance_x"])
+def test_reserved_attributes_are_403(key: str) -> None:
+    assert refused(image(), [{"op": "add", "path": f"/{key}", "value": "x"}], Forbidden) == \
+        f"Attribute '{key}' is reserved."
+
+
+# --- the v2.0 dialect (draft 4): the operation is the member's name ------------------------
+
+
+def test_v20_add_replace_remove() -> None:
+    img = image(properties={"a": "1", "b": "2"})
+    changes = plan(img, [{"add": "/c", "value": "3"}, {"replace": "/a", "value": "10"}, {"remove": "/b"},
+                         {"replace": "/name", "value": "n"}, {"replace": "/protected", "value": False}], "v2.0")
+    assert changes.set_properties == {"c": "3", "a": "10"} and changes.remove_properties == ["b"]
+    assert changes.fields == {"name": "n", "protected": False}
+
+
+def test_v20_unprotect_then_the_image_can_be_cleaned_up() -> None:
+    changes = plan(image(protected=True), [{"replace": "/protected", "value": False}], "v2.0")
+    assert changes.fields == {"protected": False}
+
+
+def test_v20_add_of_an_existing_attribute_is_409_where_v21_overwrites() -> None:
+    img = image(properties={"a": "1"})
+    assert refused(img, [{"add": "/a", "value": "2"}], Conflict, "v2.0") == "Property a already present."
+    assert refused(img, [{"add": "/name", "value": "n"}], Conflict, "v2.0") == "Property name already present."
+    assert refused(img, [{"add": "/n", "value": "1"}, {"add": "/n", "value": "2"}], Conflict, "v2.0")
+    assert plan(img, [{"op": "add", "path": "/a", "value": "2"}]).set_properties == {"a": "2"}
+
+
+@pytest.mark.parametrize("ops, error, message", [
+    ([{"op": "add", "path": "/a", "value": "1"}], BadRequest,
+     'Operation objects must contain exactly one member named "add", "remove", or "replace".'),
+    ([{"add": "/a", "replace": "/a", "value": "1"}], BadRequest,
+     'Operation objects must contain only one member named "add", "remove", or "replace".'),
+    ([{"add": "/a"}], BadRequest, 'Operation "add" requires a member named "value".'),
+    ([{"replace": "a", "value": "1"}], BadRequest, 'Pointer `a` does not start with "/".'),
+    ([{"replace": "/x/y", "value": "1"}], BadRequest, "Invalid JSON pointer for this resource: '/x/y'"),
+    ([{"replace": "/missing", "value": "1"}], Conflict, "Property missing does not exist."),
+    ([{"remove": "/missing"}], Conflict, "Property missing does not exist."),
+    ([{"remove": "/name"}], Forbidden, "Property name may not be removed."),
+    ([{"replace": "/status", "value": "active"}], Forbidden, "Attribute 'status' is read-only."),
+    ([{"add": "/os_glance_import_task", "value": "x"}], Forbidden, "Attribute 'os_glance_import_task' is reserved."),
+])
+def test_v20_refusals_are_glances(ops: Any, error: type[Exception], message: str) -> None:
+    assert refused(image(), ops, error, "v2.0") == message

@@ -9,17 +9,15 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from edgesync.catalog import ImageQuery
-from edgesync.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType
+from edgesync.errors import BadRequest, RangeNotSatisfiable
 from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.api.middleware import error_response
+from edgesync.hub.patch import DIALECTS
 from edgesync.hub.serialize import image_json, task_json
 from edgesync.model import Image
 
 routes = web.RouteTableDef()
 
-PATCH_MEDIA_TYPES = (
-    "application/openstack-images-v2.1-json-patch",
-    "application/openstack-images-v2.0-json-patch",
-)
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 1000
 _QUERY_KEYS = {"limit", "marker", "sort_key", "sort_dir", "sort", "name", "status", "visibility",
@@ -145,12 +143,15 @@ async def show_image(request: web.Request) -> web.Response:
 
 @routes.patch("/v2/images/{image_id}")
 async def update_image(request: web.Request) -> web.Response:
-    if request.content_type not in PATCH_MEDIA_TYPES:
-        raise UnsupportedMediaType(
-            f"PATCH needs Content-Type {PATCH_MEDIA_TYPES[0]}, got {request.content_type!r}"
-        )
+    dialect = DIALECTS.get(request.content_type)
+    if dialect is None:
+        allowed = ", ".join(sorted(DIALECTS))
+        response = error_response(415, "Unsupported Media Type",
+                                  f"Image PATCH expects Content-Type one of: {allowed} (got {request.content_type!r})")
+        response.headers["Accept-Patch"] = allowed
+        return response
     image = await hub_of(request).images.update(
-        caller_of(request), request.match_info["image_id"], await json_body(request))
+        caller_of(request), request.match_info["image_id"], await json_body(request), dialect=dialect)
     return web.json_response(_image_body(request, image))
 
 
