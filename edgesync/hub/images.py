@@ -266,9 +266,16 @@ class ImageService:
             await self.catalog.update_image(image_id, fields={"status": ImageStatus.QUEUED})
             raise
 
-    async def open_data(self, caller: Caller, image_id: str) -> tuple[Image, ImageStore]:
+    async def open_data(self, caller: Caller, image_id: str) -> tuple[Image, ImageStore | None]:
+        """The image and the store to read it from; no store when the image
+        has no data yet (queued, or staged and not imported), which Glance
+        answers with 204 and no body."""
         image = await self.get(caller, image_id)
-        if image.status != ImageStatus.ACTIVE:
+        if image.status == ImageStatus.DEACTIVATED and not caller.is_admin:
+            raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+        if not image.locations:
+            return image, None
+        if image.status not in (ImageStatus.ACTIVE, ImageStatus.DEACTIVATED):
             raise Conflict(f"Image {image_id} is {image.status.value}; only active images have data to download")
         # Central first; a copy in a store no longer configured can't be read.
         known = [name for name in image.stores if name in self.stores]

@@ -8,7 +8,10 @@ from edgesync.hub.auth import Caller
 from edgesync.model import CORE_FIELDS, Image, Task
 
 
-def image_json(image: Image, caller: Caller, *, show_locations: bool) -> dict[str, Any]:
+def image_json(image: Image, caller: Caller, *, show_locations: bool, central: str) -> dict[str, Any]:
+    """`stores` and `locations` in one stable order, central first, then by
+    name — not the order the copies finished in, which differs between runs
+    and images (clients compare the lists; Nova tests `stores` as a substring)."""
     body: dict[str, Any] = {field: getattr(image, field) for field in CORE_FIELDS}
     body["status"] = image.status.value
     body["visibility"] = image.visibility.value
@@ -20,12 +23,13 @@ def image_json(image: Image, caller: Caller, *, show_locations: bool) -> dict[st
     # Extra properties are top-level string keys; core fields win on a clash.
     for key, value in image.properties.items():
         body.setdefault(key, value)
-    if image.locations:
-        body["stores"] = ",".join(image.stores)
+    locations = sorted(image.locations, key=lambda loc: (loc.store != central, loc.store))
+    if locations:
+        body["stores"] = ",".join(loc.store for loc in locations)
     if show_locations and caller.is_admin:
-        body["locations"] = [loc.as_glance() for loc in image.locations]
-        if image.locations:
-            body["direct_url"] = image.locations[0].url
+        body["locations"] = [loc.as_glance() for loc in locations]
+        if locations:
+            body["direct_url"] = locations[0].url
     return body
 
 

@@ -232,6 +232,29 @@ def test_image_download_is_byte_identical(file_lab: Lab, images: dict[str, Image
     assert sha == get_image(file_lab, shared_image)["os_hash_value"]  # type: ignore[index]
 
 
+def test_image_download_of_a_queued_image_says_it_has_no_data(file_lab: Lab, created: list[str],
+                                                              tmp_path: Path) -> None:
+    """Glance answers 204 for an image without data; glanceclient then says so."""
+    image_id = str(uuid.uuid4())
+    created.append(image_id)
+    check(glance(file_lab, "image-create", "--id", image_id, "--name", "e2e-empty",
+                 "--disk-format", "raw", "--container-format", "bare"))
+    proc = glance(file_lab, "image-download", "--file", str(tmp_path / "out"), image_id, debug=True)
+    assert proc.returncode != 0
+    assert f"Image {image_id} has no data." in proc.stderr
+    assert status_of(proc, "GET", f"/v2/images/{image_id}/file") == 204
+
+
+def test_stores_are_listed_central_first_then_by_name(file_lab: Lab, images: dict[str, ImageFile],
+                                                      created: list[str]) -> None:
+    image_id = active_image(file_lab, created, images["striped"])
+    for store in ("dcn1", "dcn0"):  # dcn1's copy finishes first
+        check(copy_image(file_lab, image_id, "--stores", store))
+        wait_import_done(file_lab, image_id)
+    shown = parse_dict_table(check(glance(file_lab, "image-show", image_id)).stdout)
+    assert shown["stores"] == "central,dcn0,dcn1"
+
+
 def test_web_download_to_central_and_an_edge(file_lab: Lab, images: dict[str, ImageFile],
                                              web_server: str, created: list[str]) -> None:
     img = images["striped"]

@@ -81,7 +81,8 @@ async def register_edge_image(request: web.Request) -> web.Response:
     site = request.match_info["site"]
     image = await hub.images.register_edge_image(caller, site, await json_body(request))
     task = await hub.importer.copy_to_central(image, caller, site)
-    body = image_json(await hub.catalog.require_image(image.id), caller, show_locations=hub.config.show_locations)
+    body = image_json(await hub.catalog.require_image(image.id), caller, show_locations=hub.config.show_locations,
+                      central=hub.central)
     return web.json_response({"image": body, "task_id": task.id}, status=201)
 
 

@@ -26,7 +26,8 @@ _QUERY_KEYS = {"limit", "marker", "sort_key", "sort_dir", "sort", "name", "statu
 
 def _image_body(request: web.Request, image: Image) -> dict[str, Any]:
     hub = hub_of(request)
-    return image_json(image, caller_of(request), show_locations=hub.config.show_locations)
+    return image_json(image, caller_of(request), show_locations=hub.config.show_locations,
+                      central=hub.central)
 
 
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
@@ -208,6 +209,8 @@ async def upload(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.StreamResponse:
     hub = hub_of(request)
     image, store = await hub.images.open_data(caller_of(request), request.match_info["image_id"])
+    if store is None:
+        return web.Response(status=204)  # no data yet, as Glance answers
     size = image.size or 0
     start, end, partial = _byte_range(request.headers.get("Range"), size)
     response = web.StreamResponse(status=206 if partial else 200, headers={
