@@ -46,12 +46,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-from common import MiB, HubClient, make_half_zero_image, peak_rss_bytes, settled  # noqa: E402
+import aiohttp
+from common import HubClient, MiB, make_half_zero_image, peak_rss_bytes, settled
+from prometheus_client.parser import text_string_to_metric_families
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from edgesync import lab  # noqa: E402
+from edgesync import lab
 
 SITES = ["central", "dcn0", "dcn1"]
 EDGES = SITES[1:]
@@ -100,7 +99,7 @@ class CpuMeter:
     procs: dict[str, int]
     start: dict[str, float] = field(default_factory=dict)
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.start = {name: cpu_seconds(pid) for name, pid in self.procs.items()}
         self.start["rbd CLI"] = children_cpu_seconds()
         return self

@@ -28,9 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MiB, HubClient, allocated_bytes, make_half_zero_image, peak_rss_bytes, settled, timed  # noqa: E402
+from common import HubClient, MiB, allocated_bytes, make_half_zero_image, peak_rss_bytes, settled, timed
 
-from edgesync import lab  # noqa: E402
+from edgesync import lab
 
 
 async def run_all(*commands: list[str], shell: bool = False) -> None:

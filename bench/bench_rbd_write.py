@@ -38,14 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MiB, allocated_bytes, make_half_zero_image  # noqa: E402
+from common import MiB, allocated_bytes, make_half_zero_image
 
-from edgesync.importer.hashing import ImageDigest  # noqa: E402
-from edgesync.lab import ceph  # noqa: E402
-from edgesync.stores.base import Extent  # noqa: E402
-from edgesync.stores.file import file_extents  # noqa: E402
-from edgesync.stores.rbd import RbdStore  # noqa: E402
-from edgesync.transfer.pipeline import FileSource, chunked, pump  # noqa: E402
+from edgesync.importer.hashing import ImageDigest
+from edgesync.lab import ceph
+from edgesync.stores.base import Extent
+from edgesync.stores.file import file_extents
+from edgesync.stores.rbd import RbdStore
+from edgesync.transfer.pipeline import FileSource, chunked, pump
 
 CHUNK = 4 * MiB
 READ_AHEAD = 4  # chunks read ahead of the writer

@@ -32,14 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
-from common import MiB, make_half_zero_image  # noqa: E402
+import aiohttp
+from aiohttp import web
+from common import MiB, make_half_zero_image
 
-from edgesync.stores.base import ImageStore  # noqa: E402
-from edgesync.stores.file import FileStore  # noqa: E402
-from edgesync.transfer.http import HttpSource, data_routes  # noqa: E402
-from edgesync.transfer.pipeline import StoreSource, pump  # noqa: E402
+from edgesync.stores.base import ImageStore
+from edgesync.stores.file import FileStore
+from edgesync.transfer.http import HttpSource, data_routes
+from edgesync.transfer.pipeline import StoreSource, pump
 
 TOKEN = "bench"
 

@@ -172,7 +172,7 @@ class _Reader:
             raise self._fail(key, "must be a list of integers")
         return tuple(items)
 
-    def sub(self, key: str) -> "_Reader":
+    def sub(self, key: str) -> _Reader:
         return _Reader(self.get(key, dict, {}), f"{self.where} [{key}]")
 
     def path(self, key: str, base: Path, default: Any = ...) -> Path | None:
@@ -233,11 +233,11 @@ def _load_store(r: _Reader, base: Path, site: str) -> StoreConfig:
     kind = r.get("type", str)
     if kind not in STORE_TYPES:
         raise ConfigError(f"{r.where}: 'type' must be one of {', '.join(STORE_TYPES)}, got {kind!r}")
-    common = dict(
-        type=kind,
-        description=r.get("description", str, f"{site} ({kind})"),
-        read_only=r.get("read_only", bool, False),
-    )
+    common = {
+        "type": kind,
+        "description": r.get("description", str, f"{site} ({kind})"),
+        "read_only": r.get("read_only", bool, False),
+    }
     if kind == "file":
         return StoreConfig(path=r.path("path", base), **common)
     return StoreConfig(

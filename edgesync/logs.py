@@ -24,13 +24,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import IO, Any
 
 FORMATS = ("text", "json")
 CONTEXT_FIELDS = ("request_id", "site", "image_id", "task_id")
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("edgesync_log_context", default={})
+# Read-only: each log_context() sets a new mapping, never mutates the current one (shared by every context).
+_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "edgesync_log_context", default=MappingProxyType({}))
 
 # What every LogRecord has; anything else on a record came from `extra=` or the context.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -105,7 +108,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)
         fields = event_fields(record)
         if not fields:

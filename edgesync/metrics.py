@@ -193,7 +193,7 @@ NO_OBSERVER = CopyObserver()
 class _SiteCopies(CopyObserver):
     """Counts into one site's series (children bound once: cheap per call)."""
 
-    def __init__(self, metrics: "Metrics", site: str, resumes: Counter | None) -> None:
+    def __init__(self, metrics: Metrics, site: str, resumes: Counter | None) -> None:
         self._written = metrics.replicated_bytes.labels(site)
         self._received = metrics.transfer_bytes.labels(site)
         self._mismatches = {kind: metrics.digest_mismatches.labels(site, kind) for kind in DIGEST_KINDS}
@@ -323,7 +323,7 @@ class Metrics:
         self.live(STORE_USED, lambda: [] if capacity.value is None else [(label, capacity.value.used_bytes)])
         self.live(STORE_FREE, lambda: [] if capacity.value is None else [(label, capacity.value.free_bytes)])
 
-    def watch_served(self, counters: "ServedCounters") -> None:
+    def watch_served(self, counters: ServedCounters) -> None:
         """Expose what the daemon's data routes served (their plain counters)."""
         self.live(SERVED_BYTES, lambda: [((), counters.served_bytes_total)])
         self.live(SERVED_RANGES, lambda: [((), counters.served_ranges_total)])
@@ -361,7 +361,7 @@ class HubMetrics(Metrics):
                 self.copy_failures.labels(site, reason)
             self.copies_in_flight.labels(site)
 
-    def copy(self, site: str) -> "CopyTiming":
+    def copy(self, site: str) -> CopyTiming:
         """Time one copy to `site`: `with metrics.copy(site) as copy: … copy.failed(reason)`."""
         return CopyTiming(self, site)
 
@@ -369,7 +369,7 @@ class HubMetrics(Metrics):
         """A heartbeat `site`'s agent stamped at `stamped_at` (unix time) is handled now."""
         self.event_lag.labels(site).observe(max(0.0, time.time() - stamped_at))
 
-    def watch_sites(self, registry: "SiteRegistry") -> None:
+    def watch_sites(self, registry: SiteRegistry) -> None:
         for entry in registry.snapshot():
             self.event_lag.labels(entry["name"])
 
@@ -383,7 +383,7 @@ class HubMetrics(Metrics):
         self.live(SITE_UP, up)
         self.live(HEARTBEAT_AGE, age)
 
-    def watch_catalog(self, catalog: "Catalog", stores: Sequence[str]) -> None:
+    def watch_catalog(self, catalog: Catalog, stores: Sequence[str]) -> None:
         snapshot = _CatalogSnapshot(catalog, tuple(stores), wait_s=self.CATALOG_WAIT_S)
         self._refreshers.append(snapshot.refresh)
         self.live(STORE_COPIES, snapshot.copies)
@@ -405,7 +405,7 @@ class CopyTiming:
     def failed(self, reason: str) -> None:
         self._reason = reason if reason in FAILURE_REASONS else "internal"
 
-    def __enter__(self) -> "CopyTiming":
+    def __enter__(self) -> CopyTiming:
         self._started = time.monotonic()
         self._metrics.copies_in_flight.labels(self._site).inc()
         return self
@@ -433,7 +433,7 @@ class _CatalogFigures:
 class _CatalogSnapshot:
     """What the catalog says, read at each scrape (in aiosqlite's thread)."""
 
-    def __init__(self, catalog: "Catalog", stores: tuple[str, ...], *, wait_s: float) -> None:
+    def __init__(self, catalog: Catalog, stores: tuple[str, ...], *, wait_s: float) -> None:
         self._catalog = catalog
         self._stores = stores
         self._figures = _Refreshed(self._read, what="catalog figures", ttl_s=0.0, wait_s=wait_s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from edgesync.stores.base import Location
 
@@ -60,7 +60,7 @@ RESERVED_PREFIX = "os_glance_"
 
 def utcnow() -> str:
     """Timestamps as Glance writes them: ISO 8601, UTC, second precision, Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

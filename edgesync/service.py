@@ -44,7 +44,7 @@ class Service:
         self._ready = False
         self._last_status = ""
 
-    async def __aenter__(self) -> "Service":
+    async def __aenter__(self) -> Service:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._signalled, sig)

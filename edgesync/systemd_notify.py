@@ -65,7 +65,7 @@ class Notifier:
             self._sock.setblocking(False)
 
     @classmethod
-    def from_environment(cls, env: MutableMapping[str, str] | None = None) -> "Notifier":
+    def from_environment(cls, env: MutableMapping[str, str] | None = None) -> Notifier:
         """The notifier systemd asked for, taking its variables out of the
         environment (sd_notify's unset_environment): qemu-img and other children
         must not inherit them, or ping, or answer for us."""

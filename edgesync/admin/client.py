@@ -86,7 +86,7 @@ class HubClient:
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "HubClient":
+    async def __aenter__(self) -> HubClient:
         headers = {"X-Auth-Token": self._token} if self._token else {}
         self._session = aiohttp.ClientSession(headers=headers,
                                               timeout=aiohttp.ClientTimeout(total=self._timeout_s))

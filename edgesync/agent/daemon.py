@@ -14,8 +14,8 @@ agent subscribes to its command topic, publishes a retained `online` status
 and runs three loops: command intake, the event outbox (results, progress,
 inventory: see `events`) and the heartbeat. If the hub finds the announced
 zone disagrees with its config, it answers with a refusal naming that zone:
-the agent then stops as on SIGTERM and `run()` raises `AgentRefused`. Work does not depend on the connection: copies go on while the
-broker is away and their events wait in the outbox.
+the agent then stops as on SIGTERM and `run()` raises `AgentRefused`. Work does
+not depend on the connection: copies go on while the broker is away and their events wait in the outbox.
 
 Shutdown, in stages: commands still arriving are journaled but not started;
 running tasks get `shutdown_grace_s`, then are cancelled (a cancelled copy
@@ -39,10 +39,10 @@ import aiohttp
 from aiohttp import web
 
 from edgesync.agent.config import AgentConfig
-from edgesync.aio import cancel_and_wait
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Journal
 from edgesync.agent.tasks import SourceFactory, TaskRunner
+from edgesync.aio import cancel_and_wait
 from edgesync.bus import (
     Backoff,
     BusClient,

@@ -108,7 +108,7 @@ class Journal:
         self._pending_count = 0
 
     @classmethod
-    async def open(cls, path: Path) -> "Journal":
+    async def open(cls, path: Path) -> Journal:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

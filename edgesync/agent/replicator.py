@@ -175,7 +175,7 @@ class _CopyAttempt:
                  source.bytes_read_back, source.bytes_fetched)
         return location
 
-    def _on_progress(self, source: "_ResumingSource") -> Callable[[int], Awaitable[None]]:
+    def _on_progress(self, source: _ResumingSource) -> Callable[[int], Awaitable[None]]:
         async def on_progress(bytes_done: int) -> None:
             if self.progress is not None:
                 self.progress(bytes_done, source.data_bytes)
@@ -198,7 +198,7 @@ class _CopyAttempt:
             await asyncio.shield(self._discard(writer))
             raise
 
-    async def _interrupted(self, writer: ImageWriter, journaled: "_JournaledWriter", exc: BaseException) -> None:
+    async def _interrupted(self, writer: ImageWriter, journaled: _JournaledWriter, exc: BaseException) -> None:
         """Keep the partial copy for a later attempt, or remove it for good.
 
         Best effort: the error that interrupted the copy is what the caller

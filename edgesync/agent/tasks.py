@@ -140,7 +140,7 @@ class TaskRunner:
         try:
             await self.store.ensure_deletable(command.image_id)
             result = DoneEvent(task_id=command.task_id, image_id=command.image_id)
-        except Exception as exc:  # noqa: BLE001 — every answer is an event
+        except Exception as exc:
             if not isinstance(exc, EdgesyncError):
                 log.exception("probe %s failed", command.task_id)
             result = replicator.failure_event(command.task_id, exc)
@@ -191,7 +191,7 @@ class TaskRunner:
         while True:
             try:
                 return await self._execute(command)
-            except Exception as exc:  # noqa: BLE001 — every failure becomes a FailedEvent
+            except Exception as exc:
                 failed = replicator.failure_event(command.task_id, exc)
                 if not isinstance(exc, EdgesyncError):
                     log.exception("task %s failed", command.task_id)

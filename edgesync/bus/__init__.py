@@ -33,7 +33,7 @@ from edgesync.bus.topics import Channel, SiteTopic
 
 __all__ = [
     "Backoff", "BusClient", "BusError", "BusSettings", "Channel", "CheckDeletableCommand", "CopyCommand",
-    "DeleteCommand", "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "Inventory", "InvalidMessage", "LastWill",
+    "DeleteCommand", "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "InvalidMessage", "Inventory", "LastWill",
     "Message", "ProgressEvent", "SiteRefused", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
     "encode", "run_forever", "topics",
 ]

@@ -117,7 +117,7 @@ class BusClient:
 
     # --- connection --------------------------------------------------------------
 
-    async def __aenter__(self) -> "BusClient":
+    async def __aenter__(self) -> BusClient:
         if self._client is not None:
             raise BusError("this BusClient is already connected", retryable=False)
         client = self._new_aiomqtt_client()
@@ -269,7 +269,7 @@ class _PubackReasons:
     """Learns the PUBACK reason code of each publish (see the module docstring)."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        paho = client._client  # noqa: SLF001 — aiomqtt exposes no other way to the reason code
+        paho = client._client
         self._refused: dict[int, ReasonCode] = {}
         self._paho_publish = paho.publish
         self._aiomqtt_on_publish = paho.on_publish

@@ -62,7 +62,7 @@ class SiteTopic:
         return f"{SITE_PREFIX}/{self.site}/{self.channel.value}"
 
     @classmethod
-    def parse(cls, topic: str) -> "SiteTopic":
+    def parse(cls, topic: str) -> SiteTopic:
         """The SiteTopic a received message's topic names, or BusError."""
         prefix, _, rest = topic.rpartition("/")
         head, _, site = prefix.rpartition("/")

@@ -92,7 +92,7 @@ class Catalog:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> "Catalog":
+    async def open(cls, path: Path) -> Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(str(path), isolation_level=None)
@@ -456,7 +456,8 @@ class Catalog:
         return (await self._tasks_from(rows))[0] if rows else None
 
     async def tasks_for_image(self, image_id: str) -> list[Task]:
-        rows = await self._rows("SELECT * FROM tasks WHERE image_id = ? ORDER BY created_at DESC, rowid DESC", (image_id,))
+        rows = await self._rows(
+            "SELECT * FROM tasks WHERE image_id = ? ORDER BY created_at DESC, rowid DESC", (image_id,))
         return await self._tasks_from(rows)
 
     async def tasks(self, *, unfinished_only: bool = False, limit: int = 100,

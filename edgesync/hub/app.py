@@ -18,23 +18,23 @@ from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
 from edgesync.errors import Conflict
-from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
-from edgesync.hub.remote import AgentCommands, RemoteStore
-from edgesync.hub.sites import SiteRegistry
-from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
 from edgesync.hub.api import discovery, edge, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
 from edgesync.hub.api.request_id import add_request_id_header, request_ids
 from edgesync.hub.auth import TokenTable
+from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
+from edgesync.hub.remote import AgentCommands, RemoteStore
 from edgesync.hub.replicator import InHubReplicator
+from edgesync.hub.sites import SiteRegistry
 from edgesync.hub.staging import Staging
 from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
+from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Hub:
         for store in self.stores.values():
             try:
                 await store.close()
-            except Exception as exc:  # the catalog must still be closed
+            except Exception as exc:  # noqa: BLE001 — the catalog must still be closed
                 log.error("closing store %s failed: %s", store.name, exc)
         await self.catalog.close()
 

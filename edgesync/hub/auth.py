@@ -42,7 +42,7 @@ class TokenTable:
         self._callers = callers
 
     @classmethod
-    def load(cls, path: Path) -> "TokenTable":
+    def load(cls, path: Path) -> TokenTable:
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:

@@ -11,8 +11,7 @@ from typing import Any
 
 from edgesync.catalog import SORTABLE, Catalog, ImageQuery
 from edgesync.config import CONTAINER_FORMATS, HubConfig
-from edgesync.errors import (BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse,
-                             StoreUnavailable)
+from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse, StoreUnavailable
 from edgesync.hub.auth import Caller, can_see, require_owner_or_admin
 from edgesync.hub.patch import (
     READ_ONLY,
@@ -173,7 +172,7 @@ class ImageService:
     async def _refuse_if_in_use(self, image_id: str, stores: list[str]) -> None:
         """Ask every store at once; StoreImageInUse if any copy has clones."""
         checks = [self._in_use_hint(image_id, s, self.stores[s].ensure_deletable(image_id)) for s in stores]
-        for store, outcome in zip(stores, await asyncio.gather(*checks, return_exceptions=True)):
+        for store, outcome in zip(stores, await asyncio.gather(*checks, return_exceptions=True), strict=True):
             if isinstance(outcome, SiteOffline):
                 log.warning("image %s: deleting without checking %s for clones: %s", image_id, store,
                             outcome.message)

@@ -156,7 +156,8 @@ class Importer:
                 else "it must be queued (no data yet)"
             raise Conflict(f"Image {image.id} is {image.status.value}; for {req.method} {hint}")
         stores = self._targets_for_new(req)
-        task = self._new_task(image, caller, req, stores, {"uri": req.uri or "", "disk_format": image.disk_format or ""})
+        source = {"uri": req.uri or "", "disk_format": image.disk_format or ""}
+        task = self._new_task(image, caller, req, stores, source)
         await self.catalog.start_task(
             task, lock_ttl_s=self.config.lock_ttl_s, expect_status=[expected],
             image_fields={"status": ImageStatus.IMPORTING},
@@ -542,7 +543,7 @@ class Importer:
                     # Published, but the run died before the catalog
                     # recorded it: no location refers to this copy.
                     await store.delete(task.image_id)
-            except Exception as exc:  # a broken store must not stop the hub starting
+            except Exception as exc:  # noqa: BLE001 — a broken store must not stop the hub starting
                 log.warning("recovery: cleaning %s in %s failed: %s", task.image_id, name, _reason(exc))
 
     async def _clean_staging(self) -> None:

@@ -11,7 +11,6 @@ Whatever goes wrong, including cancellation, the destination file is removed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +19,10 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import aiohttp
 
 from edgesync.config import UriFilter
-from edgesync.errors import BadRequest, EdgesyncError, RequestTooLarge
+from edgesync.errors import BadRequest, RequestTooLarge
 from edgesync.importer.hashing import ImageDigest
-from edgesync.importer.uri_filter import check_uri
 from edgesync.importer.sparsefile import BATCH_BYTES, SparseFile, copy_stream
+from edgesync.importer.uri_filter import check_uri
 from edgesync.stores.sparse import DEFAULT_GRANULARITY
 
 MAX_REDIRECTS = 5
@@ -144,10 +143,7 @@ async def _get(
 
 
 def _network_error(uri: str, exc: BaseException) -> BadRequest:
-    if isinstance(exc, TimeoutError):
-        reason = "the server did not answer in time"
-    else:
-        reason = str(exc) or type(exc).__name__
+    reason = "the server did not answer in time" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
     return BadRequest(f"could not download {_redact(uri)}: {reason}")
 
 

@@ -27,7 +27,7 @@ class SparseFile:
         self._fd: int | None = fd
 
     @classmethod
-    async def create(cls, path: Path) -> "SparseFile":
+    async def create(cls, path: Path) -> SparseFile:
         try:
             fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         except OSError as exc:

@@ -193,7 +193,7 @@ async def _wait_site_up(info: dict[str, Any], site: str, pid: int, log_path: Pat
                     sites = {s["name"]: s for s in (await r.json())["sites"]} if r.status == 200 else {}
                     if sites.get(site, {}).get("up"):
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.2)
     raise LabError(f"the hub did not see {site}'s agent up within {HUB_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
@@ -385,7 +385,7 @@ async def _wait_ready(url: str, pid: int, log_path: Path) -> None:
                 async with session.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.2)
     raise LabError(f"{log_path.stem} did not answer within {HUB_READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")

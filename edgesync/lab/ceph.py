@@ -96,7 +96,7 @@ class CephCluster:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "CephCluster":
+    def from_json(cls, data: dict[str, Any]) -> CephCluster:
         paths = ("dir", "conf", "keyring", "admin_keyring")
         return cls(**{k: Path(v) if k in paths else v for k, v in data.items()})
 
@@ -121,7 +121,7 @@ async def up(base_dir: Path, sites: list[str]) -> dict[str, CephCluster]:
     if failures:
         # Every failed site already stopped its own daemons; surface the first.
         raise failures[0]
-    return {site: r for site, r in zip(sites, results)}  # type: ignore[misc]
+    return dict(zip(sites, results, strict=True))  # type: ignore[misc]
 
 
 async def down(base_dir: Path) -> None:
@@ -215,7 +215,7 @@ async def _together(*steps: Coroutine[Any, Any, Any]) -> None:
             for step in steps:
                 group.create_task(step)
     except BaseExceptionGroup as failed:
-        raise failed.exceptions[0]
+        raise failed.exceptions[0] from None
 
 
 async def _make_mon(cluster: CephCluster) -> None:

@@ -92,7 +92,7 @@ class BrokerInfo:
                 "conf": str(self.conf), "hub_user": self.hub_user}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "BrokerInfo":
+    def from_json(cls, data: dict[str, Any]) -> BrokerInfo:
         return cls(host=data["host"], port=int(data["port"]), pid=data.get("pid"),
                    users=dict(data["users"]), conf=Path(data["conf"]),
                    hub_user=data.get("hub_user", "hub"))
@@ -348,7 +348,7 @@ def _read_from(path: Path, offset: int) -> str:
 async def _accepts(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     try:

@@ -87,7 +87,7 @@ class ImageWriter(abc.ABC):
         copy for a later `open_writer(..., resume=True)`. `abort()` still removes it."""
         raise NotImplementedError(f"{type(self).__name__} can't suspend")
 
-    async def __aenter__(self) -> "ImageWriter":
+    async def __aenter__(self) -> ImageWriter:
         return self
 
     async def __aexit__(

@@ -38,7 +38,7 @@ def _translate(exc: OSError, what: str) -> StoreError:
 
 
 class FileWriter(ImageWriter):
-    def __init__(self, store: "FileStore", image_id: str, size_bytes: int, fd: int) -> None:
+    def __init__(self, store: FileStore, image_id: str, size_bytes: int, fd: int) -> None:
         self.store = store
         self.image_id = image_id
         self.size_bytes = size_bytes

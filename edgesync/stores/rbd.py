@@ -161,7 +161,7 @@ class RbdWriter(ImageWriter):
     are handed to the loop.
     """
 
-    def __init__(self, store: "RbdStore", image_id: str, size_bytes: int, image: rbd.Image) -> None:
+    def __init__(self, store: RbdStore, image_id: str, size_bytes: int, image: rbd.Image) -> None:
         self.store = store
         self.image_id = image_id
         self.size_bytes = size_bytes
@@ -537,7 +537,7 @@ class RbdStore(ImageStore):
         self._closed = False
 
     @classmethod
-    def from_config(cls, name: str, cfg: StoreConfig) -> "RbdStore":
+    def from_config(cls, name: str, cfg: StoreConfig) -> RbdStore:
         if cfg.ceph_conf is None:
             raise StoreError(f"store {name}: rbd store needs 'ceph_conf'")
         return cls(

@@ -134,7 +134,7 @@ class HttpSource:
                 if resp.status != 200:
                     raise await _refusal(resp)
                 body = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _network_error(exc) from exc
         return _parse_extent_map(body, self.image_id)
 
@@ -155,7 +155,7 @@ class HttpSource:
                 if resp.content_length is not None and resp.content_length != length:
                     raise TransferError(f"the server announced {resp.content_length} bytes")
                 body = await self._read_body(resp, length)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _network_error(exc) from exc
         if await sha256_hex(body) != expected.strip().lower():
             self.digest_mismatches += 1

@@ -220,7 +220,7 @@ class CorruptFirstChunks:
         self.image_id = image_id
 
     @classmethod
-    def from_env(cls) -> "CorruptFirstChunks":
+    def from_env(cls) -> CorruptFirstChunks:
         raw = os.environ.get(CORRUPT_CHUNKS_ENV, "").strip()
         count_s, _, image_id = raw.partition(":")
         count = int(count_s) if count_s.isdigit() else 0

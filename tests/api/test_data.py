@@ -10,8 +10,8 @@ import pytest
 
 from edgesync.stores.base import Location
 from tests.api.conftest import (
-    MiB,
     Api,
+    MiB,
     Source,
     allocated,
     chunks,
@@ -21,8 +21,8 @@ from tests.api.conftest import (
     error_of,
     md5,
     qcow2_of,
-    sha512,
     running_api,
+    sha512,
     sparse_bytes,
     write_hub_files,
 )

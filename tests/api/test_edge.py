@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import MiB, Api, Caller, copy, default_image, error_of, gate_store_writes, md5, sha512
+from tests.api.conftest import Api, Caller, MiB, copy, default_image, error_of, gate_store_writes, md5, sha512
 
 
 async def test_boot_location_answers_only_the_azs_own_store(api: Api) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from edgesync.model import Task, TaskStatus
 from tests.api.conftest import (
-    MiB,
     Api,
+    MiB,
     Source,
     break_store,
     copy,
@@ -557,10 +557,10 @@ async def test_web_download_of_a_qcow2_with_a_backing_file_fails_cleanly(
 
 @pytest.mark.parametrize("make_uri, fragment", [
     (lambda s: f"https://127.0.0.1:{s.port}/files/x", "scheme 'https'"),
-    (lambda s: f"file:///etc/passwd", "scheme 'file'"),
+    (lambda s: "file:///etc/passwd", "scheme 'file'"),
     (lambda s: f"ftp://127.0.0.1:{s.port}/files/x", "scheme 'ftp'"),
     (lambda s: f"http://localhost:{s.port}/files/x", "host 'localhost'"),
-    (lambda s: f"http://169.254.169.254/latest/meta-data", "host '169.254.169.254'"),
+    (lambda s: "http://169.254.169.254/latest/meta-data", "host '169.254.169.254'"),
     (lambda s: f"http://127.0.0.1:{s.port + 1}/files/x", "port {}"),
     (lambda s: "http://127.0.0.1:/files/x", "empty port"),
     (lambda s: "/files/x", "no scheme"),

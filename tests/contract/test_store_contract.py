@@ -16,6 +16,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,7 @@ async def test_published_copy_reads_back_identical_and_keeps_holes(
 
         extents = await store.extents(image_id)
         assert extents == sorted(extents)
-        assert all(a.end <= b.offset for a, b in zip(extents, extents[1:])), "overlapping extents"
+        assert all(a.end <= b.offset for a, b in pairwise(extents)), "overlapping extents"
         for start, end in data_ranges():
             data_end = start + len(image[start:end].rstrip(b"\0"))
             assert _covered(extents, start, data_end), f"data at {start} not in extents {extents}"

@@ -70,7 +70,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImageFile]:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -421,7 +421,7 @@ async def test_a_stop_right_after_connecting_still_says_offline(
     goodbye never came."""
     for attempt in range(5):
         config = load_agent(agent_config(tmp_path, broker, hub_data.url, name=f"agent-{attempt}"))
-        async with hub_bus(broker, "dcn0") as (hub, inbox):
+        async with hub_bus(broker, "dcn0") as (_hub, inbox):
             agent = Agent(config)
             await agent.start()
             task = asyncio.create_task(agent.run())
@@ -566,7 +566,7 @@ async def test_a_killed_agent_process_is_marked_offline_by_its_will(
         tmp_path: Path, broker: LabBroker, hub_data: HubData) -> None:
     port = free_port()
     path = agent_config(tmp_path, broker, hub_data.url, site="dcn1", listen_port=port)
-    async with hub_bus(broker, "dcn1") as (hub, inbox):
+    async with hub_bus(broker, "dcn1") as (_hub, inbox):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgesync", "agent", "--config", str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO)
@@ -579,7 +579,7 @@ async def test_a_killed_agent_process_is_marked_offline_by_its_will(
         offline = await inbox.wait_for(live_status(SiteState.OFFLINE))
     assert online.message.availability_zone == offline.message.availability_zone == "dcn1"  # type: ignore[attr-defined]
     # Whoever subscribes later (a restarted hub) learns it from the retained will.
-    async with hub_bus(broker, "dcn1") as (hub, inbox):
+    async with hub_bus(broker, "dcn1") as (_hub, inbox):
         retained = await inbox.wait_for(lambda d: isinstance(d.message, SiteStatus) and d.retained)
     assert retained.message == offline.message
 
@@ -587,7 +587,7 @@ async def test_a_killed_agent_process_is_marked_offline_by_its_will(
 async def test_sigterm_stops_the_agent_process_cleanly(
         tmp_path: Path, broker: LabBroker, hub_data: HubData) -> None:
     path = agent_config(tmp_path, broker, hub_data.url, site="dcn1", listen_port=free_port())
-    async with hub_bus(broker, "dcn1") as (hub, inbox):
+    async with hub_bus(broker, "dcn1") as (_hub, inbox):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgesync", "agent", "--config", str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO)

@@ -152,7 +152,7 @@ async def _start_agent_with_will(broker: LabBroker, site: str, online_id: str, w
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=15)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise

@@ -105,7 +105,7 @@ class Daemon:
         self.log_path = log_path
 
     @classmethod
-    async def start(cls, args: list[str], notify: NotifySocket, log_path: Path) -> "Daemon":
+    async def start(cls, args: list[str], notify: NotifySocket, log_path: Path) -> Daemon:
         env = {**os.environ, "NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
@@ -207,7 +207,8 @@ async def test_the_hub_is_ready_once_it_serves_pings_and_stops_cleanly_mid_uploa
 
 
 async def test_the_agent_is_ready_once_it_serves_and_a_stop_mid_copy_checkpoints_and_says_offline(
-        tmp_path: Path, notify: NotifySocket, broker: LabBroker, hub_data: HubData) -> None:
+        tmp_path: Path, notify: NotifySocket, broker: LabBroker,
+        hub_data: HubData) -> None:  # noqa: F811 — the fixture imported above
     port = free_port()
     path = agent_config(tmp_path, broker, hub_data.url, site="dcn1", listen_port=port,
                         extra="shutdown_grace_s = 1")

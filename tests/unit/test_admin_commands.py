@@ -35,7 +35,7 @@ def test_options_win_then_the_lab_then_edgesync_env_then_openstack_env(lab_dir: 
 
 
 def test_no_url_anywhere_says_where_to_give_one() -> None:
-    with pytest.raises(AdminError, match="--url.*--lab-dir.*EDGESYNC_URL"):
+    with pytest.raises(AdminError, match=r"--url.*--lab-dir.*EDGESYNC_URL"):
         resolve_connection(None, "t", None, {})
 
 

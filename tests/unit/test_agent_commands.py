@@ -107,7 +107,7 @@ async def beats_handled(hub: Hub, call: asyncio.Task[Any], count: int, *in_fligh
     for _ in range(count):
         hub.heartbeat("dcn0", *in_flight)
         pending = hub.commands._pending[call.get_name()]
-        await until(lambda: _seen(hub, pending), "the heartbeat to be looked at")
+        await until(lambda: _seen(hub, pending), "the heartbeat to be looked at")  # noqa: B023 — awaited in this turn
 
 
 async def _seen(hub: Hub, pending: Any) -> bool:

@@ -11,7 +11,17 @@ import pytest
 
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Journal
-from edgesync.bus import BusError, CopyCommand, DoneEvent, FailedEvent, Inventory, Message, ProgressEvent, SiteTopic, topics
+from edgesync.bus import (
+    BusError,
+    CopyCommand,
+    DoneEvent,
+    FailedEvent,
+    Inventory,
+    Message,
+    ProgressEvent,
+    SiteTopic,
+    topics,
+)
 
 
 class FakeBus:

@@ -11,7 +11,7 @@ import pytest
 
 from edgesync.agent import replicator
 from edgesync.agent.journal import Journal
-from edgesync.agent.replicator import ChecksumMismatch, Checkpoints, failure_event
+from edgesync.agent.replicator import Checkpoints, ChecksumMismatch, failure_event
 from edgesync.bus import CopyCommand, DeleteCommand
 from edgesync.errors import SizeMismatch, StoreFull, StoreImageExists, StoreImageInUse, StoreUnavailable
 from edgesync.metrics import CopyObserver

@@ -58,7 +58,7 @@ class SwallowingBus:
         self.publishing = asyncio.Event()
         self.swallowed = 0
 
-    async def __aenter__(self) -> "SwallowingBus":
+    async def __aenter__(self) -> SwallowingBus:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -20,7 +20,7 @@ def test_jitter_keeps_each_delay_between_half_and_all_of_its_ceiling() -> None:
     bottom = Backoff(initial_s=0.5, max_s=4.0, random=lambda: 0.0)
     assert delays(bottom, 5) == [0.25, 0.5, 1.0, 2.0, 2.0]
     real = Backoff(initial_s=1.0, max_s=8.0)
-    for ceiling, delay in zip([1, 2, 4, 8, 8, 8], delays(real, 6)):
+    for ceiling, delay in zip([1, 2, 4, 8, 8, 8], delays(real, 6), strict=True):
         assert ceiling / 2 <= delay <= ceiling
 
 

@@ -83,7 +83,7 @@ async def test_cancelled_update_breaks_the_digest() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     with pytest.raises(RuntimeError, match="interrupted"):
-        d.checksum
+        _ = d.checksum
 
 
 def write_sparse(path: Path, size: int, data_at: dict[int, bytes]) -> bytes:

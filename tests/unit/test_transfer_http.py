@@ -462,10 +462,9 @@ async def test_ranges_are_validated(
     source_store: FileStore, session: aiohttp.ClientSession, query: str, status: int
 ) -> None:
     image_id, _ = await publish_sparse(source_store, 4 * MiB, [(0, 64 * KiB)])
-    async with serving(source_store) as site:
-        async with session.get(f"{site.url}{PREFIX}/images/{image_id}/data?{query}",
-                               headers={"X-Auth-Token": TOKEN}) as resp:
-            body = await resp.json()
+    async with serving(source_store) as site, session.get(f"{site.url}{PREFIX}/images/{image_id}/data?{query}",
+                           headers={"X-Auth-Token": TOKEN}) as resp:
+        body = await resp.json()
     assert resp.status == status, body
     assert body["error"]["code"] == status and body["error"]["message"]
     if status == 416:
@@ -517,7 +516,7 @@ async def test_sites_pulling_one_copy_share_each_range_read(
     async with serving(store, lookup=served_as(store, hashlib.sha512(content).hexdigest())) as site:
         sources = [source(session, site, image_id) for _ in range(3)]
         sites = [FileStore(f"dcn{n}", tmp_path / f"dcn{n}") for n in range(3)]
-        digests = await asyncio.gather(*(pull(src, dest, image_id) for src, dest in zip(sources, sites)))
+        digests = await asyncio.gather(*(pull(src, dest, image_id) for src, dest in zip(sources, sites, strict=True)))
     ranges = len([r for r in site.requests if "/data?" in r]) // 3
     assert store.reads == ranges  # one read per range, not one per site
     assert digests == [hashlib.sha512(content).hexdigest()] * 3
@@ -531,7 +530,7 @@ async def test_without_a_content_id_every_request_reads(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     store = CountingStore("central", tmp_path / "central")
-    image_id, content = await publish_sparse(store, IMAGE_SIZE, IMAGE_RUNS)
+    image_id, _content = await publish_sparse(store, IMAGE_SIZE, IMAGE_RUNS)
     async with serving(store, lookup=served_as(store, None)) as site:
         for n in range(2):
             await pull(source(session, site, image_id), FileStore(f"dcn{n}", tmp_path / f"dcn{n}"), image_id)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 HUB_KEY = web.AppKey("hub", object)
 
 
-def hub_of(request: web.Request) -> "Hub":
+def hub_of(request: web.Request) -> Hub:
     return cast("Hub", request.app[HUB_KEY])
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -152,6 +152,6 @@ async def pending_deletes(request: web.Request) -> web.Response:
         raise NotFound(f"No site named {site!r}; known sites: {', '.join(s.name for s in hub.config.sites)}")
     return web.json_response({"pending_deletes": [
         {"image_id": p.image_id, "site": p.site, "task_id": p.task_id,
-         "since": datetime.fromtimestamp(p.created_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "since": datetime.fromtimestamp(p.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
          "last_error": p.last_error}
         for p in await hub.catalog.pending_deletes(site)]})

@@ -75,7 +75,7 @@ async def list_images(request: web.Request) -> web.Response:
     }
     if len(images) > limit:
         params = [(k, v) for k, v in request.query.items() if k != "marker"]
-        body["next"] = "/v2/images?" + urlencode(params + [("marker", page[-1].id)])
+        body["next"] = "/v2/images?" + urlencode([*params, ("marker", page[-1].id)])
     return web.json_response(body)
 
 
@@ -168,7 +168,7 @@ async def add_tag(request: web.Request) -> web.Response:
     image = await hub.images.get(caller, request.match_info["image_id"])
     tag = request.match_info["tag"]
     if tag not in image.tags:
-        await hub.images.update(caller, image.id, [{"op": "replace", "path": "/tags", "value": image.tags + [tag]}])
+        await hub.images.update(caller, image.id, [{"op": "replace", "path": "/tags", "value": [*image.tags, tag]}])
     return web.Response(status=204)
 
 
