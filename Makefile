@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAB ?= .lab
 
-.PHONY: setup demo test test-fast bench lab-down clean
+.PHONY: setup demo lint test test-fast bench lab-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -11,10 +11,15 @@ setup:
 demo: setup
 	$(VENV)/bin/edgesync demo --dir $(LAB)
 
-test: setup
+# ruff and mypy --strict, configured in pyproject.toml; the tests run only once they pass.
+lint: setup
+	$(VENV)/bin/ruff check edgesync tests bench
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -ra -m "not ceph and not e2e" $(PYTEST_ARGS)
 
 bench: setup

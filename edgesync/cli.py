@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_agent_register(agent_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_agent_register(agent_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     register = agent_sub.add_parser(
         "register", help="register images created at this site (e.g. Nova snapshots in its pool); "
                          "the hub copies each to central first")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from edgesync.errors import ConfigError
 
@@ -174,6 +174,12 @@ class _Reader:
 
     def sub(self, key: str) -> _Reader:
         return _Reader(self.get(key, dict, {}), f"{self.where} [{key}]")
+
+    # Required (no default) gives a Path; a None default makes the key optional.
+    @overload
+    def path(self, key: str, base: Path) -> Path: ...
+    @overload
+    def path(self, key: str, base: Path, default: None) -> Path | None: ...
 
     def path(self, key: str, base: Path, default: Any = ...) -> Path | None:
         raw = self.get(key, str, default)

@@ -128,7 +128,7 @@ class JournalPriorityFormatter(logging.Formatter):
         return f"<{priority}>" + self.inner.format(record)
 
 
-class _DaemonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _DaemonHandler(logging.StreamHandler[IO[str]]):
     """The handler `configure` installs (and replaces when called again)."""
 
 

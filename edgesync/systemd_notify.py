@@ -85,12 +85,12 @@ class Notifier:
     def send(self, **fields: str) -> bool:
         """Send one message, `READY="1", STATUS="…"` → "READY=1\\nSTATUS=…".
         True if it went out (or there is nowhere to send it)."""
-        if self._sock is None:
+        if self._sock is None or self.address is None:
             return True
         # STATUS is free text, but the protocol is line-based.
         text = "\n".join(f"{key}={' '.join(str(value).splitlines())}" for key, value in fields.items())
         try:
-            self._sock.sendto(text.encode(), self.address)  # type: ignore[arg-type]
+            self._sock.sendto(text.encode(), self.address)
         except OSError as exc:  # systemd gone, queue full, socket removed
             log.debug("sd_notify %r not sent: %s", text, exc)
             return False

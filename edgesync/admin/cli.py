@@ -29,7 +29,7 @@ Progress counts bytes of data: holes are never copied. Ctrl-C stops watching, no
 """
 
 
-def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`image copy|show|delete-from-store`, `sites` and `tasks`."""
     common = _common_options()
     image = sub.add_parser("image", help="copy an image to stores, show it, delete it from a store (admin)")

@@ -114,7 +114,7 @@ class HubClient:
                 raw = await resp.read()
                 status = resp.status
         except aiohttp.ClientError as exc:
-            raise HubUnreachable(f"Can't reach the hub at {self.url}: {exc or type(exc).__name__} "
+            raise HubUnreachable(f"Can't reach the hub at {self.url}: {str(exc) or type(exc).__name__} "
                                  "(check --url / EDGESYNC_URL and that the hub runs)") from exc
         except TimeoutError as exc:
             raise HubUnreachable(f"The hub at {self.url} did not answer {method} {path} "

@@ -42,18 +42,21 @@ def _split(csv: str | None) -> list[str]:
 async def find_image(hub: HubClient, ref: str) -> dict[str, Any]:
     """An image by id, or by name when exactly one image has it."""
     if _UUID.match(ref):
-        return await hub.get(f"/v2/images/{ref}")  # type: ignore[no-any-return]
+        image: dict[str, Any] = await hub.get(f"/v2/images/{ref}")
+        return image
     found = (await hub.get("/v2/images", name=ref, limit="2"))["images"]
     if not found:
         raise AdminError(f"No image named {ref!r} (give its id, or check the name with `glance image-list`)")
     if len(found) > 1:
         raise AdminError(f"More than one image is named {ref!r}; give the id instead")
-    return found[0]  # type: ignore[no-any-return]
+    only: dict[str, Any] = found[0]
+    return only
 
 
 async def image_tasks(hub: HubClient, image_id: str) -> list[dict[str, Any]]:
     """The image's tasks, newest first."""
-    return (await hub.get(f"/v2/images/{image_id}/tasks"))["tasks"]  # type: ignore[no-any-return]
+    tasks: list[dict[str, Any]] = (await hub.get(f"/v2/images/{image_id}/tasks"))["tasks"]
+    return tasks
 
 
 def _label(image: dict[str, Any]) -> str:

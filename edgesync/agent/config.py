@@ -150,7 +150,7 @@ def _listen(r: _Reader) -> tuple[str, int]:
 
 
 def _url(r: _Reader, key: str) -> str:
-    url = r.get(key, str)
+    url: str = r.get(key, str)
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{r.where}: '{key}' must be an http:// or https:// URL, got {url!r}")
     return url.rstrip("/")
@@ -176,7 +176,7 @@ def _secret(r: _Reader, key: str, base: Path) -> str:
 
 
 def _positive_int(r: _Reader, key: str, default: int) -> int:
-    value = r.get(key, int, default)
+    value: int = r.get(key, int, default)
     if value < 1:
         raise ConfigError(f"{r.where}: '{key}' must be at least 1, got {value}")
     return value

@@ -157,8 +157,9 @@ class Agent:
             bus_task.cancel()
             await asyncio.gather(bus_task, return_exceptions=True)
             await self._close()
-        if not bus_task.cancelled() and bus_task.exception() is not None:
-            raise bus_task.exception()  # type: ignore[misc]  # e.g. the broker refused our credentials
+        bus_failure = None if bus_task.cancelled() else bus_task.exception()
+        if bus_failure is not None:
+            raise bus_failure  # e.g. the broker refused our credentials
         if self._refusal is not None:
             raise self._refusal
 

@@ -30,10 +30,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError  # not re-exported by the package
+from paho.mqtt import client as paho_client
+from paho.mqtt.client import CallbackOnPublish_v2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -269,11 +271,16 @@ class _PubackReasons:
     """Learns the PUBACK reason code of each publish (see the module docstring)."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        paho = client._client
+        paho = client._client  # private: aiomqtt 2 has no public way to the PUBACK reason code
+        aiomqtt_on_publish = paho.on_publish
+        if aiomqtt_on_publish is None:
+            raise BusError("aiomqtt set no on_publish callback on paho (check the aiomqtt version)", retryable=False)
         self._refused: dict[int, ReasonCode] = {}
         self._paho_publish = paho.publish
-        self._aiomqtt_on_publish = paho.on_publish
-        paho.publish = self._publish
+        # aiomqtt builds its paho client with CallbackAPIVersion.VERSION2 (paho casts the same way).
+        self._aiomqtt_on_publish = cast(CallbackOnPublish_v2, aiomqtt_on_publish)
+        # Wrapping this one instance's publish() is the point (see the module docstring).
+        paho.publish = self._publish  # type: ignore[method-assign]
         paho.on_publish = self._on_publish
 
     @contextlib.contextmanager
@@ -298,8 +305,8 @@ class _PubackReasons:
             outcome.mid = info.mid
         return info
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode,
-                    properties: Any) -> None:
+    def _on_publish(self, client: paho_client.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Properties) -> None:
         # Runs before aiomqtt's callback wakes the publisher, so the refusal is
         # recorded by the time `tracking()` looks for it.
         if reason_code.is_failure:

@@ -173,7 +173,8 @@ class Catalog:
                 await db.execute("INSERT INTO schema_version VALUES (?)", (version + 1,))
 
     async def schema_version(self) -> int:
-        return (await self._rows("SELECT version FROM schema_version"))[0]["version"]
+        version: int = (await self._rows("SELECT version FROM schema_version"))[0]["version"]
+        return version
 
     # --- images -------------------------------------------------------------
 
@@ -417,7 +418,8 @@ class Catalog:
         properties and its new location, in one transaction. `all_bytes_done`:
         the job moved all its bytes (progress is recorded only now and then)."""
         async with self._tx() as db:
-            sets, args = ["state = ?", "updated_at = ?"], [state.value, utcnow()]
+            sets: list[str] = ["state = ?", "updated_at = ?"]
+            args: list[str | int] = [state.value, utcnow()]
             for column, value in (("reason", reason), ("bytes_done", bytes_done), ("bytes_total", bytes_total)):
                 if value is not None:
                     sets.append(f"{column} = ?")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -17,7 +18,7 @@ from edgesync.aio import cancel_and_wait
 from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
-from edgesync.errors import Conflict
+from edgesync.errors import ConfigError, Conflict
 from edgesync.hub.api import discovery, edge, images
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
@@ -119,8 +120,8 @@ class Hub:
 
     async def _start_bus(self) -> None:
         bus = self.config.bus
-        if bus is None or self.agents is None:
-            return
+        if bus is None or self.agents is None or self.registry is None or self.publisher is None:
+            return  # no edge site is served by an agent: nothing to talk to
         settings = BusSettings(host=bus.host, port=bus.port, username=bus.username,
                                password=bus.password_file.read_text().strip())
         router = EventRouter(self.registry, self.agents.on_event, self.agents.refuse,
@@ -136,8 +137,14 @@ class Hub:
             raise Conflict(f"Image {image_id} has no copy in the central store")
         return ServedCopy(self.stores[self.central], content_id=image.os_hash_value or None)
 
+    def _tokens_file(self) -> Path:
+        # load_hub refuses auth = "token" without one; a HubConfig built by hand may still lack it.
+        if self.config.tokens_file is None:
+            raise ConfigError('auth = "token" needs a tokens_file')
+        return self.config.tokens_file
+
     def app(self) -> web.Application:
-        tokens = None if self.config.auth == "noauth" else TokenTable.load(self.config.tokens_file)  # type: ignore[arg-type]
+        tokens = None if self.config.auth == "noauth" else TokenTable.load(self._tokens_file())
         # Metrics outermost: they see the status the client gets, errors included.
         # The request id next: error lines logged by json_errors carry it.
         middlewares = [http_middleware(self.metrics), request_ids, json_errors, auth_middleware(tokens)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 from edgesync.catalog import SORTABLE, Catalog, ImageQuery
@@ -169,7 +169,7 @@ class ImageService:
         self.staging.discard(image_id)
         await self.catalog.delete_image(image_id)
 
-    async def _refuse_if_in_use(self, image_id: str, stores: list[str]) -> None:
+    async def _refuse_if_in_use(self, image_id: str, stores: Sequence[str]) -> None:
         """Ask every store at once; StoreImageInUse if any copy has clones."""
         checks = [self._in_use_hint(image_id, s, self.stores[s].ensure_deletable(image_id)) for s in stores]
         for store, outcome in zip(stores, await asyncio.gather(*checks, return_exceptions=True), strict=True):

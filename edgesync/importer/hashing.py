@@ -156,7 +156,8 @@ async def digest_file(path: Path) -> ImageDigest:
 async def _digest_range(digest: ImageDigest, fd: int, offset: int, length: int) -> None:
     # Read the next chunk while the current one is being hashed.
     end = offset + length
-    pending = asyncio.ensure_future(asyncio.to_thread(os.pread, fd, min(READ_CHUNK, length), offset))
+    pending: asyncio.Future[bytes] | None = asyncio.ensure_future(
+        asyncio.to_thread(os.pread, fd, min(READ_CHUNK, length), offset))
     try:
         while pending is not None:
             chunk = await pending

@@ -193,7 +193,8 @@ def _check_sound(info: ImageInfo) -> None:
 
 
 def _specific(info: ImageInfo) -> dict[str, Any]:
-    return info.raw.get("format-specific", {}).get("data", {})
+    specific: dict[str, Any] = info.raw.get("format-specific", {}).get("data", {})
+    return specific
 
 
 # --- convert -----------------------------------------------------------------

@@ -76,7 +76,7 @@ class SparseFile:
             os.close(fd)
 
 
-async def _finish_in_thread(func, *args) -> None:  # type: ignore[no-untyped-def]
+async def _finish_in_thread(func: Callable[..., object], *args: object) -> None:
     # A thread can't be interrupted: on cancellation, wait for it to finish
     # before letting the caller close the fd it is writing to (the number
     # could be reused by another file meanwhile).

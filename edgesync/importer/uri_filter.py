@@ -66,7 +66,8 @@ def _has_empty_port(netloc: str) -> bool:
     return hostport.endswith(":")
 
 
-def _check_level(level: str, value: str | int, allowed: Collection, disallowed: Collection) -> None:
+def _check_level(
+        level: str, value: str | int, allowed: Collection[str | int], disallowed: Collection[str | int]) -> None:
     # An allowlist, when present, wins: the blocklist is then not consulted.
     if allowed:
         if value not in allowed:
@@ -90,5 +91,5 @@ def _show(value: str | int) -> str:
     return f"'{value}'" if isinstance(value, str) else str(value)
 
 
-def _join(items: Collection) -> str:
+def _join(items: Collection[object]) -> str:
     return ", ".join(str(i) for i in items)

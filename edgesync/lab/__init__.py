@@ -40,7 +40,8 @@ def read_info(directory: Path) -> dict[str, Any]:
     path = directory / LAB_FILE
     if not path.exists():
         raise LabError(f"no lab in {directory} (run `edgesync lab up --dir {directory}`)")
-    return json.loads(path.read_text())
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
 
 
 def pid_alive(pid: int | None) -> bool:

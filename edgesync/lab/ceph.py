@@ -98,7 +98,8 @@ class CephCluster:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CephCluster:
         paths = ("dir", "conf", "keyring", "admin_keyring")
-        return cls(**{k: Path(v) if k in paths else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: Path(v) if k in paths else v for k, v in data.items()}
+        return cls(**fields)
 
 
 # --- public API ----------------------------------------------------------------
@@ -121,7 +122,8 @@ async def up(base_dir: Path, sites: list[str]) -> dict[str, CephCluster]:
     if failures:
         # Every failed site already stopped its own daemons; surface the first.
         raise failures[0]
-    return dict(zip(sites, results, strict=True))  # type: ignore[misc]
+    clusters = [r for r in results if not isinstance(r, BaseException)]
+    return dict(zip(sites, clusters, strict=True))
 
 
 async def down(base_dir: Path) -> None:

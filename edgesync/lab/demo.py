@@ -55,7 +55,8 @@ def _image(info: dict[str, Any], image_id: str) -> dict[str, Any]:
     req = urllib.request.Request(f"{info['hub_url']}/v2/images/{image_id}",
                                  headers={"X-Auth-Token": info["admin_token"]})
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+        image: dict[str, Any] = json.loads(resp.read())
+    return image
 
 
 def _wait(info: dict[str, Any], image_id: str, done: Any, what: str, timeout_s: float = 300) -> dict[str, Any]:

@@ -104,8 +104,9 @@ class FileWriter(ImageWriter):
     def _publish_sync(self) -> None:
         final = self.store._path(self.image_id)
         try:
-            os.fsync(self._fd)
-            os.close(self._fd)
+            fd = self._open_fd()
+            os.fsync(fd)
+            os.close(fd)
             self._fd = None
             if final.exists():
                 raise StoreImageExists(f"store {self.store.name} already holds image {self.image_id}")

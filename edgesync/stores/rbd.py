@@ -335,7 +335,8 @@ class RbdWriter(ImageWriter):
         image = self._image
         if image is None:
             raise StoreError(f"writer for image {self.image_id} is closed")
-        return image.read(offset, length)
+        data: bytes = image.read(offset, length)
+        return data
 
     def _flush_sync(self, _ioctx: rados.Ioctx) -> None:
         if self._image is not None:
@@ -378,8 +379,9 @@ def _object_pieces(offset: int, data: bytes | memoryview) -> list[tuple[int, byt
         # a memoryview byte by byte (~100x slower on zeros).
         if not _ZERO_OBJECT.startswith(segment):
             for rel, run in data_runs(segment):
-                whole = isinstance(data, bytes) and len(run) == len(data)
-                pieces.append((pos + rel, data if whole else bytes(run)))  # type: ignore[arg-type]
+                # A write that is one run is kept as it came, without a copy.
+                piece = data if isinstance(data, bytes) and len(run) == len(data) else bytes(run)
+                pieces.append((pos + rel, piece))
         pos = cut
     return pieces
 

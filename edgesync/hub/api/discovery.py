@@ -122,9 +122,8 @@ async def info_stores_detail(request: web.Request) -> web.Response:
     hub = hub_of(request)
     entries = []
     for name, store in hub.stores.items():
-        entry = _store_entry(request, name)
-        entry.update({"type": store.type, "weight": 0, "properties": store.properties()})
-        entries.append(entry)
+        entries.append({**_store_entry(request, name),
+                        "type": store.type, "weight": 0, "properties": store.properties()})
     return web.json_response({"stores": entries})
 
 

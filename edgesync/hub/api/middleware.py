@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from edgesync.errors import EdgesyncError, Unauthorized
 from edgesync.hub.auth import NOAUTH_CALLER, TokenTable
@@ -52,7 +53,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(400, "Bad Request", f"The request body is not valid JSON: {exc}")
 
 
-def auth_middleware(tokens: TokenTable | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+def auth_middleware(tokens: TokenTable | None) -> Middleware:
     """`tokens` None means the opt-in no-auth mode: everyone is an admin."""
 
     @web.middleware
