@@ -172,7 +172,10 @@ def test_stores_info_detail_is_admin_only(file_lab: Lab) -> None:
     assert [s["id"] for s in stores] == SITES
     for s in stores:
         assert s["type"] == "file"
-        assert Path(s["properties"]["datadir"]).resolve() == store_dir(file_lab, s["id"]).resolve()
+        # The lab's paths hold no spaces, and where prettytable wrapped a long
+        # path the JSON can't tell a split word from a space: drop any space.
+        datadir = s["properties"]["datadir"].replace(" ", "")
+        assert Path(datadir).resolve() == store_dir(file_lab, s["id"]).resolve()
 
     member = glance(file_lab, "stores-info", "--detail", token=file_lab["member_token"], debug=True)
     assert member.returncode != 0
