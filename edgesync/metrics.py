@@ -44,6 +44,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from edgesync.errors import FailureReason
 from edgesync.stores.base import StoreCapacity
 
 if TYPE_CHECKING:
@@ -84,11 +85,8 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 COPY_BUCKETS_S = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 LAG_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# Why a copy failed, as a closed set (see hub.replicator.failure_reason).
-FAILURE_REASONS = (
-    "site_offline", "checksum_mismatch", "transfer", "store_full", "store_unavailable",
-    "image_exists", "size_mismatch", "in_use", "store_error", "internal",
-)
+# Why a copy failed, as a closed set (the failure taxonomy's, edgesync.errors).
+FAILURE_REASONS = tuple(reason.value for reason in FailureReason)
 COPY_OUTCOMES = ("success", "failure")
 DIGEST_KINDS = ("chunk", "image")
 
@@ -404,7 +402,7 @@ class CopyTiming:
         self._started = 0.0
 
     def failed(self, reason: str) -> None:
-        self._reason = reason if reason in FAILURE_REASONS else "internal"
+        self._reason = reason if reason in FAILURE_REASONS else FailureReason.INTERNAL
 
     def __enter__(self) -> CopyTiming:
         self._started = time.monotonic()
@@ -417,7 +415,7 @@ class CopyTiming:
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             return
         if exc_type is not None and self._reason is None:
-            self._reason = "internal"
+            self._reason = FailureReason.INTERNAL
         outcome = "success" if self._reason is None else "failure"
         m.copy_duration.labels(site, outcome).observe(time.monotonic() - self._started)
         if self._reason is not None:

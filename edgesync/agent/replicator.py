@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,13 +38,12 @@ from dataclasses import dataclass
 from edgesync.agent.journal import Journal
 from edgesync.bus.messages import CopyCommand, DeleteCommand, FailedEvent
 from edgesync.errors import (
+    ChecksumMismatch,
     EdgesyncError,
     SizeMismatch,
-    StoreFull,
     StoreImageExists,
-    StoreImageInUse,
     StoreImageNotFound,
-    StoreUnavailable,
+    failure_code,
 )
 from edgesync.importer.hashing import ImageDigest
 from edgesync.metrics import NO_OBSERVER, CopyObserver
@@ -58,13 +56,6 @@ ProgressFn = Callable[[int, int], None]  # (data bytes done, data bytes in all)
 
 CHECKPOINT_BYTES = 64 << 20
 CHECKPOINT_INTERVAL_S = 1.0
-
-
-class ChecksumMismatch(EdgesyncError):
-    """The copied bytes don't hash to the image's `os_hash_value`."""
-
-    http_status = 502
-    title = "Bad Gateway"
 
 
 class UnsupportedHash(EdgesyncError):
@@ -391,25 +382,10 @@ async def delete(command: DeleteCommand, store: ImageStore) -> None:
 # --- failures as the hub sees them -------------------------------------------------------
 
 
-_CODES: list[tuple[type[EdgesyncError], str]] = [
-    (StoreImageInUse, "in_use"),
-    (StoreFull, "store_full"),
-    (StoreUnavailable, "store_unavailable"),
-    (StoreImageExists, "image_exists"),
-    (SizeMismatch, "size_mismatch"),
-    (ChecksumMismatch, "checksum_mismatch"),
-]
-
-
 def failure_event(task_id: str, exc: BaseException) -> FailedEvent:
     """The FailedEvent for a task that raised `exc`: a machine-readable code,
     whether the hub may retry, and the message an operator reads."""
     if not isinstance(exc, EdgesyncError):
         return FailedEvent(task_id=task_id, reason=f"internal error: {type(exc).__name__}: {exc}",
-                           retryable=False, code="internal")
-    code = next((c for cls, c in _CODES if isinstance(exc, cls)), None) or _snake(type(exc).__name__)
-    return FailedEvent(task_id=task_id, reason=exc.message, retryable=exc.retryable, code=code)
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+                           retryable=False, code=failure_code(exc))
+    return FailedEvent(task_id=task_id, reason=exc.message, retryable=exc.retryable, code=failure_code(exc))

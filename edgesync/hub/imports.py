@@ -28,10 +28,10 @@ from typing import Any
 
 from edgesync.catalog import Catalog, ImageQuery
 from edgesync.config import ImportConfig
-from edgesync.errors import BadRequest, Conflict, EdgesyncError
+from edgesync.errors import BadRequest, Conflict, EdgesyncError, failure_reason
 from edgesync.hub.auth import Caller, require_owner_or_admin
 from edgesync.hub.remote import RemoteStore
-from edgesync.hub.replicator import Replicator, failure_reason
+from edgesync.hub.replicator import Replicator
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
 from edgesync.importer.download import download

@@ -52,7 +52,7 @@ from edgesync.bus import (
 from edgesync.bus.messages import new_message_id
 from edgesync.catalog import Catalog, PendingDelete
 from edgesync.config import SiteConfig
-from edgesync.errors import StoreError, StoreImageInUse, StoreImageNotFound, StoreUnavailable
+from edgesync.errors import FailureReason, StoreError, StoreUnavailable, reason_for_code, store_error_for_code
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.sites import SiteRegistry
 from edgesync.metrics import NO_OBSERVER, CopyObserver
@@ -103,6 +103,8 @@ UNCLAIMED_KEPT = 1000
 class SiteOffline(StoreUnavailable):
     """The site's agent is down: a copy that waited past the offline deadline
     fails with this; a probe can't be asked; a delete is left pending."""
+
+    reason = FailureReason.SITE_OFFLINE
 
 
 @dataclass
@@ -342,15 +344,13 @@ class AgentCommands:
 
 
 class AgentTaskFailed(StoreError):
-    """The agent reported the task failed; `code` is its machine-readable reason."""
+    """The agent reported the task failed with a code that names no store
+    error; `code` is the agent's, and the metric's reason follows from it."""
 
     def __init__(self, message: str, *, code: str | None, retryable: bool) -> None:
         super().__init__(message, retryable=retryable)
-        self.code = code
-
-
-class AgentStoreUnavailable(AgentTaskFailed, StoreUnavailable):
-    """The agent could not reach its store (503: try again later)."""
+        self.code = code or type(self).code
+        self.reason = reason_for_code(code)
 
 
 def _answer(site: str, answer: Message) -> DoneEvent:
@@ -362,14 +362,11 @@ def _answer(site: str, answer: Message) -> DoneEvent:
 
 
 def _failure(site: str, failed: FailedEvent) -> StoreError:
+    """The agent's store error as the same class here (in use: 409; its Ceph
+    down: 503, try later); any other failure keeps the agent's code."""
     text = f"{site}: {failed.reason}"
-    if failed.code == "in_use":
-        return StoreImageInUse(text)
-    if failed.code == "not_found":
-        return StoreImageNotFound(text)
-    if failed.code == "store_unavailable":  # e.g. the site's Ceph is down: 503, try again later
-        return AgentStoreUnavailable(text, code=failed.code, retryable=failed.retryable)
-    return AgentTaskFailed(text, code=failed.code, retryable=failed.retryable)
+    return (store_error_for_code(failed.code, text, retryable=failed.retryable)
+            or AgentTaskFailed(text, code=failed.code, retryable=failed.retryable))
 
 
 class RemoteStore(ImageStore):

@@ -4,8 +4,7 @@
 internals. `InHubReplicator` does the copy inside the hub process, reading
 from the source store and writing the destination store through the store
 interface — unless the destination is a site's agent (`RemoteStore`), which
-then makes the copy itself, pulling from the hub. `failure_reason` names
-why a copy failed, for the metrics.
+then makes the copy itself, pulling from the hub.
 """
 
 from __future__ import annotations
@@ -14,29 +13,14 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from edgesync.errors import (
-    EdgesyncError,
-    SizeMismatch,
-    StoreError,
-    StoreFull,
-    StoreImageExists,
-    StoreImageInUse,
-    StoreUnavailable,
-)
-from edgesync.hub.remote import AgentTaskFailed, RemoteStore, SiteOffline
-from edgesync.metrics import FAILURE_REASONS, NO_OBSERVER, CopyObserver
+from edgesync.errors import ChecksumMismatch, StoreImageExists
+from edgesync.hub.remote import RemoteStore
+from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.model import Image
 from edgesync.stores.base import ImageStore, Location
-from edgesync.transfer.http import TransferError
 from edgesync.transfer.pipeline import CopyProgressFn, MeasuredSource, ProgressFn, StoreSource, pump
 
 log = logging.getLogger(__name__)
-
-
-class DigestMismatch(StoreError):
-    """Data read back doesn't hash to the image's os_hash_value."""
-
-    retryable = True
 
 
 class Replicator(Protocol):
@@ -80,7 +64,7 @@ class InHubReplicator:
                                 on_progress=_counting(data.reporting_to(on_progress), observer), with_md5=False)
             if digest.os_hash_value != image.os_hash_value:
                 observer.digest_mismatch("image")
-                raise DigestMismatch(
+                raise ChecksumMismatch(
                     f"copy of {image.id} to {dest} does not match os_hash_value; not published"
                 )
             return await writer.publish()
@@ -101,30 +85,3 @@ def _counting(on_progress: ProgressFn, observer: CopyObserver) -> ProgressFn:
 
     return progress
 
-
-# An agent's FailedEvent codes (agent.replicator.failure_event) as reasons.
-_AGENT_CODES = {"transfer_error": "transfer", "chunk_digest_mismatch": "transfer"}
-
-_REASONS_BY_CLASS: list[tuple[type[BaseException], str]] = [
-    (SiteOffline, "site_offline"),
-    (DigestMismatch, "checksum_mismatch"),
-    (TransferError, "transfer"),
-    (StoreImageInUse, "in_use"),
-    (StoreImageExists, "image_exists"),
-    (SizeMismatch, "size_mismatch"),
-    (StoreFull, "store_full"),
-    (StoreUnavailable, "store_unavailable"),
-    (StoreError, "store_error"),
-]
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Why a copy failed, as one of the closed set of `FAILURE_REASONS`
-    (a metric label: never free text)."""
-    if isinstance(exc, AgentTaskFailed) and exc.code:
-        code = _AGENT_CODES.get(exc.code, exc.code)
-        return code if code in FAILURE_REASONS else "store_error"
-    for cls, reason in _REASONS_BY_CLASS:
-        if isinstance(exc, cls):
-            return reason
-    return "store_error" if isinstance(exc, EdgesyncError) else "internal"

@@ -8,8 +8,9 @@
 The protocol itself is described in `edgesync.transfer.wire`.
 """
 
+from edgesync.errors import ChunkDigestMismatch, TransferError
 from edgesync.transfer.counters import ServedCounters
-from edgesync.transfer.http_client import ChunkDigestMismatch, ExtentMap, HttpSource, TransferError
+from edgesync.transfer.http_client import ExtentMap, HttpSource
 from edgesync.transfer.http_server import ServedCopy, data_routes, error_response
 from edgesync.transfer.ratelimit import RateLimiter
 from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, CORRUPT_CHUNKS_ENV, MAX_RANGE_BYTES, PREFIX

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from edgesync.bus.backoff import Backoff
-from edgesync.errors import EdgesyncError
+from edgesync.errors import ChunkDigestMismatch, TransferError
 from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.transfer.ratelimit import RateLimiter
@@ -36,23 +36,6 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
 # An error body is a short JSON message; never hold more of it than this.
 MAX_ERROR_BODY = 64 * 1024
-
-
-class TransferError(EdgesyncError):
-    """Pulling image bytes from another site failed. `status` is the peer's
-    HTTP status when it answered, None when the network failed."""
-
-    http_status = 502
-    title = "Bad Gateway"
-    retryable = True
-
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool | None = None) -> None:
-        super().__init__(message, retryable=retryable)
-        self.status = status
-
-
-class ChunkDigestMismatch(TransferError):
-    """A range's bytes don't match the sha256 its server sent with them."""
 
 
 @dataclass(frozen=True)

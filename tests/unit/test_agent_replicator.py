@@ -11,9 +11,16 @@ import pytest
 
 from edgesync.agent import replicator
 from edgesync.agent.journal import Journal
-from edgesync.agent.replicator import Checkpoints, ChecksumMismatch, failure_event
+from edgesync.agent.replicator import Checkpoints, failure_event
 from edgesync.bus import CopyCommand, DeleteCommand
-from edgesync.errors import SizeMismatch, StoreFull, StoreImageExists, StoreImageInUse, StoreUnavailable
+from edgesync.errors import (
+    ChecksumMismatch,
+    SizeMismatch,
+    StoreFull,
+    StoreImageExists,
+    StoreImageInUse,
+    StoreUnavailable,
+)
 from edgesync.metrics import CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.stores.file import FileStore

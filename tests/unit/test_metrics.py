@@ -16,15 +16,16 @@ from edgesync.bus import Heartbeat, SiteState, SiteStatus
 from edgesync.config import load_site
 from edgesync.errors import (
     BadRequest,
+    ChecksumMismatch,
     SizeMismatch,
     StoreError,
     StoreFull,
     StoreImageExists,
     StoreImageInUse,
     StoreUnavailable,
+    failure_reason,
 )
 from edgesync.hub.remote import AgentTaskFailed, SiteOffline
-from edgesync.hub.replicator import DigestMismatch, failure_reason
 from edgesync.hub.sites import SiteRegistry
 from edgesync.metrics import (
     FAILURE_REASONS,
@@ -111,7 +112,7 @@ async def test_a_copy_that_raises_unexpectedly_is_an_internal_failure() -> None:
 
 @pytest.mark.parametrize(("exc", "reason"), [
     (SiteOffline("site offline: …"), "site_offline"),
-    (DigestMismatch("copy does not match"), "checksum_mismatch"),
+    (ChecksumMismatch("copy does not match"), "checksum_mismatch"),
     (ChunkDigestMismatch("range"), "transfer"),
     (TransferError("HTTP 503"), "transfer"),
     (StoreImageInUse("clones"), "in_use"),
