@@ -1,4 +1,4 @@
-"""The agent's journal: every task it was given, in its own SQLite (WAL), via aiosqlite.
+"""The agent's journal: every task it was given, in its own SQLite database (edgesync.sqlite).
 
 The only module of the agent with SQL. What it is for:
 
@@ -19,20 +19,13 @@ command, state change and checkpoint), so the fsyncs cost nothing that shows.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
 
 from edgesync.bus.messages import CopyCommand, DeleteCommand, DoneEvent, FailedEvent, decode, encode
-from edgesync.errors import EdgesyncError
+from edgesync.sqlite import Database, DatabaseError, Row, Schema
 from edgesync.stores.base import Extent
 
 Command = CopyCommand | DeleteCommand
@@ -42,32 +35,28 @@ Result = DoneEvent | FailedEvent
 DONE_BATCH = 256
 
 MIGRATIONS: list[str] = [
-    # 1: tasks and the done ranges of copies
+    # 1: tasks and the done ranges of copies. In tasks, `command` is the
+    # command's wire JSON, `result` the Done/Failed event's, and `reported`
+    # says the broker acknowledged `result`. (Written compactly in a later
+    # edit: the same tables, columns and constraints as first released.)
     """
-    CREATE TABLE tasks (
-        task_id     TEXT PRIMARY KEY,
-        kind        TEXT NOT NULL CHECK (kind IN ('copy', 'delete')),
-        image_id    TEXT NOT NULL,
-        state       TEXT NOT NULL CHECK (state IN ('received', 'running', 'done', 'failed')),
-        command     TEXT NOT NULL,            -- the command's wire JSON
-        result      TEXT,                     -- the Done/Failed event's wire JSON
-        reported    INTEGER NOT NULL DEFAULT 0,  -- the broker acknowledged `result`
-        received_at REAL NOT NULL,
-        updated_at  REAL NOT NULL
-    );
+    CREATE TABLE tasks (task_id TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('copy', 'delete')),
+        image_id TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('received', 'running', 'done', 'failed')),
+        command TEXT NOT NULL, result TEXT, reported INTEGER NOT NULL DEFAULT 0,
+        received_at REAL NOT NULL, updated_at REAL NOT NULL);
     CREATE INDEX tasks_state ON tasks(state);
-    CREATE TABLE done_ranges (
-        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
-        offset  INTEGER NOT NULL,
-        length  INTEGER NOT NULL,
-        PRIMARY KEY (task_id, offset)
-    );
+    CREATE TABLE done_ranges (task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        offset INTEGER NOT NULL, length INTEGER NOT NULL, PRIMARY KEY (task_id, offset));
     """,
 ]
 
 
-class JournalError(EdgesyncError):
+class JournalError(DatabaseError):
     """The journal database failed (disk, corruption, a newer schema)."""
+
+
+# A commit survives a power cut (FULL): see the module docstring.
+JOURNAL = Schema(name="the journal", migrations=MIGRATIONS, error=JournalError, synchronous="FULL")
 
 
 class TaskKind(str, enum.Enum):
@@ -99,35 +88,15 @@ class TaskRecord:
 
 
 class Journal:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self.path = path
-        # One connection serves every coroutine: transactions must not interleave.
-        self._lock = asyncio.Lock()
+        self.path = db.path
         self._pending_done: dict[str, list[tuple[int, int]]] = {}
         self._pending_count = 0
 
     @classmethod
     async def open(cls, path: Path) -> Journal:
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(str(path), isolation_level=None)
-            db.row_factory = sqlite3.Row
-        except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-        try:
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000"):
-                await db.execute(f"PRAGMA {pragma}")
-            journal = cls(db, path)
-            await journal._migrate()
-        except BaseException as exc:
-            # Close it, or its thread keeps an agent that failed to start from exiting.
-            await asyncio.shield(db.close())
-            if isinstance(exc, sqlite3.Error):
-                raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-            raise
-        return journal
+        return cls(await Database.open(path, JOURNAL))
 
     async def close(self) -> None:
         """Write pending done ranges, then close. Unusable afterwards."""
@@ -142,15 +111,15 @@ class Journal:
         """Record a newly arrived command; False if its task id is already known."""
         now = time.time()
         kind = TaskKind.COPY if isinstance(command, CopyCommand) else TaskKind.DELETE
-        async with self._tx() as db:
-            cur = await db.execute(
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
                 "INSERT INTO tasks (task_id, kind, image_id, state, command, received_at, updated_at) "
                 "VALUES (?, ?, ?, 'received', ?, ?, ?) ON CONFLICT (task_id) DO NOTHING",
                 (command.task_id, kind.value, command.image_id, encode(command).decode(), now, now))
-            return cur.rowcount == 1
+            return changed == 1
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        rows = await self._rows("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        rows = await self._db.rows("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
         return _task(rows[0]) if rows else None
 
     async def set_state(self, task_id: str, state: TaskState, *, result: Result | None = None) -> None:
@@ -160,45 +129,45 @@ class Journal:
             raise ValueError(f"state {state.value} {'needs' if state.finished else 'takes no'} result")
         if state.finished:
             self._drop_pending(task_id)
-        async with self._tx() as db:
-            cur = await db.execute(
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
                 "UPDATE tasks SET state = ?, result = ?, reported = 0, updated_at = ? WHERE task_id = ?",
                 (state.value, encode(result).decode() if result else None, time.time(), task_id))
-            if cur.rowcount != 1:
+            if changed != 1:
                 raise JournalError(f"no task {task_id} in the journal")
             if state.finished:
-                await db.execute("DELETE FROM done_ranges WHERE task_id = ?", (task_id,))
+                await tx.execute("DELETE FROM done_ranges WHERE task_id = ?", (task_id,))
 
     async def result(self, task_id: str) -> Result | None:
-        rows = await self._rows("SELECT result FROM tasks WHERE task_id = ?", (task_id,))
+        rows = await self._db.rows("SELECT result FROM tasks WHERE task_id = ?", (task_id,))
         return _result(rows[0]["result"]) if rows else None
 
     async def mark_reported(self, task_id: str) -> None:
         """The broker acknowledged the task's result."""
-        async with self._tx() as db:
-            await db.execute("UPDATE tasks SET reported = 1 WHERE task_id = ? AND result IS NOT NULL",
+        async with self._db.transaction() as tx:
+            await tx.execute("UPDATE tasks SET reported = 1 WHERE task_id = ? AND result IS NOT NULL",
                              (task_id,))
 
     async def unreported(self) -> list[Result]:
         """Results the broker has not acknowledged yet, oldest first."""
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT result FROM tasks WHERE result IS NOT NULL AND reported = 0 ORDER BY updated_at")
         return [r for r in (_result(row["result"]) for row in rows) if r is not None]
 
     async def unfinished(self) -> list[TaskRecord]:
         """Tasks received or running when the last run stopped, in arrival order."""
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT * FROM tasks WHERE state IN ('received', 'running') ORDER BY received_at, task_id")
         return [_task(row) for row in rows]
 
     async def prune(self, finished_before: float) -> int:
         """Forget reported tasks finished before that time. Their task ids stop
         being duplicates: keep them longer than the hub can resend a command."""
-        async with self._tx() as db:
-            cur = await db.execute(
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
                 "DELETE FROM tasks WHERE state IN ('done', 'failed') AND reported = 1 AND updated_at < ?",
                 (finished_before,))
-            return cur.rowcount
+            return changed
 
     # --- done ranges -------------------------------------------------------------
 
@@ -218,8 +187,8 @@ class Journal:
         if not rows:
             return
         try:
-            async with self._tx() as db:
-                await db.executemany(
+            async with self._db.transaction() as tx:
+                await tx.executemany(
                     "INSERT INTO done_ranges (task_id, offset, length) VALUES (?, ?, ?) "
                     "ON CONFLICT (task_id, offset) DO UPDATE SET length = max(length, excluded.length)",
                     rows)
@@ -232,66 +201,17 @@ class Journal:
     async def done_ranges(self, task_id: str) -> list[Extent]:
         """The task's durably written ranges, merged and sorted."""
         await self.flush_done()
-        rows = await self._rows("SELECT offset, length FROM done_ranges WHERE task_id = ?", (task_id,))
+        rows = await self._db.rows("SELECT offset, length FROM done_ranges WHERE task_id = ?", (task_id,))
         return [Extent(start, end - start) for start, end in _merge([(r[0], r[1]) for r in rows])]
 
     async def clear_done(self, task_id: str) -> None:
         """Forget the task's done ranges (its partial copy is being discarded)."""
         self._drop_pending(task_id)
-        async with self._tx() as db:
-            await db.execute("DELETE FROM done_ranges WHERE task_id = ?", (task_id,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM done_ranges WHERE task_id = ?", (task_id,))
 
     def _drop_pending(self, task_id: str) -> None:
         self._pending_count -= len(self._pending_done.pop(task_id, []))
-
-    # --- plumbing ------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal {self.path} busy: {exc}") from exc
-            except asyncio.CancelledError:
-                # The BEGIN still runs on the connection's thread (statements
-                # run there in order): end what it opens, or the next BEGIN fails.
-                await self._rollback()
-                raise
-            try:
-                yield self._db
-            except BaseException as exc:
-                await self._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise JournalError(f"journal {self.path} write failed: {exc}") from exc
-                raise
-            try:
-                # Shielded: a cancelled caller must not leave the transaction open.
-                await asyncio.shield(self._db.execute("COMMIT"))
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal {self.path} commit failed: {exc}") from exc
-
-    async def _rollback(self) -> None:
-        with contextlib.suppress(sqlite3.Error):  # no transaction to end (the BEGIN failed)
-            await asyncio.shield(self._db.execute("ROLLBACK"))
-
-    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            async with self._lock, self._db.execute(sql, args) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal {self.path} query failed: {exc}") from exc
-
-    async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = row[0] if row else 0
-        if version > len(MIGRATIONS):
-            raise JournalError(f"journal {self.path} has schema {version}, newer than this edgesync "
-                               f"({len(MIGRATIONS)}); upgrade edgesync")
-        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._db.executescript(f"BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {number}; COMMIT;")
-
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(offset, length) pairs → sorted, merged (start, end) pairs."""
@@ -305,7 +225,7 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(start, end) for start, end in merged]
 
 
-def _task(row: sqlite3.Row) -> TaskRecord:
+def _task(row: Row) -> TaskRecord:
     command = decode(row["command"])
     assert isinstance(command, (CopyCommand, DeleteCommand)), "the journal only records commands"
     return TaskRecord(

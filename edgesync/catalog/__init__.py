@@ -1,4 +1,4 @@
-"""The catalog: the hub's only source of truth, in SQLite (WAL), via aiosqlite.
+"""The catalog: the hub's only source of truth, in SQLite (through edgesync.sqlite).
 
 This package is the only place with SQL. Every public method is one atomic
 unit of work; methods that change several tables (starting a task together
@@ -8,20 +8,16 @@ transaction, so a crash never leaves half of them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
-from edgesync.catalog.schema import LATEST_VERSION, MIGRATIONS
-from edgesync.errors import Conflict, EdgesyncError, NotFound
+from edgesync.catalog.schema import CATALOG
+from edgesync.catalog.schema import CatalogError as CatalogError  # re-exported: callers import it from here
+from edgesync.errors import Conflict, NotFound
 from edgesync.model import (
     Image,
     ImageStatus,
@@ -32,6 +28,7 @@ from edgesync.model import (
     Visibility,
     utcnow,
 )
+from edgesync.sqlite import Database, Row, Transaction
 from edgesync.stores.base import Location
 
 _IMAGE_COLUMNS = (
@@ -41,10 +38,6 @@ _IMAGE_COLUMNS = (
     "updated_at",
 )
 SORTABLE = frozenset(_IMAGE_COLUMNS) - {"protected", "os_hidden"}
-
-
-class CatalogError(EdgesyncError):
-    """The catalog database failed (disk, corruption, lock timeout)."""
 
 
 @dataclass
@@ -86,111 +79,34 @@ class PendingDelete:
 
 
 class Catalog:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        # One connection serves every coroutine: transactions must not interleave.
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Catalog:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = await aiosqlite.connect(str(path), isolation_level=None)
-        except sqlite3.Error as exc:
-            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
-        try:
-            db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            catalog = cls(db)
-            await catalog._migrate()
-        except BaseException as exc:
-            # Close it, or its thread keeps a refusing process from exiting.
-            await asyncio.shield(db.close())
-            if isinstance(exc, sqlite3.Error):
-                raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
-            raise
-        return catalog
+        return cls(await Database.open(path, CATALOG))
 
     async def close(self) -> None:
         await self._db.close()
 
-    # --- plumbing -----------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE … COMMIT. One aiosqlite connection runs one statement
-        at a time, and WAL with one writer keeps readers unblocked."""
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise CatalogError(f"catalog busy: {exc}") from exc
-            except asyncio.CancelledError:
-                # The BEGIN still runs on the connection's thread (statements
-                # run there in order): end what it opens, or every later BEGIN fails.
-                await self._rollback()
-                raise
-            try:
-                yield self._db
-            except BaseException:
-                await self._rollback()
-                raise
-            try:
-                await asyncio.shield(self._db.execute("COMMIT"))
-            except sqlite3.Error as exc:
-                raise CatalogError(f"catalog commit failed: {exc}") from exc
-
-    async def _rollback(self) -> None:
-        with contextlib.suppress(sqlite3.Error):  # no transaction to end (the BEGIN failed)
-            await asyncio.shield(self._db.execute("ROLLBACK"))
-
-    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        # Under the lock too: on the shared connection a read could otherwise
-        # see another coroutine's transaction half done.
-        try:
-            async with self._lock, self._db.execute(sql, args) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.Error as exc:
-            raise CatalogError(f"catalog query failed: {exc}") from exc
-
-    async def _migrate(self) -> None:
-        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        rows = await self._rows("SELECT version FROM schema_version")
-        current = rows[0]["version"] if rows else 0
-        if current > LATEST_VERSION:
-            raise CatalogError(
-                f"catalog schema version {current} is newer than this edgesync "
-                f"understands ({LATEST_VERSION}); upgrade edgesync"
-            )
-        for version in range(current, LATEST_VERSION):
-            async with self._tx() as db:
-                for statement in _statements(MIGRATIONS[version]):
-                    await db.execute(statement)
-                await db.execute("DELETE FROM schema_version")
-                await db.execute("INSERT INTO schema_version VALUES (?)", (version + 1,))
-
     async def schema_version(self) -> int:
-        version: int = (await self._rows("SELECT version FROM schema_version"))[0]["version"]
-        return version
+        return await self._db.version()
 
     # --- images -------------------------------------------------------------
 
     async def insert_image(self, image: Image) -> Image:
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 f"INSERT INTO images ({', '.join(_IMAGE_COLUMNS)}) VALUES "
                 f"({', '.join('?' * len(_IMAGE_COLUMNS))})",
                 _image_row(image),
             )
-            await _write_properties(db, image.id, image.properties, ())
-            await _write_tags(db, image.id, image.tags)
+            await _write_properties(tx, image.id, image.properties, ())
+            await _write_tags(tx, image.id, image.tags)
         return await self.require_image(image.id)
 
     async def get_image(self, image_id: str) -> Image | None:
-        rows = await self._rows("SELECT * FROM images WHERE id = ?", (image_id,))
+        rows = await self._db.rows("SELECT * FROM images WHERE id = ?", (image_id,))
         if not rows:
             return None
         return (await self._hydrate(rows))[0]
@@ -213,20 +129,19 @@ class Catalog:
     ) -> Image:
         """Change an image in one transaction. With `expect_status`, the change
         only happens if the image is in one of those states (else Conflict)."""
-        async with self._tx() as db:
-            await self._check_status(db, image_id, expect_status)
-            await _write_fields(db, image_id, fields or {})
-            await _write_properties(db, image_id, set_properties or {}, remove_properties)
+        async with self._db.transaction() as tx:
+            await self._check_status(tx, image_id, expect_status)
+            await _write_fields(tx, image_id, fields or {})
+            await _write_properties(tx, image_id, set_properties or {}, remove_properties)
             if tags is not None:
-                await db.execute("DELETE FROM image_tags WHERE image_id = ?", (image_id,))
-                await _write_tags(db, image_id, tags)
+                await tx.execute("DELETE FROM image_tags WHERE image_id = ?", (image_id,))
+                await _write_tags(tx, image_id, tags)
         return await self.require_image(image_id)
 
     async def _check_status(
-        self, db: aiosqlite.Connection, image_id: str, expect: Iterable[ImageStatus] | None
+        self, tx: Transaction, image_id: str, expect: Iterable[ImageStatus] | None
     ) -> None:
-        async with db.execute("SELECT status FROM images WHERE id = ?", (image_id,)) as cur:
-            row = await cur.fetchone()
+        row = await tx.row("SELECT status FROM images WHERE id = ?", (image_id,))
         if row is None:
             raise NotFound(f"No image found with ID {image_id}")
         if expect is not None:
@@ -238,32 +153,32 @@ class Catalog:
                 )
 
     async def delete_image(self, image_id: str) -> None:
-        async with self._tx() as db:
-            await db.execute("DELETE FROM import_locks WHERE image_id = ?", (image_id,))
-            await db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM import_locks WHERE image_id = ?", (image_id,))
+            await tx.execute("DELETE FROM images WHERE id = ?", (image_id,))
 
     async def list_images(self, query: ImageQuery) -> list[Image]:
         where, args = _image_filters(query)
         order = ", ".join(f"{key} {direction.upper()}" for key, direction in query.sort)
         sql = f"SELECT * FROM images WHERE {' AND '.join(where) or '1'} ORDER BY {order}, id DESC"
-        return await self._hydrate(await self._rows(sql, args))
+        return await self._hydrate(await self._db.rows(sql, args))
 
-    async def _hydrate(self, rows: list[aiosqlite.Row]) -> list[Image]:
+    async def _hydrate(self, rows: list[Row]) -> list[Image]:
         images = [_image_from_row(r) for r in rows]
         if not images:
             return images
         by_id = {i.id: i for i in images}
         marks = ", ".join("?" * len(by_id))
         ids = list(by_id)
-        for r in await self._rows(f"SELECT * FROM image_properties WHERE image_id IN ({marks}) ORDER BY key", ids):
+        for r in await self._db.rows(f"SELECT * FROM image_properties WHERE image_id IN ({marks}) ORDER BY key", ids):
             by_id[r["image_id"]].properties[r["key"]] = r["value"]
-        for r in await self._rows(f"SELECT * FROM image_tags WHERE image_id IN ({marks}) ORDER BY tag", ids):
+        for r in await self._db.rows(f"SELECT * FROM image_tags WHERE image_id IN ({marks}) ORDER BY tag", ids):
             by_id[r["image_id"]].tags.append(r["tag"])
-        for r in await self._rows(
+        for r in await self._db.rows(
             f"SELECT * FROM locations WHERE image_id IN ({marks}) ORDER BY created_at, store", ids
         ):
             by_id[r["image_id"]].locations.append(Location(r["store"], r["url"]))
-        for r in await self._rows(f"SELECT * FROM image_members WHERE image_id IN ({marks})", ids):
+        for r in await self._db.rows(f"SELECT * FROM image_members WHERE image_id IN ({marks})", ids):
             if r["status"] == "accepted":
                 by_id[r["image_id"]].members.append(r["member"])
         return images
@@ -271,8 +186,8 @@ class Catalog:
     # --- members (for shared visibility) -------------------------------------
 
     async def set_member(self, image_id: str, member: str, status: str) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO image_members (image_id, member, status) VALUES (?, ?, ?) "
                 "ON CONFLICT (image_id, member) DO UPDATE SET status = excluded.status",
                 (image_id, member, status),
@@ -281,8 +196,8 @@ class Catalog:
     # --- locations ----------------------------------------------------------
 
     async def add_location(self, image_id: str, location: Location) -> None:
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO locations (image_id, store, url, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (image_id, store) DO UPDATE SET url = excluded.url",
                 (image_id, location.store, location.url, _now_precise()),
@@ -290,12 +205,12 @@ class Catalog:
 
     async def copies_per_store(self) -> dict[str, int]:
         """How many image copies (locations) each store holds."""
-        rows = await self._rows("SELECT store, COUNT(*) AS copies FROM locations GROUP BY store")
+        rows = await self._db.rows("SELECT store, COUNT(*) AS copies FROM locations GROUP BY store")
         return {r["store"]: int(r["copies"]) for r in rows}
 
     async def remove_location(self, image_id: str, store: str) -> None:
-        async with self._tx() as db:
-            await db.execute("DELETE FROM locations WHERE image_id = ? AND store = ?", (image_id, store))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM locations WHERE image_id = ? AND store = ?", (image_id, store))
 
     # --- tasks and the import lock ------------------------------------------
 
@@ -313,24 +228,23 @@ class Catalog:
         the image changes and any outbox commands, all in one transaction.
         Conflict if another live task holds the lock."""
         now = time.time()
-        async with self._tx() as db:
-            await self._check_status(db, task.image_id, expect_status)
-            async with db.execute(
+        async with self._db.transaction() as tx:
+            await self._check_status(tx, task.image_id, expect_status)
+            held = await tx.row(
                 "SELECT task_id, expires_at FROM import_locks WHERE image_id = ?", (task.image_id,)
-            ) as cur:
-                held = await cur.fetchone()
+            )
             if held is not None and held["expires_at"] > now:
                 raise Conflict(
                     f"Image {task.image_id} is locked by import task {held['task_id']}; "
                     "wait for it to finish and try again"
                 )
-            await db.execute(
+            await tx.execute(
                 "INSERT INTO import_locks (image_id, task_id, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (image_id) DO UPDATE SET task_id = excluded.task_id, "
                 "expires_at = excluded.expires_at",
                 (task.image_id, task.id, now + lock_ttl_s),
             )
-            await db.execute(
+            await tx.execute(
                 "INSERT INTO tasks (id, image_id, owner, user_id, method, stores, "
                 "all_stores_must_succeed, status, message, input, request_id, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -340,28 +254,28 @@ class Catalog:
                  task.created_at, task.updated_at),
             )
             for job in task.jobs:
-                await db.execute(
+                await tx.execute(
                     "INSERT INTO store_jobs (task_id, store, state, reason, bytes_done, "
                     "bytes_total, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (task.id, job.store, job.state.value, job.reason, job.bytes_done,
                      job.bytes_total, job.updated_at),
                 )
-            await _write_fields(db, task.image_id, image_fields or {})
-            await _write_properties(db, task.image_id, image_properties or {}, ())
+            await _write_fields(tx, task.image_id, image_fields or {})
+            await _write_properties(tx, task.image_id, image_properties or {}, ())
             for topic, payload in commands:
-                await _outbox_insert(db, topic, payload)
+                await _outbox_insert(tx, topic, payload)
 
     async def renew_lock(self, image_id: str, task_id: str, ttl_s: float) -> bool:
         """Extend a held lock; False if the lock is no longer this task's."""
-        async with self._tx() as db:
-            cur = await db.execute(
+        async with self._db.transaction() as tx:
+            changed = await tx.execute(
                 "UPDATE import_locks SET expires_at = ? WHERE image_id = ? AND task_id = ?",
                 (time.time() + ttl_s, image_id, task_id),
             )
-            return cur.rowcount == 1
+            return changed == 1
 
     async def lock_holder(self, image_id: str) -> str | None:
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT task_id FROM import_locks WHERE image_id = ? AND expires_at > ?",
             (image_id, time.time()),
         )
@@ -379,24 +293,23 @@ class Catalog:
     ) -> None:
         """Record the task's outcome, apply its last image changes and release
         the image's lock, in one transaction."""
-        async with self._tx() as db:
-            async with db.execute("SELECT image_id FROM tasks WHERE id = ?", (task_id,)) as cur:
-                row = await cur.fetchone()
+        async with self._db.transaction() as tx:
+            row = await tx.row("SELECT image_id FROM tasks WHERE id = ?", (task_id,))
             if row is None:
                 raise NotFound(f"No task {task_id}")
             image_id = row["image_id"]
-            await db.execute(
+            await tx.execute(
                 "UPDATE tasks SET status = ?, message = ?, updated_at = ? WHERE id = ?",
                 (status.value, message, utcnow(), task_id),
             )
-            await db.execute("DELETE FROM import_locks WHERE image_id = ? AND task_id = ?", (image_id, task_id))
-            if await _image_exists(db, image_id):
-                await _write_fields(db, image_id, image_fields or {})
-                await _write_properties(db, image_id, set_properties or {}, remove_properties)
+            await tx.execute("DELETE FROM import_locks WHERE image_id = ? AND task_id = ?", (image_id, task_id))
+            if await _image_exists(tx, image_id):
+                await _write_fields(tx, image_id, image_fields or {})
+                await _write_properties(tx, image_id, set_properties or {}, remove_properties)
 
     async def set_task_status(self, task_id: str, status: TaskStatus, message: str = "") -> None:
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 "UPDATE tasks SET status = ?, message = ?, updated_at = ? WHERE id = ?",
                 (status.value, message, utcnow(), task_id),
             )
@@ -417,7 +330,7 @@ class Catalog:
         """Move one store's job on, optionally with the image's progress
         properties and its new location, in one transaction. `all_bytes_done`:
         the job moved all its bytes (progress is recorded only now and then)."""
-        async with self._tx() as db:
+        async with self._db.transaction() as tx:
             sets: list[str] = ["state = ?", "updated_at = ?"]
             args: list[str | int] = [state.value, utcnow()]
             for column, value in (("reason", reason), ("bytes_done", bytes_done), ("bytes_total", bytes_total)):
@@ -426,39 +339,38 @@ class Catalog:
                     args.append(value)
             if all_bytes_done:
                 sets.append("bytes_done = bytes_total")
-            await db.execute(
+            await tx.execute(
                 f"UPDATE store_jobs SET {', '.join(sets)} WHERE task_id = ? AND store = ?",
                 (*args, task_id, store),
             )
             if location is not None:
                 image_id, loc = location
-                if await _image_exists(db, image_id):
-                    await db.execute(
+                if await _image_exists(tx, image_id):
+                    await tx.execute(
                         "INSERT INTO locations (image_id, store, url, created_at) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT (image_id, store) DO UPDATE SET url = excluded.url",
                         (image_id, loc.store, loc.url, _now_precise()),
                     )
             if image_properties:
-                async with db.execute("SELECT image_id FROM tasks WHERE id = ?", (task_id,)) as cur:
-                    row = await cur.fetchone()
-                if row is not None and await _image_exists(db, row["image_id"]):
-                    await _write_properties(db, row["image_id"], image_properties, ())
+                row = await tx.row("SELECT image_id FROM tasks WHERE id = ?", (task_id,))
+                if row is not None and await _image_exists(tx, row["image_id"]):
+                    await _write_properties(tx, row["image_id"], image_properties, ())
 
     async def record_progress(self, task_id: str, store: str, bytes_done: int, bytes_total: int) -> None:
         """Cheap progress update (no state change)."""
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 "UPDATE store_jobs SET bytes_done = ?, bytes_total = ?, updated_at = ? "
                 "WHERE task_id = ? AND store = ?",
                 (bytes_done, bytes_total, utcnow(), task_id, store),
             )
 
     async def get_task(self, task_id: str) -> Task | None:
-        rows = await self._rows("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        rows = await self._db.rows("SELECT * FROM tasks WHERE id = ?", (task_id,))
         return (await self._tasks_from(rows))[0] if rows else None
 
     async def tasks_for_image(self, image_id: str) -> list[Task]:
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT * FROM tasks WHERE image_id = ? ORDER BY created_at DESC, rowid DESC", (image_id,))
         return await self._tasks_from(rows)
 
@@ -472,14 +384,14 @@ class Catalog:
             conditions.append("owner = ?")
             args.append(owner)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = await self._rows(f"SELECT * FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+        rows = await self._db.rows(f"SELECT * FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
                                 (*args, limit))
         return await self._tasks_from(rows)
 
-    async def _tasks_from(self, rows: list[aiosqlite.Row]) -> list[Task]:
+    async def _tasks_from(self, rows: list[Row]) -> list[Task]:
         tasks = [_task_from_row(r) for r in rows]
         for task in tasks:
-            for r in await self._rows("SELECT * FROM store_jobs WHERE task_id = ? ORDER BY rowid", (task.id,)):
+            for r in await self._db.rows("SELECT * FROM store_jobs WHERE task_id = ? ORDER BY rowid", (task.id,)):
                 task.jobs.append(StoreJob(
                     task_id=task.id, store=r["store"], state=StoreJobState(r["state"]),
                     reason=r["reason"], bytes_done=r["bytes_done"],
@@ -490,11 +402,11 @@ class Catalog:
     # --- outbox ---------------------------------------------------------------
 
     async def outbox_add(self, topic: str, payload: dict[str, Any]) -> None:
-        async with self._tx() as db:
-            await _outbox_insert(db, topic, payload)
+        async with self._db.transaction() as tx:
+            await _outbox_insert(tx, topic, payload)
 
     async def outbox_pending(self, limit: int = 100) -> list[OutboxMessage]:
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT * FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?", (limit,)
         )
         return [OutboxMessage(r["id"], r["topic"], json.loads(r["payload"]), r["created_at"]) for r in rows]
@@ -502,7 +414,7 @@ class Catalog:
     async def outbox_for_task(self, task_id: str) -> list[OutboxMessage]:
         """Every command sent (or still to send) for `task_id`, oldest first.
         A scan of the outbox: for recovery, not for a hot path."""
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT * FROM outbox WHERE json_extract(payload, '$.task_id') = ? ORDER BY id", (task_id,)
         )
         return [OutboxMessage(r["id"], r["topic"], json.loads(r["payload"]), r["created_at"], r["published_at"])
@@ -510,7 +422,7 @@ class Catalog:
 
     async def outbox_stats(self) -> tuple[int, float | None]:
         """How many commands wait in the outbox, and when the oldest was written (unix time)."""
-        rows = await self._rows(
+        rows = await self._db.rows(
             "SELECT COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL"
         )
         return int(rows[0]["depth"]), rows[0]["oldest"]
@@ -519,8 +431,8 @@ class Catalog:
         ids = list(ids)
         if not ids:
             return
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 f"UPDATE outbox SET published_at = ? WHERE id IN ({', '.join('?' * len(ids))})",
                 (time.time(), *ids),
             )
@@ -529,53 +441,46 @@ class Catalog:
 
     async def send_delete(self, pending: PendingDelete, topic: str, payload: dict[str, Any]) -> None:
         """Record the delete as pending and queue its command, in one transaction."""
-        async with self._tx() as db:
-            await db.execute(
+        async with self._db.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO pending_deletes (task_id, image_id, site, created_at) VALUES (?, ?, ?, ?)",
                 (pending.task_id, pending.image_id, pending.site, pending.created_at))
-            await _outbox_insert(db, topic, payload)
+            await _outbox_insert(tx, topic, payload)
 
     async def pending_delete(self, task_id: str) -> PendingDelete | None:
-        rows = await self._rows("SELECT * FROM pending_deletes WHERE task_id = ?", (task_id,))
+        rows = await self._db.rows("SELECT * FROM pending_deletes WHERE task_id = ?", (task_id,))
         return _pending_from_row(rows[0]) if rows else None
 
     async def pending_deletes(self, site: str | None = None) -> list[PendingDelete]:
         """Oldest first; every site's, or one site's."""
         where, args = ("WHERE site = ?", (site,)) if site is not None else ("", ())
-        rows = await self._rows(f"SELECT * FROM pending_deletes {where} ORDER BY created_at, task_id", args)
+        rows = await self._db.rows(f"SELECT * FROM pending_deletes {where} ORDER BY created_at, task_id", args)
         return [_pending_from_row(r) for r in rows]
 
     async def confirm_delete(self, task_id: str) -> PendingDelete | None:
         """The agent removed the copy: forget the pending delete and the copy's
         location (if the image still exists), in one transaction."""
-        async with self._tx() as db:
-            async with db.execute("SELECT * FROM pending_deletes WHERE task_id = ?", (task_id,)) as cur:
-                row = await cur.fetchone()
+        async with self._db.transaction() as tx:
+            row = await tx.row("SELECT * FROM pending_deletes WHERE task_id = ?", (task_id,))
             if row is None:
                 return None
             pending = _pending_from_row(row)
-            await db.execute("DELETE FROM pending_deletes WHERE task_id = ?", (task_id,))
-            await db.execute("DELETE FROM locations WHERE image_id = ? AND store = ?",
+            await tx.execute("DELETE FROM pending_deletes WHERE task_id = ?", (task_id,))
+            await tx.execute("DELETE FROM locations WHERE image_id = ? AND store = ?",
                              (pending.image_id, pending.site))
             return pending
 
     async def fail_pending_delete(self, task_id: str, reason: str) -> None:
         """The agent refused it (e.g. clones made while the site was offline): keep it listed, with why."""
-        async with self._tx() as db:
-            await db.execute("UPDATE pending_deletes SET last_error = ? WHERE task_id = ?", (reason, task_id))
+        async with self._db.transaction() as tx:
+            await tx.execute("UPDATE pending_deletes SET last_error = ? WHERE task_id = ?", (reason, task_id))
 
     async def drop_pending_delete(self, task_id: str) -> None:
-        async with self._tx() as db:
-            await db.execute("DELETE FROM pending_deletes WHERE task_id = ?", (task_id,))
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM pending_deletes WHERE task_id = ?", (task_id,))
 
 
 # --- helpers (module-private, SQL stays here) ---------------------------------
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements (no ';' inside our literals or comments)."""
-    code = "\n".join(ln for ln in script.splitlines() if not ln.strip().startswith("--"))
-    return [stmt.strip() for stmt in code.split(";") if stmt.strip()]
 
 
 def _now_precise() -> str:
@@ -592,7 +497,7 @@ def _image_row(image: Image) -> tuple[Any, ...]:
     return tuple(values[c] for c in _IMAGE_COLUMNS)
 
 
-def _image_from_row(row: aiosqlite.Row) -> Image:
+def _image_from_row(row: Row) -> Image:
     values = {c: row[c] for c in _IMAGE_COLUMNS}
     values["status"] = ImageStatus(values["status"])
     values["visibility"] = Visibility(values["visibility"])
@@ -601,7 +506,7 @@ def _image_from_row(row: aiosqlite.Row) -> Image:
     return Image(**values)
 
 
-def _task_from_row(row: aiosqlite.Row) -> Task:
+def _task_from_row(row: Row) -> Task:
     return Task(
         id=row["id"], image_id=row["image_id"], owner=row["owner"], user_id=row["user_id"],
         method=row["method"], stores=json.loads(row["stores"]),
@@ -612,17 +517,16 @@ def _task_from_row(row: aiosqlite.Row) -> Task:
     )
 
 
-def _pending_from_row(row: aiosqlite.Row) -> PendingDelete:
+def _pending_from_row(row: Row) -> PendingDelete:
     return PendingDelete(task_id=row["task_id"], image_id=row["image_id"], site=row["site"],
                          created_at=row["created_at"], last_error=row["last_error"])
 
 
-async def _image_exists(db: aiosqlite.Connection, image_id: str) -> bool:
-    async with db.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)) as cur:
-        return await cur.fetchone() is not None
+async def _image_exists(tx: Transaction, image_id: str) -> bool:
+    return await tx.row("SELECT 1 FROM images WHERE id = ?", (image_id,)) is not None
 
 
-async def _write_fields(db: aiosqlite.Connection, image_id: str, fields: dict[str, Any]) -> None:
+async def _write_fields(tx: Transaction, image_id: str, fields: dict[str, Any]) -> None:
     fields = dict(fields)
     for key in fields:
         if key not in _IMAGE_COLUMNS or key == "id":
@@ -636,29 +540,29 @@ async def _write_fields(db: aiosqlite.Connection, image_id: str, fields: dict[st
             fields[flag] = int(bool(fields[flag]))
     fields["updated_at"] = utcnow()
     assignments = ", ".join(f"{k} = ?" for k in fields)
-    await db.execute(f"UPDATE images SET {assignments} WHERE id = ?", (*fields.values(), image_id))
+    await tx.execute(f"UPDATE images SET {assignments} WHERE id = ?", (*fields.values(), image_id))
 
 
 async def _write_properties(
-    db: aiosqlite.Connection, image_id: str, values: dict[str, str], remove: Iterable[str]
+    tx: Transaction, image_id: str, values: dict[str, str], remove: Iterable[str]
 ) -> None:
     for key in remove:
-        await db.execute("DELETE FROM image_properties WHERE image_id = ? AND key = ?", (image_id, key))
+        await tx.execute("DELETE FROM image_properties WHERE image_id = ? AND key = ?", (image_id, key))
     for key, value in values.items():
-        await db.execute(
+        await tx.execute(
             "INSERT INTO image_properties (image_id, key, value) VALUES (?, ?, ?) "
             "ON CONFLICT (image_id, key) DO UPDATE SET value = excluded.value",
             (image_id, key, str(value)),
         )
 
 
-async def _write_tags(db: aiosqlite.Connection, image_id: str, tags: Iterable[str]) -> None:
+async def _write_tags(tx: Transaction, image_id: str, tags: Iterable[str]) -> None:
     for tag in dict.fromkeys(tags):
-        await db.execute("INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)", (image_id, tag))
+        await tx.execute("INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)", (image_id, tag))
 
 
-async def _outbox_insert(db: aiosqlite.Connection, topic: str, payload: dict[str, Any]) -> None:
-    await db.execute(
+async def _outbox_insert(tx: Transaction, topic: str, payload: dict[str, Any]) -> None:
+    await tx.execute(
         "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
         (topic, json.dumps(payload, sort_keys=True), time.time()),
     )

@@ -1,10 +1,17 @@
-"""Catalog schema, as an ordered list of migrations.
+"""Catalog schema, as an ordered list of migrations (run by edgesync.sqlite).
 
 `MIGRATIONS[i]` takes the database from version i to i + 1. A released
 migration is never edited: changes go in a new entry at the end.
+
+The version is kept in `PRAGMA user_version`, as the agent's journal keeps
+its own. Catalogs written before edgesync.sqlite kept it in a one-row table
+`schema_version`; opening one moves that number to `user_version` and drops
+the table (`adopt_schema_version_table`), then migrates on from there.
 """
 
 from __future__ import annotations
+
+from edgesync.sqlite import DatabaseError, Schema, Transaction
 
 MIGRATIONS: list[str] = [
     # 1: images, their properties, tags, members, locations, tasks, locks, outbox
@@ -117,3 +124,20 @@ MIGRATIONS: list[str] = [
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
+
+
+class CatalogError(DatabaseError):
+    """The catalog database failed (disk, corruption, lock timeout)."""
+
+
+async def adopt_schema_version_table(tx: Transaction) -> None:
+    """An older catalog's version, from its `schema_version` table, into user_version."""
+    if await tx.row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'") is None:
+        return  # a new database, or one already on user_version
+    row = await tx.row("SELECT version FROM schema_version")
+    version = int(row["version"]) if row is not None else 0  # created, then stopped before migration 1
+    await tx.execute(f"PRAGMA user_version = {version:d}")
+    await tx.execute("DROP TABLE schema_version")
+
+
+CATALOG = Schema(name="catalog", migrations=MIGRATIONS, error=CatalogError, adopt=adopt_schema_version_table)

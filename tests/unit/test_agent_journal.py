@@ -12,6 +12,7 @@ import pytest
 from edgesync.agent import journal as journal_module
 from edgesync.agent.journal import Journal, JournalError, TaskKind, TaskState
 from edgesync.bus import CopyCommand, DeleteCommand, DoneEvent, FailedEvent
+from edgesync.bus.messages import encode
 from edgesync.stores.base import Extent
 
 MiB = 1 << 20
@@ -165,6 +166,24 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(JournalError, match="schema 99, newer than this edgesync"):
         await Journal.open(path)
+
+
+async def test_a_journal_written_before_edgesync_sqlite_opens_with_its_tasks(tmp_path: Path) -> None:
+    path, command = tmp_path / "journal.sqlite3", copy()
+    with sqlite3.connect(path, isolation_level=None) as db:  # as that code wrote it: the version in user_version
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(f"BEGIN IMMEDIATE; {journal_module.MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+        db.execute("INSERT INTO tasks (task_id, kind, image_id, state, command, received_at, updated_at) "
+                   "VALUES ('t1', 'copy', 'img-1', 'running', ?, 1.0, 1.0)", (encode(command).decode(),))
+        db.execute("INSERT INTO done_ranges VALUES ('t1', 0, ?)", (MiB,))
+    journal = await Journal.open(path)
+    try:
+        [task] = await journal.unfinished()
+        assert (task.task_id, task.state, task.command) == ("t1", TaskState.RUNNING, command)
+        assert await journal.done_ranges("t1") == [Extent(0, MiB)]
+    finally:
+        await journal.close()
+    assert _rows(journal, "PRAGMA user_version") == len(journal_module.MIGRATIONS)
 
 
 async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgesync.catalog import Catalog, CatalogError, ImageQuery
-from edgesync.catalog.schema import LATEST_VERSION
+from edgesync.catalog import Catalog, CatalogError, ImageQuery, PendingDelete
+from edgesync.catalog.schema import LATEST_VERSION, MIGRATIONS
 from edgesync.errors import Conflict, NotFound
 from edgesync.model import Image, ImageStatus, StoreJob, StoreJobState, Task, TaskStatus, Visibility
 from edgesync.stores.base import Location
@@ -58,7 +58,7 @@ async def test_reopen_keeps_everything_and_does_not_migrate_again(tmp_path: Path
     finally:
         await cat.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (LATEST_VERSION,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -66,9 +66,60 @@ async def test_a_catalog_from_a_newer_edgesync_is_refused(tmp_path: Path) -> Non
     path = tmp_path / "catalog.sqlite3"
     await (await Catalog.open(path)).close()
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE schema_version SET version = ?", (LATEST_VERSION + 1,))
+        db.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
     with pytest.raises(CatalogError, match="newer than this edgesync understands"):
         await Catalog.open(path)
+
+
+def write_catalog_of_the_schema_version_table_era(path: Path, version: int) -> None:
+    """A catalog as edgesync wrote it before edgesync.sqlite: its version in a
+    one-row table `schema_version`, user_version 0, and some of everything in it.
+    The tables are the released migrations (never edited), applied as that code did."""
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        for script in MIGRATIONS[:version]:
+            db.executescript(f"BEGIN; {script}; COMMIT;")
+        db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        db.execute("INSERT INTO images (id, name, status, visibility, owner, created_at, updated_at) "
+                   "VALUES ('img', 'old', 'active', 'private', 'p1', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
+        db.execute("INSERT INTO image_properties VALUES ('img', 'k', 'v')")
+        db.execute("INSERT INTO image_tags VALUES ('img', 't')")
+        db.execute("INSERT INTO locations VALUES ('img', 'central', 'file:///c/img', '1.000000')")
+        db.execute("INSERT INTO tasks (id, image_id, owner, method, stores, all_stores_must_succeed, status, "
+                   "created_at, updated_at) VALUES ('task', 'img', 'p1', 'copy-image', '[\"dcn0\"]', 1, "
+                   "'processing', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
+        db.execute("INSERT INTO store_jobs (task_id, store, state, updated_at) "
+                   "VALUES ('task', 'dcn0', 'pending', '2026-01-01T00:00:00Z')")
+        db.execute("INSERT INTO import_locks VALUES ('img', 'task', ?)", (time.time() + 3600,))
+        db.execute("INSERT INTO outbox (topic, payload, created_at) VALUES ('t/cmd', '{\"task_id\": \"task\"}', 1.0)")
+        if version >= 2:
+            db.execute("INSERT INTO pending_deletes (task_id, image_id, site, created_at) "
+                       "VALUES ('del', 'img', 'dcn1', 2.0)")
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+async def test_a_catalog_from_before_user_version_migrates_forward_with_its_data(
+        tmp_path: Path, version: int) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    write_catalog_of_the_schema_version_table_era(path, version)
+    catalog = await Catalog.open(path)
+    try:
+        assert await catalog.schema_version() == LATEST_VERSION
+        image = await catalog.require_image("img")
+        assert (image.name, image.properties, image.tags, image.stores) == ("old", {"k": "v"}, ["t"], ["central"])
+        [task] = await catalog.tasks_for_image("img")
+        assert (task.id, [job.store for job in task.jobs]) == ("task", ["dcn0"])
+        assert await catalog.lock_holder("img") == "task"
+        assert [row.payload for row in await catalog.outbox_pending()] == [{"task_id": "task"}]
+        assert [p.task_id for p in await catalog.pending_deletes()] == (["del"] if version >= 2 else [])
+        # and the tables a later migration added work
+        await catalog.send_delete(PendingDelete("del2", "img", "dcn0", 3.0), "t/cmd", {"task_id": "del2"})
+    finally:
+        await catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (LATEST_VERSION,)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None
 
 
 async def test_a_file_that_is_not_a_database_is_a_catalog_error(tmp_path: Path) -> None:
