@@ -45,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgesync.errors import FailureReason
+from edgesync.observer import CopyObserver
 from edgesync.stores.base import StoreCapacity
 
 if TYPE_CHECKING:
@@ -168,25 +169,6 @@ def series_names() -> set[str]:
 
 
 # --- what a copy reports as it runs ------------------------------------------------------
-
-
-class CopyObserver:
-    """Told what a copy does as it runs. This base ignores it all (tools, tests)."""
-
-    def written(self, nbytes: int) -> None:
-        """`nbytes` of data were written into the destination store."""
-
-    def received(self, nbytes: int) -> None:
-        """`nbytes` arrived over HTTP."""
-
-    def digest_mismatch(self, kind: str) -> None:
-        """A range (`chunk`) or a whole copy (`image`) failed verification."""
-
-    def resumed(self) -> None:
-        """A copy went on from its checkpoint."""
-
-
-NO_OBSERVER = CopyObserver()
 
 
 class _SiteCopies(CopyObserver):

@@ -43,8 +43,8 @@ from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Journal
 from edgesync.agent.tasks import SourceFactory, TaskRunner
 from edgesync.aio import cancel_and_wait
+from edgesync.backoff import Backoff
 from edgesync.bus import (
-    Backoff,
     BusClient,
     BusError,
     CheckDeletableCommand,

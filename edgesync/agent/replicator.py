@@ -46,13 +46,15 @@ from edgesync.errors import (
     failure_code,
 )
 from edgesync.importer.hashing import ImageDigest
-from edgesync.metrics import NO_OBSERVER, CopyObserver
+from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location
 from edgesync.transfer.pipeline import DataSource, chunked, pump
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]  # (data bytes done, data bytes in all)
+# As transfer.pipeline.CopyProgressFn, (data bytes done, data bytes in all),
+# but called without waiting: the agent only queues a progress event.
+SyncCopyProgressFn = Callable[[int, int], None]
 
 CHECKPOINT_BYTES = 64 << 20
 CHECKPOINT_INTERVAL_S = 1.0
@@ -79,7 +81,7 @@ async def copy(
     store: ImageStore,
     journal: Journal,
     source: DataSource,
-    progress: ProgressFn | None = None,
+    progress: SyncCopyProgressFn | None = None,
     *,
     checkpoints: Checkpoints = Checkpoints(),
     observer: CopyObserver = NO_OBSERVER,
@@ -138,7 +140,7 @@ class _CopyAttempt:
     store: ImageStore
     journal: Journal
     source: DataSource
-    progress: ProgressFn | None
+    progress: SyncCopyProgressFn | None
     checkpoints: Checkpoints
     observer: CopyObserver
 

@@ -29,10 +29,11 @@ from collections.abc import AsyncIterator, Callable
 from edgesync.agent import replicator
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Command, Journal, Result, TaskState
-from edgesync.bus import Backoff, CheckDeletableCommand, CopyCommand, DeleteCommand, DoneEvent, FailedEvent
+from edgesync.backoff import Backoff
+from edgesync.bus import CheckDeletableCommand, CopyCommand, DeleteCommand, DoneEvent, FailedEvent
 from edgesync.errors import EdgesyncError
 from edgesync.logs import log_context, task_context
-from edgesync.metrics import NO_OBSERVER, CopyObserver
+from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import ImageStore
 from edgesync.transfer.pipeline import DataSource
 

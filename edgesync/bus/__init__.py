@@ -8,7 +8,6 @@
 """
 
 from edgesync.bus import topics
-from edgesync.bus.backoff import Backoff
 from edgesync.bus.errors import BusError, InvalidMessage
 from edgesync.bus.messages import (
     CheckDeletableCommand,
@@ -32,7 +31,7 @@ from edgesync.bus.mqtt import BusClient, BusSettings, LastWill, run_forever
 from edgesync.bus.topics import Channel, SiteTopic
 
 __all__ = [
-    "Backoff", "BusClient", "BusError", "BusSettings", "Channel", "CheckDeletableCommand", "CopyCommand",
+    "BusClient", "BusError", "BusSettings", "Channel", "CheckDeletableCommand", "CopyCommand",
     "DeleteCommand", "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "InvalidMessage", "Inventory", "LastWill",
     "Message", "ProgressEvent", "SiteRefused", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
     "encode", "run_forever", "topics",

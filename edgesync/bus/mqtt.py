@@ -40,8 +40,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgesync.backoff import Backoff
 from edgesync.bus import messages
-from edgesync.bus.backoff import Backoff
 from edgesync.bus.errors import BusError
 from edgesync.bus.messages import Delivery, Message, decode_delivery
 from edgesync.bus.topics import SiteTopic

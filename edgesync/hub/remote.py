@@ -32,7 +32,6 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,14 +54,14 @@ from edgesync.config import SiteConfig
 from edgesync.errors import FailureReason, StoreError, StoreUnavailable, reason_for_code, store_error_for_code
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.sites import SiteRegistry
-from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.model import Image
+from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location
 from edgesync.transfer.http import HttpSource, TransferError
+from edgesync.transfer.pipeline import CopyProgressFn
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], Awaitable[None]]  # (data bytes done, data bytes in all)
 Command = CopyCommand | DeleteCommand | CheckDeletableCommand
 WAIT_SLICE_S = 1.0
 # An agent that is up answers a probe in milliseconds; one that doesn't in
@@ -112,7 +111,7 @@ class _Pending:
     site: str
     command: Command
     result: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    on_progress: ProgressFn | None = None
+    on_progress: CopyProgressFn | None = None
     sent: bool = False  # an outbox row for it was acknowledged by the broker
     heartbeats_seen: int = 0  # the site's heartbeat count when last looked at
     missing: int = 0  # heartbeats in a row since `sent` that lacked the task
@@ -135,7 +134,7 @@ class AgentCommands:
         publisher.on_published(self._published)
 
     async def call(self, site: str, command: CopyCommand,
-                   on_progress: ProgressFn | None = None, *, resume: bool = False) -> DoneEvent:
+                   on_progress: CopyProgressFn | None = None, *, resume: bool = False) -> DoneEvent:
         """Send `command` to `site`'s agent and wait for its Done (returned) or
         Failed (raised as a store error), through outages up to the offline
         deadline. With `resume` (after a hub restart), a command the outbox
@@ -195,7 +194,7 @@ class AgentCommands:
         await self.catalog.send_delete(entry, *outbox_row(topics.cmd(site), command))
         self.publisher.wake()
 
-    def _register(self, site: str, command: Command, on_progress: ProgressFn | None = None) -> _Pending:
+    def _register(self, site: str, command: Command, on_progress: CopyProgressFn | None = None) -> _Pending:
         pending = self._pending[command.task_id] = _Pending(site, command, on_progress=on_progress)
         if site in self.registry:  # count only the heartbeats from now on
             pending.heartbeats_seen = self.registry.view(site).heartbeats
@@ -392,7 +391,7 @@ class RemoteStore(ImageStore):
 
     # --- what the hub asks of an edge site ------------------------------------
 
-    async def replicate(self, image: Image, job_id: str, on_progress: ProgressFn,
+    async def replicate(self, image: Image, job_id: str, on_progress: CopyProgressFn,
                         *, resume: bool = False) -> Location:
         """`resume`: the hub restarted while this copy was under way; wait for
         the agent's answer rather than sending the command again."""

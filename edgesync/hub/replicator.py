@@ -15,10 +15,10 @@ from typing import Protocol
 
 from edgesync.errors import ChecksumMismatch, StoreImageExists
 from edgesync.hub.remote import RemoteStore
-from edgesync.metrics import NO_OBSERVER, CopyObserver
 from edgesync.model import Image
+from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import ImageStore, Location
-from edgesync.transfer.pipeline import CopyProgressFn, MeasuredSource, ProgressFn, StoreSource, pump
+from edgesync.transfer.pipeline import BytesDoneFn, CopyProgressFn, MeasuredSource, StoreSource, pump
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class InHubReplicator:
         await self._stores[store].delete(image_id)
 
 
-def _counting(on_progress: ProgressFn, observer: CopyObserver) -> ProgressFn:
+def _counting(on_progress: BytesDoneFn, observer: CopyObserver) -> BytesDoneFn:
     """`on_progress`, also telling `observer` the bytes written since the last call."""
     counted = 0
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from edgesync.bus.backoff import Backoff
+from edgesync.backoff import Backoff
 from edgesync.errors import ChunkDigestMismatch, TransferError
-from edgesync.metrics import NO_OBSERVER, CopyObserver
+from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.transfer.ratelimit import RateLimiter
 from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, data_path, extents_path, sha256_hex

@@ -22,9 +22,11 @@ from edgesync.stores.file import file_extents
 CHUNK_BYTES = 4 * 1024 * 1024
 WINDOW = 4
 
-ProgressFn = Callable[[int], Awaitable[None]]
-# (bytes of data copied so far, bytes of data the copy moves in all): holes
-# are never moved, so they count in neither.
+# `pump`'s callback: bytes of data written so far.
+BytesDoneFn = Callable[[int], Awaitable[None]]
+# A copy's progress for those who watch it: (bytes of data copied so far,
+# bytes of data the copy moves in all); holes are never moved, so they count
+# in neither.
 CopyProgressFn = Callable[[int, int], Awaitable[None]]
 
 
@@ -91,7 +93,7 @@ class MeasuredSource:
     async def read(self, offset: int, length: int) -> bytes:
         return await self.inner.read(offset, length)
 
-    def reporting_to(self, on_progress: CopyProgressFn) -> ProgressFn:
+    def reporting_to(self, on_progress: CopyProgressFn) -> BytesDoneFn:
         """`pump`'s progress callback, passing on the data total as well."""
 
         async def report(done_bytes: int) -> None:
@@ -118,7 +120,7 @@ async def pump(
     *,
     size: int,
     window: int = WINDOW,
-    on_progress: ProgressFn | None = None,
+    on_progress: BytesDoneFn | None = None,
     with_md5: bool = True,
 ) -> ImageDigest:
     """Copy every data extent of `source` into `writer`; return the digest of

@@ -26,8 +26,8 @@ from aiohttp import web
 from edgesync.agent.config import AgentConfig, load_agent
 from edgesync.agent.daemon import Agent, AgentRefused
 from edgesync.agent.journal import Journal, TaskState
+from edgesync.backoff import Backoff
 from edgesync.bus import (
-    Backoff,
     BusClient,
     BusError,
     CheckDeletableCommand,

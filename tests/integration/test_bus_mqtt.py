@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from edgesync.backoff import Backoff
 from edgesync.bus import (
-    Backoff,
     BusClient,
     BusError,
     Channel,

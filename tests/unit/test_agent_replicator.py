@@ -21,7 +21,7 @@ from edgesync.errors import (
     StoreImageInUse,
     StoreUnavailable,
 )
-from edgesync.metrics import CopyObserver
+from edgesync.observer import CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.stores.file import FileStore
 from edgesync.transfer.pipeline import StoreSource

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from edgesync.errors import Forbidden, NotFound, StoreUnavailable, Unauthorized
-from edgesync.metrics import CopyObserver
+from edgesync.observer import CopyObserver
 from edgesync.stores.base import ImageStore
 from edgesync.stores.file import FileStore
 from edgesync.transfer.http import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgesync.bus import Backoff
+from edgesync.backoff import Backoff
 
 
 def delays(backoff: Backoff, n: int) -> list[float]:

@@ -1,4 +1,8 @@
-"""Capped, jittered exponential backoff for reconnect and retry loops."""
+"""Capped, jittered exponential backoff for reconnect and retry loops.
+
+A leaf module: the bus's reconnect loop, the agent's task retries and the
+transfer client's range retries all use it.
+"""
 
 from __future__ import annotations
 
