@@ -59,6 +59,7 @@ from edgesync.bus import (
     topics,
 )
 from edgesync.errors import ConfigError, EdgesyncError, NotFound, Unauthorized
+from edgesync.listen import start_site
 from edgesync.logs import log_context
 from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_middleware
 from edgesync.service import Service
@@ -219,7 +220,7 @@ class Agent:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.config.listen_host, self.config.listen_port).start()
+            await start_site(runner, self.config.listen_host, self.config.listen_port)
         except BaseException:
             await runner.cleanup()
             raise

@@ -31,6 +31,7 @@ from edgesync.hub.remote import AgentCommands, RemoteStore
 from edgesync.hub.replicator import InHubReplicator
 from edgesync.hub.sites import SiteRegistry
 from edgesync.hub.staging import Staging
+from edgesync.listen import start_site
 from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
 from edgesync.service import Service
 from edgesync.stores import open_store
@@ -168,7 +169,7 @@ class Hub:
                                    shutdown_timeout=HTTP_DRAIN_S)
             await runner.setup()
             self.runner = runner
-            await web.TCPSite(runner, self.config.host, self.config.port).start()
+            await start_site(runner, self.config.host, self.config.port)
         except BaseException:  # a bad tokens file, the port in use: don't hang on exit
             await self.close()
             raise

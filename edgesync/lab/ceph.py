@@ -24,14 +24,9 @@ import the rados/rbd bindings is `edgesync.stores.rbd`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import random
 import shutil
-import signal
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Coroutine
@@ -41,24 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from edgesync.config import StoreConfig
-from edgesync.errors import EdgesyncError
+from edgesync.lab import ports, procs
+from edgesync.lab.ceph_files import HOST, MON_ID, OSD_ID, render_conf, write_keyrings
+from edgesync.lab.errors import LabError
 
 POOL = "images"
-HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
-MON_ID = "a"
-OSD_ID = 0
-BLOCK_SIZE = 10 << 30  # sparse: only written data uses disk
-# Mon ports come from below the kernel's ephemeral range (32768+), so an
-# outgoing connection can't be holding the port we picked.
-PORT_RANGE = (20000, 32000)
 CLI_TIMEOUT_S = 30.0
 OSD_UP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+MON_BIND_ATTEMPTS = 3
 
 
-class LabError(EdgesyncError):
-    """The lab's Ceph clusters could not be brought up or down."""
+class MonPortTaken(LabError):
+    """The mon's port was taken by another process before the mon could bind it."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +103,8 @@ async def up(base_dir: Path, sites: list[str]) -> dict[str, CephCluster]:
     for site in sites:
         _check_site_name(site)
     fresh = [s for s in sites if _load_state(base_dir / s) is None]
-    ports = _pick_free_ports(2 * len(fresh))
-    mon_ports = {site: (ports[2 * i], ports[2 * i + 1]) for i, site in enumerate(fresh)}
+    picked = ports.pick_free(HOST, 2 * len(fresh))
+    mon_ports = {site: (picked[2 * i], picked[2 * i + 1]) for i, site in enumerate(fresh)}
     results = await asyncio.gather(
         *(_up_one(base_dir / site, site, mon_ports.get(site)) for site in sites),
         return_exceptions=True,
@@ -150,27 +141,36 @@ def is_running(cluster_dir: Path) -> bool:
 # --- one site ------------------------------------------------------------------
 
 
-async def _up_one(cdir: Path, site: str, ports: tuple[int, int] | None) -> CephCluster:
+async def _up_one(cdir: Path, site: str, mon_ports: tuple[int, int] | None) -> CephCluster:
     cluster = _load_state(cdir)
     if cluster is not None:
         if not is_running(cdir):
             await _restart(cluster)
         return cluster
-    assert ports is not None
-    try:
-        return await _bootstrap(cdir, site, ports)
-    except BaseException:
-        await _stop_cluster(cdir)
-        raise
+    assert mon_ports is not None
+    for attempt in range(1, MON_BIND_ATTEMPTS + 1):
+        try:
+            return await _bootstrap(cdir, site, mon_ports)
+        except MonPortTaken:
+            # Free when picked, taken before the mon bound it: again on other ports.
+            await _stop_cluster(cdir)
+            if attempt == MON_BIND_ATTEMPTS:
+                raise
+            v2, v1 = ports.pick_free(HOST, 2)
+            mon_ports = (v2, v1)
+        except BaseException:
+            await _stop_cluster(cdir)
+            raise
+    raise AssertionError("unreachable")
 
 
-async def _bootstrap(cdir: Path, site: str, ports: tuple[int, int]) -> CephCluster:
+async def _bootstrap(cdir: Path, site: str, mon_ports: tuple[int, int]) -> CephCluster:
     await _stop_cluster(cdir)  # leftovers of an interrupted bootstrap
     if cdir.exists():
         await asyncio.to_thread(shutil.rmtree, cdir)
     for sub in ("mon", "osd", "run", "log"):
         (cdir / sub).mkdir(parents=True)
-    v2, v1 = ports
+    v2, v1 = mon_ports
     user = f"edgesync-{site}"
     cluster = CephCluster(
         site=site, dir=cdir, conf=cdir / "ceph.conf", fsid=str(uuid.uuid4()), user=user,
@@ -178,9 +178,9 @@ async def _bootstrap(cdir: Path, site: str, ports: tuple[int, int]) -> CephClust
         admin_keyring=cdir / "ceph.client.admin.keyring",
         mon_addr=f"{HOST}:{v2}", mon_addr_v1=f"{HOST}:{v1}",
     )
-    cluster.conf.write_text(_render_conf(cluster))
+    cluster.conf.write_text(render_conf(cluster))
     osd_uuid = str(uuid.uuid4())
-    osd_key = _write_keyrings(cluster)
+    osd_key = write_keyrings(cluster)
     await _make_mon(cluster)
     # The OSD's mkfs is offline (--no-mon-config) and the slowest step, so it
     # runs while the mon starts and takes the first commands.
@@ -250,7 +250,7 @@ async def _restart(cluster: CephCluster) -> None:
     try:
         if f"mon.{MON_ID}" not in alive:
             for addr in (cluster.mon_addr, cluster.mon_addr_v1):
-                if not _port_is_free(int(addr.rsplit(":", 1)[1])):
+                if not ports.is_free(HOST, int(addr.rsplit(":", 1)[1])):
                     raise LabError(
                         f"{cluster.site}: cannot restart its mon, port {addr} is taken "
                         f"by another process; `down` and remove {cluster.dir} to re-create it"
@@ -280,6 +280,7 @@ async def _start_daemon(cluster: CephCluster, kind: str) -> None:
     pid_file = cluster.dir / "run" / f"{kind}.{daemon_id}.pid"
     pid_file.unlink(missing_ok=True)
     with log.with_suffix(".stderr").open("ab") as out:
+        log_offset = out.tell()
         pid = os.posix_spawn(
             binary, [binary, "-f", "-c", str(cluster.conf), "-i", daemon_id], os.environ,
             file_actions=[
@@ -290,18 +291,22 @@ async def _start_daemon(cluster: CephCluster, kind: str) -> None:
             setsid=True,
         )
     try:
-        await _wait_started(cluster, kind, pid, pid_file)
+        await _wait_started(cluster, kind, pid, pid_file, log_offset)
     except BaseException:
         # Failed, timed out or cancelled: stop it even before its pid file exists.
         await _stop_pid(pid, cluster.conf)
         raise
 
 
-async def _wait_started(cluster: CephCluster, kind: str, pid: int, pid_file: Path) -> None:
+async def _wait_started(cluster: CephCluster, kind: str, pid: int, pid_file: Path, log_offset: int) -> None:
     log = _log_path(cluster, kind)
     deadline = time.monotonic() + CLI_TIMEOUT_S
-    while not await _daemon_ready(kind, pid, pid_file, cluster.mon_addr):
-        if _reap(pid):
+    # A mon that can't bind its port retries for ever: its log tells at once.
+    while not await _daemon_ready(kind, pid, pid_file, cluster.mon_addr) or _bind_failed(log, log_offset):
+        if _bind_failed(log, log_offset):
+            raise MonPortTaken(f"{cluster.site}: ceph-{kind} can't bind its port, another process took it "
+                               f"(mon at {cluster.mon_addr}, {cluster.mon_addr_v1})")
+        if procs.reap(pid):
             raise LabError(f"{cluster.site}: ceph-{kind} exited while starting{_tail(log)}")
         if time.monotonic() > deadline:
             raise LabError(f"{cluster.site}: ceph-{kind} not ready after {CLI_TIMEOUT_S:.0f}s{_tail(log)}")
@@ -309,7 +314,8 @@ async def _wait_started(cluster: CephCluster, kind: str, pid: int, pid_file: Pat
 
 
 async def _daemon_ready(kind: str, pid: int, pid_file: Path, mon_addr: str) -> bool:
-    """Started: it wrote its pid file and, for a mon, accepts connections.
+    """Started: it wrote its pid file and, for a mon, listens on its port itself
+    (a connection alone could reach whoever else holds the port).
 
     (For an OSD, `_wait_osd_up` then waits until the mon sees it up.)
     """
@@ -318,25 +324,7 @@ async def _daemon_ready(kind: str, pid: int, pid_file: Path, mon_addr: str) -> b
             return False
     except OSError:
         return False
-    if kind == "osd":
-        return True
-    host, port = mon_addr.rsplit(":", 1)
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
-def _reap(pid: int) -> bool:
-    """Collect `pid`'s exit status if it is our child; True if it has exited."""
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: someone else reaps it
-        return False
-    return reaped == pid
+    return kind == "osd" or procs.listens_on(pid, int(mon_addr.rsplit(":", 1)[1]))
 
 
 async def _wait_osd_up(cluster: CephCluster) -> None:
@@ -352,108 +340,6 @@ async def _wait_osd_up(cluster: CephCluster) -> None:
         f"{cluster.site}: the OSD was not up after {OSD_UP_TIMEOUT_S:.0f}s"
         f"{_tail(_log_path(cluster, 'osd'))}"
     )
-
-
-# --- configuration and keys -------------------------------------------------------
-
-
-def _render_conf(c: CephCluster) -> str:
-    d = c.dir
-    return f"""\
-# Lab cluster of site {c.site}; generated by edgesync.lab.ceph.
-[global]
-fsid = {c.fsid}
-mon initial members = {MON_ID}
-mon host = [v2:{c.mon_addr},v1:{c.mon_addr_v1}]
-public addr = {HOST}
-cluster addr = {HOST}
-auth cluster required = cephx
-auth service required = cephx
-auth client required = cephx
-auth allow insecure global id reclaim = false
-osd pool default size = 1
-osd pool default min size = 1
-osd pool default pg num = 8
-osd pool default pgp num = 8
-osd pool default pg autoscale mode = off
-mon allow pool size one = true
-mon allow pool delete = true
-mon warn on pool no redundancy = false
-osd crush chooseleaf type = 0
-# Lab disks are often fuller than the 30 % default; under 5 % the mon stops.
-mon data avail warn = 5
-mon data avail crit = 1
-# There is no mgr; without this the cluster warns MGR_DOWN after ~2 minutes.
-mon mgr mkfs grace = 315360000
-mon cluster log file = {d}/log/cluster.log
-run dir = {d}/run
-
-# Log files and admin sockets only for daemons: in [global] every CLI and
-# library client would try to bind the same socket.
-[mon]
-mon data = {d}/mon/$cluster-$id
-# One mon has nobody to batch proposals with: commit map changes at once
-# instead of once a second (snapshot removal waits for one, ~1 s otherwise).
-paxos propose interval = 0.05
-keyring = $mon_data/keyring
-pid file = {d}/run/$name.pid
-log file = {d}/log/$name.log
-admin socket = {d}/run/$name.asok
-
-[osd]
-osd data = {d}/osd/$cluster-$id
-keyring = $osd_data/keyring
-osd objectstore = bluestore
-bluestore block path = {d}/osd/block-$id
-bluestore block create = true
-bluestore block size = {BLOCK_SIZE}
-osd memory target = 1073741824
-pid file = {d}/run/$name.pid
-log file = {d}/log/$name.log
-admin socket = {d}/run/$name.asok
-
-[client]
-keyring = {d}/ceph.$name.keyring
-"""
-
-
-def _new_cephx_key() -> str:
-    """A cephx secret, encoded as `ceph-authtool --gen-print-key` does.
-
-    CryptoKey encoding: u16 type (1 = AES), utime created (u32 s, u32 ns),
-    u16 length, then the 16 key bytes; base64 of the lot.
-    """
-    secret = os.urandom(16)
-    header = struct.pack("<HIIH", 1, int(time.time()), 0, len(secret))
-    return base64.b64encode(header + secret).decode()
-
-
-def _keyring_entry(name: str, key: str, caps: dict[str, str]) -> str:
-    lines = [f"[{name}]", f"\tkey = {key}"]
-    lines += [f'\tcaps {svc} = "{cap}"' for svc, cap in caps.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _write_keyrings(c: CephCluster) -> str:
-    """Write the mon (with admin imported) and admin keyrings; return the OSD's key."""
-    admin = _keyring_entry(
-        "client.admin", _new_cephx_key(),
-        {"mds": "allow *", "mgr": "allow *", "mon": "allow *", "osd": "allow *"},
-    )
-    mon = _keyring_entry("mon.", _new_cephx_key(), {"mon": "allow *"})
-    _write_private(c.admin_keyring, admin)
-    _write_private(c.dir / "mon.keyring", mon + admin)
-    osd_key = _new_cephx_key()
-    osd_dir = c.dir / "osd" / f"ceph-{OSD_ID}"
-    osd_dir.mkdir(parents=True)
-    _write_private(osd_dir / "keyring", _keyring_entry(f"osd.{OSD_ID}", osd_key, {}))
-    return osd_key
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 def _check_site_name(site: str) -> None:
@@ -479,37 +365,6 @@ def _load_state(cdir: Path) -> CephCluster | None:
         raise LabError(f"{cdir / STATE_FILE} is unreadable ({exc}); remove {cdir} to re-create it") from exc
 
 
-def _pick_free_ports(count: int) -> list[int]:
-    """`count` distinct ports that are free now, held bound until all are chosen."""
-    ports: list[int] = []
-    with ExitStack() as held:
-        while len(ports) < count:
-            port = random.randrange(*PORT_RANGE)
-            if port in ports:
-                continue
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                sock.close()
-                continue
-            held.callback(sock.close)
-            ports.append(port)
-    return ports
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # As the mon does: connections of a past run in TIME_WAIT don't count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 # --- processes -------------------------------------------------------------------
 
 
@@ -521,25 +376,9 @@ def _alive_daemons(cdir: Path) -> dict[str, int]:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             continue
-        if _is_our_daemon(pid, cdir / "ceph.conf"):
+        if procs.is_ours(pid, cdir / "ceph.conf"):
             alive[pid_file.stem] = pid
     return alive
-
-
-def _is_our_daemon(pid: int, conf: Path) -> bool:
-    """Alive, not a zombie, and a ceph daemon started with this cluster's conf.
-
-    The check guards against pid reuse: we only ever signal our own daemons.
-    """
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        return False
-    is_ceph = bool(cmdline) and os.path.basename(cmdline[0]).decode() in ("ceph-mon", "ceph-osd")
-    return is_ceph and str(conf).encode() in cmdline
 
 
 async def _stop_cluster(cdir: Path) -> None:
@@ -550,18 +389,7 @@ async def _stop_cluster(cdir: Path) -> None:
 
 
 async def _stop_pid(pid: int, conf: Path) -> None:
-    for sig, patience in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            if not _is_our_daemon(pid, conf):
-                _reap(pid)  # our child's zombie would otherwise linger
-                return
-            await asyncio.sleep(0.1)
-    raise LabError(f"ceph daemon {pid} ({conf.parent}) did not exit")
+    await procs.stop(pid, conf, timeout_s=STOP_TIMEOUT_S)
 
 
 async def _ceph(cluster: CephCluster, *args: str, stdin: bytes | None = None) -> str:
@@ -611,21 +439,20 @@ async def _run(
     return (out_b or b"").decode()
 
 
+def _bind_failed(log: Path, offset: int) -> bool:
+    """Whether the daemon's stderr says, since `offset`, that its address was in use."""
+    try:
+        with log.with_suffix(".stderr").open("rb") as fh:
+            fh.seek(offset)
+            return b"Address already in use" in fh.read()
+    except OSError:
+        return False
+
+
 def _log_path(cluster: CephCluster, kind: str) -> Path:
     name = f"mon.{MON_ID}" if kind == "mon" else f"osd.{OSD_ID}"
     return cluster.dir / "log" / f"{name}.log"
 
 
-def _tail(path: Path | None, lines: int = 25) -> str:
-    """The end of a daemon log (and its stderr file), to put in an error message."""
-    if path is None:
-        return ""
-    chunks = []
-    for p in (path, path.with_suffix(".stderr")):
-        try:
-            text = p.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            continue
-        if text:
-            chunks.append(f"\n--- last lines of {p} ---\n" + "\n".join(text))
-    return "".join(chunks)
+def _tail(path: Path | None) -> str:
+    return procs.tail(path, lines=25)

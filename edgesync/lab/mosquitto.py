@@ -24,24 +24,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import re
 import secrets
-import signal
-import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edgesync.bus import topics
-from edgesync.errors import EdgesyncError
+from edgesync.lab import ports, procs
+from edgesync.lab.errors import LabError
 
 HOST = "127.0.0.1"
 STATE_FILE = "broker.json"
-# Below the kernel's ephemeral range (32768+), so while the broker is down for
-# a restart no outgoing connection can be handed its port.
-PORT_RANGE = (20000, 32000)
 START_ATTEMPTS = 3
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -50,10 +45,6 @@ POLL_INTERVAL_S = 0.05
 # it silently drops; a site down for a while can owe the hub more than that.
 MAX_QUEUED_MESSAGES = 100_000
 _USER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # lands in the ACL and password files
-
-
-class LabError(EdgesyncError):
-    """The lab's broker could not be brought up or down."""
 
 
 def site_user(site: str) -> str:
@@ -107,7 +98,7 @@ async def up(base_dir: Path, sites: list[str], hub_user: str = "hub") -> BrokerI
     base_dir.mkdir(parents=True, exist_ok=True)
     wanted = [_check_user(hub_user), *(site_user(s) for s in sites)]
     old = load(base_dir)
-    running = old is not None and _is_our_broker(old.pid, old.conf)
+    running = old is not None and procs.is_ours(old.pid, old.conf)
     users = {u: (old.users.get(u) if old else None) or secrets.token_urlsafe(18) for u in wanted}
     if running and old is not None and old.users == users and old.hub_user == hub_user:
         return old
@@ -136,7 +127,7 @@ async def start(base_dir: Path) -> BrokerInfo:
     info = load(Path(base_dir).resolve())
     if info is None:
         raise LabError(f"no broker in {base_dir} (call up() first)")
-    if _is_our_broker(info.pid, info.conf):
+    if procs.is_ours(info.pid, info.conf):
         return info
     return await _start(replace(info, pid=None), may_move_port=False)
 
@@ -160,7 +151,7 @@ def load(base_dir: Path) -> BrokerInfo | None:
 
 def is_running(base_dir: Path) -> bool:
     info = load(Path(base_dir).resolve())
-    return info is not None and _is_our_broker(info.pid, info.conf)
+    return info is not None and procs.is_ours(info.pid, info.conf)
 
 
 # --- files ---------------------------------------------------------------------
@@ -169,9 +160,9 @@ def is_running(base_dir: Path) -> bool:
 async def _write_files(info: BrokerInfo, sites: list[str]) -> None:
     base = info.dir
     (base / "data").mkdir(exist_ok=True)
-    _write_private(base / "passwd", "".join(f"{u}:{p}\n" for u, p in info.users.items()))
+    procs.write_private(base / "passwd", "".join(f"{u}:{p}\n" for u, p in info.users.items()))
     await _hash_passwords(base / "passwd")
-    _write_private(base / "acl", _render_acl(info.hub_user, sites))
+    procs.write_private(base / "acl", _render_acl(info.hub_user, sites))
     info.conf.write_text(_render_conf(info))
 
 
@@ -208,12 +199,6 @@ def _acl_block(user: str, rules: list[tuple[str, str]]) -> str:
     return f"user {user}\n" + "".join(f"topic {access} {topic}\n" for access, topic in rules)
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 async def _hash_passwords(path: Path) -> None:
     """Replace the plain `user:password` lines with mosquitto's salted hashes."""
     proc = await asyncio.create_subprocess_exec(
@@ -227,7 +212,7 @@ async def _hash_passwords(path: Path) -> None:
 
 
 def _save(info: BrokerInfo) -> None:
-    _write_private(info.dir / STATE_FILE, json.dumps(info.to_json(), indent=2) + "\n")
+    procs.write_private(info.dir / STATE_FILE, json.dumps(info.to_json(), indent=2) + "\n")
 
 
 # --- process -------------------------------------------------------------------
@@ -280,7 +265,7 @@ async def _spawn_and_wait(info: BrokerInfo) -> int:
             await _stop_pid(_read_pid(pid_file), info.conf)
             raise _PortTaken()
         pid = _read_pid(pid_file)
-        alive = pid is not None and _is_our_broker(pid, info.conf)
+        alive = pid is not None and procs.is_ours(pid, info.conf)
         # "… running" is logged once the listeners are open, so a connection
         # that succeeds now reached this broker, not whatever held the port.
         if pid is not None and alive and " running" in new_log and await _accepts(info.host, info.port):
@@ -302,31 +287,7 @@ async def _stop(info: BrokerInfo) -> None:
 
 async def _stop_pid(pid: int | None, conf: Path) -> None:
     """SIGTERM (mosquitto saves its persistence), wait, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 2.0)):
-        if not _is_our_broker(pid, conf):
-            return
-        assert pid is not None
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _is_our_broker(pid, conf):
-            await asyncio.sleep(POLL_INTERVAL_S)
-    if _is_our_broker(pid, conf):
-        raise LabError(f"mosquitto {pid} ({conf}) did not exit")
-
-
-def _is_our_broker(pid: int | None, conf: Path) -> bool:
-    """Whether `pid` is a live mosquitto running `conf` (guards against pid reuse)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and os.fsencode(str(conf)) in cmdline
+    await procs.stop(pid, conf, timeout_s=STOP_TIMEOUT_S)
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -359,17 +320,4 @@ async def _accepts(host: str, port: int) -> bool:
 
 
 def _pick_port() -> int:
-    for _ in range(100):
-        port = random.randint(*PORT_RANGE)
-        if _port_is_free(port):
-            return port
-    raise LabError(f"no free port found in {PORT_RANGE}")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    return ports.pick_free(HOST, 1)[0]

@@ -1,0 +1,132 @@
+"""Many edge sites: `edgesync lab up --store file` with N edges (an agent each),
+then one image copied from central to all of them.
+
+Prints how long `lab up` took, the import into central, the copy to every
+edge, the hub's CPU time and peak RSS over the copy, and a reference measured
+in the same run: `cp --sparse=always` of the image to N directories, all at
+once (+ sync) — what the copy would cost without any protocol at all.
+
+    .venv/bin/python bench/bench_lab_sites.py [--edges 100] [--size-mib 64] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import MiB, HubClient, allocated_bytes, make_half_zero_image, peak_rss_bytes, settled, timed  # noqa: E402
+
+from edgesync import lab  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def lab_up(directory: Path, sites: list[str]) -> float:
+    """`edgesync lab up` as a user runs it; its wall time."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "edgesync", "lab", "up", "--dir", str(directory),
+                           "--store", "file", "--sites", ",".join(sites)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"lab up failed:\n{done.stderr[-3000:]}")
+    return time.monotonic() - start
+
+
+async def reference_cp(src: Path, work: Path, count: int) -> float:
+    targets = [work / "ref" / f"e{i}" for i in range(count)]
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    procs = [await asyncio.create_subprocess_exec("cp", "--sparse=always", str(src), str(t)) for t in targets]
+    codes = [await p.wait() for p in procs]
+    await (await asyncio.create_subprocess_exec("sync")).wait()
+    elapsed = time.monotonic() - start
+    shutil.rmtree(work / "ref")
+    if any(codes):
+        raise RuntimeError(f"cp failed: {codes}")
+    return elapsed
+
+
+def check_copies(lab_dir: Path, edges: list[str], image_id: str, size: int) -> int:
+    """Every edge's store holds the image at full size; returns the bytes allocated there."""
+    total = 0
+    for site in edges:
+        path = lab_dir / "stores" / site / image_id
+        if path.stat().st_size != size:
+            raise RuntimeError(f"{path}: {path.stat().st_size} bytes, expected {size}")
+        total += allocated_bytes(path)
+    return total
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--edges", type=int, default=100)
+    ap.add_argument("--size-mib", type=int, default=64, help="image size (half of it data)")
+    ap.add_argument("--keep", action="store_true", help="leave the lab running")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgesync-bench-sites-", dir=os.environ.get("BENCH_DIR")))
+    lab_dir = work / "lab"
+    edges = [f"dcn{i}" for i in range(args.edges)]
+    src = make_half_zero_image(work / "half-zeros.raw", args.size_mib * MiB)
+    t: dict[str, float] = {}
+    try:
+        t["up"] = lab_up(lab_dir, ["central", *edges])
+        info = lab.read_info(lab_dir)
+        hub = info["hub_pid"]
+        client = HubClient(info["hub_url"], info["admin_token"])
+        try:
+            image_id = await client.create("bench-sites")
+            await client.stage_file(image_id, src)
+            with timed(t, "import"):
+                await client.import_(image_id, "glance-direct", ["central"])
+                await client.wait(image_id, settled)
+            cpu_before = cpu_s(hub)
+            with timed(t, "copy"):
+                await client.import_(image_id, "copy-image", edges)
+                image = await client.wait(image_id, settled, timeout_s=1800, poll_s=0.5)
+                subprocess.run(["sync"], check=True)
+            hub_cpu = cpu_s(hub) - cpu_before
+            rss = peak_rss_bytes(hub)
+        finally:
+            await client.close()
+        stores = set(image["stores"].split(","))
+        if stores != {"central", *edges} or image.get("os_glance_failed_import"):
+            raise RuntimeError(f"not every edge holds the image: failed {image.get('os_glance_failed_import')!r}, "
+                               f"missing {sorted({'central', *edges} - stores)}")
+        allocated = check_copies(lab_dir, edges, image_id, src.stat().st_size)
+    finally:
+        if not args.keep:
+            await lab.down(lab_dir)
+    ref = await reference_cp(src, work, args.edges)
+    data = allocated_bytes(src)
+    print(f"{args.edges} edge sites (file stores, one agent each); image {args.size_mib} MiB RAW, "
+          f"{data / MiB:.0f} MiB of data; {os.cpu_count()} cores")
+    print(f"lab up (hub, Mosquitto, {args.edges} agents)   {t['up']:7.1f} s")
+    print(f"import into central                {t['import']:7.1f} s")
+    print(f"copy to all {args.edges} edges              {t['copy']:7.1f} s   "
+          f"({args.edges * data / MiB / t['copy']:.0f} MiB/s of data in all)")
+    print(f"reference: {args.edges} x cp --sparse + sync  {ref:7.1f} s   ratio copy/reference = {t['copy'] / ref:.2f}")
+    print(f"allocated at the edges             {allocated / MiB:7.0f} MiB ({allocated / args.edges / MiB:.0f} per edge)")
+    print(f"hub during the copy: {hub_cpu:.1f} CPU s, peak RSS {rss / MiB:.0f} MiB")
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

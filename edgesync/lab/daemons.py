@@ -1,0 +1,234 @@
+"""The lab's hub and agents: started detached with their listening socket
+handed over, waited for, stopped by pid.
+
+Readiness is waited for all at once: one poll of the hub's site list tells
+which agents it sees up, however many sites there are, and the time allowed
+grows with the number of sites (a hundred agents starting together on two
+cores take most of a minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from edgesync.lab import procs
+from edgesync.lab.errors import LabError
+from edgesync.lab.ports import listening_socket
+from edgesync.listen import LISTEN_FD_ENV
+
+LAB_FILE = "lab.json"
+READY_BASE_S = 30.0
+READY_PER_SITE_S = 1.0
+POLL_S = 0.25
+STOP_TIMEOUT_S = 15.0
+SPAWN_TIMEOUT_S = 5.0
+
+
+def read_info(directory: Path) -> dict[str, Any]:
+    path = directory / LAB_FILE
+    if not path.exists():
+        raise LabError(f"no lab in {directory} (run `edgesync lab up --dir {directory}`)")
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def save_info(directory: Path, info: dict[str, Any]) -> None:
+    tmp = directory / (LAB_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(directory / LAB_FILE)
+
+
+def ready_timeout_s(sites: int) -> float:
+    return READY_BASE_S + READY_PER_SITE_S * sites
+
+
+def agent_config(directory: Path, site: str) -> Path:
+    return directory / "sites" / f"{site}.toml"
+
+
+def hub_running(info: dict[str, Any]) -> bool:
+    return procs.is_ours(info.get("hub_pid"), info["hub_config"])
+
+
+def agent_running(directory: Path, site: str, entry: dict[str, Any]) -> bool:
+    return procs.is_ours(entry.get("agent_pid"), agent_config(directory, site))
+
+
+# --- hub -------------------------------------------------------------------------------
+
+
+async def start_hub(directory: Path, sock: socket.socket | None = None) -> int:
+    """Start the lab's hub (if it isn't running) and wait until it serves and
+    sees every running agent up; a hub started again recovers what the last
+    one left unfinished. `sock` is its listening socket (else its port is bound again)."""
+    info = read_info(directory)
+    if hub_running(info):
+        if sock is not None:
+            sock.close()
+        return int(info["hub_pid"])
+    sock = sock or _bind_again(info["hub_url"])
+    pid = await _spawn(directory, "hub", ["hub", "--config", info["hub_config"]], sock)
+    info["hub_pid"] = pid
+    save_info(directory, info)
+    log_path = directory / "logs" / "hub.log"
+    running = {site: entry["agent_pid"] for site, entry in info["sites"].items()
+               if agent_running(directory, site, entry)}
+    deadline = time.monotonic() + ready_timeout_s(len(info["sites"]))
+    await _wait_serving(info["hub_url"], pid, info["hub_config"], log_path, deadline)
+    await _wait_sites_up(directory, info, running, deadline)  # they hear from a new hub afresh
+    return pid
+
+
+async def stop_hub(directory: Path, *, kill: bool = False) -> None:
+    """SIGTERM (a clean stop), or SIGKILL with `kill` (a crash: what it was
+    doing is left for the next start to recover)."""
+    info = read_info(directory)
+    await procs.stop(info.get("hub_pid"), info["hub_config"], timeout_s=STOP_TIMEOUT_S, kill=kill)
+    info["hub_pid"] = None
+    save_info(directory, info)
+
+
+# --- agents ----------------------------------------------------------------------------
+
+
+async def start_agents(directory: Path, sites: Iterable[str],
+                       socks: dict[str, socket.socket] | None = None) -> dict[str, int]:
+    """Start these sites' agents (those not running), each on its socket from
+    `socks` (else its recorded port bound again), and wait until the hub sees
+    them all up."""
+    socks = dict(socks or {})
+    info = read_info(directory)
+    started: dict[str, int] = {}
+    try:
+        for site in sites:
+            entry = info["sites"].get(site)
+            if entry is None or entry.get("agent_url") is None:
+                raise LabError(f"site {site!r} has no agent in the lab in {directory}")
+            sock = socks.pop(site, None)
+            if agent_running(directory, site, entry):
+                started[site] = int(entry["agent_pid"])
+                continue
+            sock = sock or _bind_again(entry["agent_url"])
+            entry["agent_pid"] = await _spawn(directory, f"agent-{site}",
+                                        ["agent", "--config", str(agent_config(directory, site))], sock)
+            started[site] = entry["agent_pid"]
+    finally:
+        for leftover in socks.values():
+            leftover.close()
+        save_info(directory, info)  # the pids of whatever did start, for `down`
+    await _wait_sites_up(directory, info, started, time.monotonic() + ready_timeout_s(len(started)))
+    return started
+
+
+async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:
+    """SIGTERM (a clean stop), or SIGKILL with `kill`."""
+    info = read_info(directory)
+    entry = info["sites"].get(site)
+    if entry is None:
+        raise LabError(f"no site {site!r} in the lab in {directory}")
+    await procs.stop(entry.get("agent_pid"), agent_config(directory, site), timeout_s=STOP_TIMEOUT_S, kill=kill)
+    entry["agent_pid"] = None
+    save_info(directory, info)
+
+
+async def stop_all(directory: Path, info: dict[str, Any]) -> None:
+    """Every agent (together), then the hub; their pids cleared in `info`."""
+    sites = info.get("sites", {})
+    await asyncio.gather(*(procs.stop(entry.get("agent_pid"), agent_config(directory, site),
+                                      timeout_s=STOP_TIMEOUT_S) for site, entry in sites.items()))
+    for entry in sites.values():
+        entry["agent_pid"] = None
+    if "hub_config" in info:
+        await procs.stop(info.get("hub_pid"), info["hub_config"], timeout_s=STOP_TIMEOUT_S)
+    info["hub_pid"] = None
+
+
+# --- processes and readiness -----------------------------------------------------------
+
+
+def _bind_again(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return listening_socket(parts.hostname, parts.port)
+
+
+async def _spawn(directory: Path, name: str, args: list[str], sock: socket.socket) -> int:
+    """Start `edgesync ARGS` detached (its own session: it outlives `lab up`),
+    serving on `sock`, its output in `logs/NAME.log`."""
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "edgesync", *args]
+    try:
+        sock.set_inheritable(True)
+        with (logs / f"{name}.log").open("ab") as log:
+            pid = os.posix_spawn(argv[0], argv, {**os.environ, LISTEN_FD_ENV: str(sock.fileno())}, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+            ], setsid=True)
+    finally:
+        sock.close()  # the daemon holds its own copy now
+    # For a moment after the exec its command line reads empty, and the
+    # liveness checks look for its config file there.
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not procs.is_ours(pid, args[-1]) and not procs.reap(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return pid
+
+
+async def _wait_serving(url: str, pid: int, marker: str, log_path: Path, deadline: float) -> None:
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if not procs.is_ours(pid, marker):
+                raise LabError(f"{log_path.stem} exited during start-up; its log says:{procs.tail(log_path)}")
+            try:
+                async with session.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(POLL_S)
+    raise LabError(f"{log_path.stem} did not answer in time:{procs.tail(log_path)}")
+
+
+async def _wait_sites_up(directory: Path, info: dict[str, Any], agents: dict[str, int], deadline: float) -> None:
+    """Until the hub has every agent's online status and a heartbeat (before
+    that it would leave a delete for the site pending); fails as soon as one
+    of them exits."""
+    waiting = dict(agents)
+    headers = {"X-Auth-Token": info["admin_token"]}
+    async with aiohttp.ClientSession() as session:
+        while waiting:
+            for site, pid in waiting.items():
+                if not procs.is_ours(pid, agent_config(directory, site)):
+                    log_path = directory / "logs" / f"agent-{site}.log"
+                    raise LabError(f"agent-{site} exited during start-up; its log says:{procs.tail(log_path)}")
+            for site in await _sites_up(session, info["hub_url"], headers):
+                waiting.pop(site, None)
+            if waiting and time.monotonic() > deadline:
+                raise LabError(f"the hub did not see these agents up in time: {', '.join(sorted(waiting))}; "
+                               f"see {directory / 'logs'}")
+            if waiting:
+                await asyncio.sleep(POLL_S)
+
+
+async def _sites_up(session: aiohttp.ClientSession, hub_url: str, headers: dict[str, str]) -> list[str]:
+    try:
+        async with session.get(f"{hub_url}/edgesync/v1/sites", headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=5)) as r:
+            if r.status != 200:
+                return []
+            return [s["name"] for s in (await r.json())["sites"] if s.get("up")]
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return []
