@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MiB, HubClient, allocated_bytes, make_half_zero_image, peak_rss_bytes, settled, timed  # noqa: E402
+from common import HubClient, MiB, allocated_bytes, make_half_zero_image, peak_rss_bytes, settled, timed
 
-from edgesync import lab  # noqa: E402
+from edgesync import lab
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -121,8 +121,10 @@ async def main() -> None:
     print(f"import into central                {t['import']:7.1f} s")
     print(f"copy to all {args.edges} edges              {t['copy']:7.1f} s   "
           f"({args.edges * data / MiB / t['copy']:.0f} MiB/s of data in all)")
-    print(f"reference: {args.edges} x cp --sparse + sync  {ref:7.1f} s   ratio copy/reference = {t['copy'] / ref:.2f}")
-    print(f"allocated at the edges             {allocated / MiB:7.0f} MiB ({allocated / args.edges / MiB:.0f} per edge)")
+    print(f"reference: {args.edges} x cp --sparse + sync  {ref:7.1f} s   "
+          f"ratio copy/reference = {t['copy'] / ref:.2f}")
+    print(f"allocated at the edges             {allocated / MiB:7.0f} MiB "
+          f"({allocated / args.edges / MiB:.0f} per edge)")
     print(f"hub during the copy: {hub_cpu:.1f} CPU s, peak RSS {rss / MiB:.0f} MiB")
     if not args.keep:
         shutil.rmtree(work)

@@ -68,7 +68,7 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     except BaseException as failed:  # cancelled (Ctrl-C) too: leave nothing running
         try:
             await down(directory)
-        except Exception as cleanup:
+        except Exception as cleanup:  # noqa: BLE001 — the first failure is raised, this one told with it
             failed.add_note(f"stopping what `lab up` had started failed too: {cleanup}")
         raise
     return read_info(directory)

@@ -196,7 +196,7 @@ async def _wait_serving(url: str, pid: int, marker: str, log_path: Path, deadlin
                 async with session.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(POLL_S)
     raise LabError(f"{log_path.stem} did not answer in time:{procs.tail(log_path)}")
@@ -230,5 +230,5 @@ async def _sites_up(session: aiohttp.ClientSession, hub_url: str, headers: dict[
             if r.status != 200:
                 return []
             return [s["name"] for s in (await r.json())["sites"] if s.get("up")]
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return []

@@ -106,7 +106,7 @@ def test_an_agent_whose_port_was_taken_says_so_and_starts_once_it_is_free(many_s
     finally:
         thief.close()
     lab_cli(lab, "agent", "start", site)
-    status, body = api(lab, "GET", "/edgesync/v1/sites")
+    _, body = api(lab, "GET", "/edgesync/v1/sites")
     assert next(s for s in body["sites"] if s["name"] == site)["up"]
 
 
