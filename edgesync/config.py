@@ -114,6 +114,7 @@ class HubConfig:
     tokens_file: Path | None
     auth: str = "token"  # "token" | "noauth"
     show_locations: bool = False
+    policy_file: Path | None = None  # Glance's policy.yaml format; None: Glance's defaults
     imports: ImportConfig = field(default_factory=ImportConfig)
     bus: HubBusConfig | None = None
     source: Path | None = None
@@ -308,6 +309,7 @@ def load_hub(path: Path) -> HubConfig:
         sites=load_sites(hub.path("sites_dir", base)),
         tokens_file=tokens, auth=auth,
         show_locations=hub.get("show_locations", bool, False),
+        policy_file=hub.path("policy_file", base, None),
         imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path,
     )
 

@@ -121,6 +121,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN request_id TEXT;
     """,
+    # 4: tasks created through Glance's tasks API (POST /v2/tasks): their type
+    # and input as the client sent them (catalog/glance_tasks.py)
+    """
+    CREATE TABLE glance_tasks (
+        task_id TEXT PRIMARY KEY REFERENCES tasks(id) ON DELETE CASCADE,
+        type    TEXT NOT NULL,
+        input   TEXT NOT NULL
+    );
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -19,7 +19,7 @@ from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
 from edgesync.errors import ConfigError, Conflict
-from edgesync.hub.api import discovery, edge, images
+from edgesync.hub.api import discovery, edge, images, tasks
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
 from edgesync.hub.api.request_id import add_request_id_header, request_ids
@@ -27,6 +27,7 @@ from edgesync.hub.auth import TokenTable
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
+from edgesync.hub.policy import Policy
 from edgesync.hub.remote import AgentCommands, RemoteStore
 from edgesync.hub.replicator import InHubReplicator
 from edgesync.hub.sites import SiteRegistry
@@ -46,6 +47,8 @@ MAX_JSON_BODY_BYTES = 1024 * 1024
 # upload cut off leaves its image queued). With the imports' grace in
 # close(), the hub stops within ~10 s (systemd's TimeoutStopSec is 30 s).
 HTTP_DRAIN_S = 3.0
+# How often the policy file is checked for an operator's edit.
+POLICY_CHECK_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -60,8 +63,10 @@ class Hub:
     registry: SiteRegistry | None = field(init=False, default=None)
     publisher: OutboxPublisher | None = field(init=False, default=None)
     metrics: HubMetrics = field(init=False)
+    policy: Policy = field(init=False)
     served: ServedCounters = field(init=False, default_factory=ServedCounters)  # what agents pulled from central
     _bus_task: asyncio.Task[None] | None = field(init=False, default=None)
+    _policy_task: asyncio.Task[None] | None = field(init=False, default=None)
 
     @property
     def central(self) -> str:
@@ -71,6 +76,7 @@ class Hub:
         """Everything but the HTTP server (tests drive `app()` directly)."""
         cfg = self.config
         self.metrics = HubMetrics(sites=[site.name for site in cfg.sites])
+        self.policy = await asyncio.to_thread(Policy, cfg.policy_file)  # a bad file stops the start
         self.catalog = await Catalog.open(cfg.catalog_path)
         self.stores = {}
         try:
@@ -130,6 +136,11 @@ class Hub:
         self._bus_task = asyncio.create_task(
             run_hub_bus(BusClient(settings), self.publisher, router), name="hub-bus")
 
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(POLICY_CHECK_INTERVAL_S)
+            await asyncio.to_thread(self.policy.reload_if_changed)
+
     async def _central_copy(self, image_id: str) -> ServedCopy:
         """For agents pulling: central's copy, if it has one. Its sha512 names
         its content, so agents pulling it at once share each range's read."""
@@ -156,6 +167,7 @@ class Hub:
         app.add_routes(discovery.routes)
         app.add_routes(images.routes)
         app.add_routes(edge.routes)
+        app.add_routes(tasks.routes)
         # Agents pull central's copies here (any valid token; the auth
         # middleware has already checked it).
         app.add_routes(data_routes(self._central_copy, lambda request: None, counters=self.served))
@@ -165,6 +177,8 @@ class Hub:
         await self.open()
         try:
             await self._start_bus()
+            if self.config.policy_file is not None:
+                self._policy_task = asyncio.create_task(self._watch_policy(), name="hub-policy")
             runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                    shutdown_timeout=HTTP_DRAIN_S)
             await runner.setup()
@@ -182,6 +196,8 @@ class Hub:
         # edge finishes through its agent's events); what is cut off after it
         # stays open in the catalog and the next start's recovery finishes it.
         await self.importer.shutdown(grace_s)
+        if self._policy_task is not None:
+            await cancel_and_wait([self._policy_task])
         if self._bus_task is not None:
             await cancel_and_wait([self._bus_task])  # it may swallow one cancel (gh-86296)
         await self._close_stores_and_catalog()

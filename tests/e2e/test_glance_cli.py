@@ -276,6 +276,32 @@ def test_web_download_to_central_and_an_edge(file_lab: Lab, images: dict[str, Im
     assert staged(file_lab, image_id) == []
 
 
+def test_task_create_import_then_task_list_and_show(file_lab: Lab, images: dict[str, ImageFile],
+                                                   web_server: str, created: list[str]) -> None:
+    """glanceclient's legacy tasks API: an import task runs as a web-download into central."""
+    img = images["striped"]
+    task_input = {"import_from": f"{web_server}/striped.raw", "import_from_format": "raw",
+                  "image_properties": {"name": "e2e-task", "container_format": "bare"}}
+    created_task = parse_dict_table(check(glance(
+        file_lab, "task-create", "--type", "import", "--input", json.dumps(task_input))).stdout)
+    task_id = created_task["id"]
+    assert created_task["type"] == "import"
+    deadline = time.monotonic() + 60
+    while True:
+        shown = parse_dict_table(check(glance(file_lab, "task-show", task_id)).stdout)
+        if shown["status"] in ("success", "failure") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert shown["status"] == "success", shown
+    image_id = json.loads(shown["result"])["image_id"]
+    created.append(image_id)
+    image = wait_import_done(file_lab, image_id)
+    assert image["status"] == "active" and image["stores"] == "central"
+    assert image["os_hash_value"] == img.sha512 and image["name"] == "e2e-task"
+    listed = check(glance(file_lab, "task-list", "--type", "import", "--sort-key", "status", "--page-size", "1")).stdout
+    assert task_id in listed
+
+
 def test_web_download_qcow2_is_converted_to_raw(file_lab: Lab, images: dict[str, ImageFile],
                                                 web_server: str, created: list[str],
                                                 tmp_path: Path) -> None:

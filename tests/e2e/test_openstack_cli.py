@@ -109,3 +109,13 @@ def test_bad_token_is_refused(file_lab: Lab, image: dict[str, Any]) -> None:
     proc = openstack(file_lab, "image", "show", image["id"], "-f", "json", token="not-a-token")
     assert proc.returncode != 0
     assert "401" in proc.stderr, proc.stderr
+
+
+def test_image_task_list_and_show(file_lab: Lab, image: dict[str, Any]) -> None:
+    """openstackclient's `image task` commands read the hub's import tasks."""
+    tasks = _json(openstack(file_lab, "image", "task", "list", "-f", "json"))
+    assert tasks, "the fixture's import made a task"
+    assert {"ID", "Type", "Status", "Owner"} <= set(tasks[0])
+    shown = _json(openstack(file_lab, "image", "task", "show", tasks[0]["ID"], "-f", "json"))
+    assert shown["id"] == tasks[0]["ID"] and shown["type"] == "api_image_import"
+    assert shown["status"] in ("pending", "processing", "success", "failure")
