@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgesync.errors import BadRequest
 from edgesync.model import Task
+from edgesync.sqlite import Row, Transaction
 
 if TYPE_CHECKING:
     from edgesync.catalog import Catalog
@@ -43,14 +44,14 @@ class GlanceTasks:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    # The catalog's plumbing, in one place (its layer is being reshaped).
-    async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        return await self._catalog._rows(sql, args)
+    # The catalog's database (edgesync.sqlite), shared with the other table families.
+    async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
+        return await self._catalog._db.rows(sql, args)
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Any]:
-        async with self._catalog._tx() as db:
-            yield db
+    async def _tx(self) -> AsyncIterator[Transaction]:
+        async with self._catalog._db.transaction() as tx:
+            yield tx
 
     async def record(self, task_id: str, task_type: str, task_input: dict[str, Any]) -> None:
         async with self._tx() as db:
