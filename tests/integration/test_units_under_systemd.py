@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,13 @@ def wait_written(site: Site, at_least: float, timeout_s: float = WAIT_S) -> floa
 
 def edge_copy_identical(site: Site, image_id: str, source: ImageFile) -> bool:
     return exported_sha512(site.lab, EDGE, image_id) == source.sha512  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def units_stopped_afterwards(edgesync_site: Site) -> Iterator[None]:
+    """The broker is the session's: no agent of dcn0 may outlive this module."""
+    yield
+    edgesync_site.ns.systemctl("stop", AGENT, HUB, check=False)
 
 
 @pytest.fixture
