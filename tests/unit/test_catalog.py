@@ -9,13 +9,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgesync.catalog import Catalog, CatalogError, ImageQuery, PendingDelete
 from edgesync.catalog.schema import LATEST_VERSION, MIGRATIONS
+from edgesync.catalog.tables import Tables
 from edgesync.errors import Conflict, NotFound
 from edgesync.model import Image, ImageStatus, StoreJob, StoreJobState, Task, TaskStatus, Visibility
+from edgesync.sqlite import Database
 from edgesync.stores.base import Location
 
 
@@ -308,3 +311,50 @@ async def test_a_transaction_cancelled_at_its_begin_leaves_the_catalog_usable(tm
         assert image.id == "after-cancels"
     finally:
         await catalog.close()
+
+
+# --- the package's cut ----------------------------------------------------------------
+
+
+def test_no_table_family_hides_another_familys_method() -> None:
+    families = [base for base in Catalog.__mro__ if base not in (Catalog, Tables, object)]
+    assert len(families) >= 4
+    seen: dict[str, str] = {}
+    for family in families:
+        for name in vars(family):
+            if not name.startswith("_"):
+                assert name not in seen, f"{family.__name__}.{name} is also {seen[name]}.{name}"
+                seen[name] = family.__name__
+
+
+async def reads_to_list(catalog: Catalog, monkeypatch: pytest.MonkeyPatch, listing: str) -> int:
+    """How many queries the catalog sends to list tasks (`tasks` or `tasks_for_image`)."""
+    reads = 0
+    real_rows = Database.rows
+
+    async def counted(self: Database, sql: str, args: Any = ()) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_rows(self, sql, args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Database, "rows", counted)
+        found = await (catalog.tasks(limit=1000) if listing == "tasks" else catalog.tasks_for_image("img"))
+    assert all(len(task.jobs) == 2 for task in found)
+    return reads
+
+
+@pytest.mark.parametrize("listing", ["tasks", "tasks_for_image"])
+async def test_listing_tasks_takes_as_many_queries_for_one_task_as_for_fifty(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch, listing: str) -> None:
+    await catalog.insert_image(Image(id="img", owner="p1"))
+    counts = []
+    for wanted in (1, 50):
+        while len(await catalog.tasks_for_image("img")) < wanted:
+            task = new_task("img", ["central", "dcn0"])
+            await catalog.start_task(task, lock_ttl_s=60)
+            await catalog.finish_task(task.id, TaskStatus.SUCCESS, "done")
+        counts.append(await reads_to_list(catalog, monkeypatch, listing))
+    assert counts[0] == counts[1] == 2  # the tasks, then every job of theirs at once
+    [newest, *_] = await catalog.tasks_for_image("img")
+    assert [job.store for job in newest.jobs] == ["central", "dcn0"]
