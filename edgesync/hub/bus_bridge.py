@@ -78,9 +78,6 @@ class OutboxPublisher:
             except TimeoutError:
                 pass
 
-    async def depth(self) -> int:
-        return len(await self.catalog.outbox_pending(limit=10_000))
-
 
 class EventRouter:
     def __init__(self, registry: SiteRegistry, on_task_event: TaskEventHandler,
