@@ -15,6 +15,8 @@ families over one `Database`:
 - `tasks`: tasks, their store jobs and the per-image import lock;
 - `outbox`: commands for the agents, written with the state they announce;
 - `pending_deletes`: deletes waiting for an edge site's agent;
+- `glance_tasks`: what `POST /v2/tasks` adds to a task, and `GET /v2/tasks`
+  (a `GlanceTasks(catalog)` wrapper over the same database, not a base yet);
 - `rows`: row mapping, records to and from rows; `image_query`: the
   `GET /v2/images` filters; `schema`: the migrations (edgesync.sqlite runs them).
 

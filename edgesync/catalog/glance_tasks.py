@@ -87,7 +87,7 @@ class GlanceTasks:
             "LEFT JOIN glance_tasks g ON g.task_id = t.id "
             f"WHERE {' AND '.join(where) or '1'} ORDER BY {sort} {direction}, t.rowid {direction} LIMIT ?",
             (NATIVE_TYPE, *args, query.limit + 1))
-        tasks = await self._catalog._tasks_from(rows)
+        tasks = await self._catalog._with_jobs(rows)
         return [GlanceTask(task, row["glance_type"], json.loads(row["glance_input"]) if row["glance_input"] else None)
                 for task, row in zip(tasks, rows, strict=True)]
 
