@@ -64,7 +64,7 @@ from edgesync.logs import log_context
 from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_middleware
 from edgesync.service import Service
 from edgesync.stores import open_store
-from edgesync.stores.base import ImageStore, StoreCapacity
+from edgesync.stores.base import ImageStore, ResumableStore, StoreCapacity
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, ServedCounters, data_routes
 from edgesync.transfer.pipeline import DataSource
 
@@ -82,7 +82,7 @@ class AgentRefused(ConfigError):
 class _Runtime:
     """What exists between start() and the end of run()."""
 
-    store: ImageStore
+    store: ResumableStore
     journal: Journal
     events: EventOutbox
     tasks: TaskRunner
@@ -91,7 +91,7 @@ class _Runtime:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, store: ImageStore | None = None,
+    def __init__(self, config: AgentConfig, *, store: ResumableStore | None = None,
                  sources: SourceFactory | None = None, reconnect_backoff: Backoff | None = None) -> None:
         """`store` and `sources` replace the configured store and the HTTP
         pulls from the hub (tests); `reconnect_backoff` the broker's backoff."""

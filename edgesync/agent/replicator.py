@@ -47,7 +47,7 @@ from edgesync.errors import (
 )
 from edgesync.importer.hashing import ImageDigest
 from edgesync.observer import NO_OBSERVER, CopyObserver
-from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location
+from edgesync.stores.base import Extent, ImageStore, Location, ResumableStore, ResumableWriter
 from edgesync.transfer.pipeline import DataSource, chunked, pump
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Checkpoints:
 
 async def copy(
     command: CopyCommand,
-    store: ImageStore,
+    store: ResumableStore,
     journal: Journal,
     source: DataSource,
     progress: SyncCopyProgressFn | None = None,
@@ -137,7 +137,7 @@ async def digest_published(store: ImageStore, image_id: str, *, with_md5: bool =
 @dataclass
 class _CopyAttempt:
     command: CopyCommand
-    store: ImageStore
+    store: ResumableStore
     journal: Journal
     source: DataSource
     progress: SyncCopyProgressFn | None
@@ -174,7 +174,7 @@ class _CopyAttempt:
                 self.progress(bytes_done, source.data_bytes)
         return on_progress
 
-    async def _publish(self, writer: ImageWriter) -> Location:
+    async def _publish(self, writer: ResumableWriter) -> Location:
         """Publish the verified copy. A cancellation waits for the publish to
         finish rather than leave it half done; the next run then finds the
         published copy."""
@@ -191,7 +191,7 @@ class _CopyAttempt:
             await asyncio.shield(self._discard(writer))
             raise
 
-    async def _interrupted(self, writer: ImageWriter, journaled: _JournaledWriter, exc: BaseException) -> None:
+    async def _interrupted(self, writer: ResumableWriter, journaled: _JournaledWriter, exc: BaseException) -> None:
         """Keep the partial copy for a later attempt, or remove it for good.
 
         Best effort: the error that interrupted the copy is what the caller
@@ -213,7 +213,7 @@ class _CopyAttempt:
             log.warning("task %s: could not suspend the interrupted copy: %s", self.command.task_id,
                         suspend_exc)
 
-    async def _discard(self, writer: ImageWriter) -> None:
+    async def _discard(self, writer: ResumableWriter) -> None:
         try:
             await writer.abort()
         except Exception as abort_exc:  # noqa: BLE001 — the next fresh attempt discards leftovers
@@ -229,7 +229,7 @@ def _keeps_partial(exc: BaseException) -> bool:
     return isinstance(exc, EdgesyncError) and exc.retryable
 
 
-class _JournaledWriter(ImageWriter):
+class _JournaledWriter:
     """A writer that journals what it wrote, once durable, and skips what an
     earlier attempt already wrote.
 
@@ -238,7 +238,7 @@ class _JournaledWriter(ImageWriter):
     partial copy (RBD aborts its copy then). `settle()` waits for them.
     """
 
-    def __init__(self, inner: ImageWriter, journal: Journal, task_id: str, done: list[Extent],
+    def __init__(self, inner: ResumableWriter, journal: Journal, task_id: str, done: list[Extent],
                  checkpoints: Checkpoints, observer: CopyObserver) -> None:
         self.inner = inner
         self.image_id = inner.image_id
@@ -299,19 +299,13 @@ class _JournaledWriter(ImageWriter):
         while self._writes:
             await asyncio.wait(set(self._writes))
 
-    async def publish(self) -> Location:
-        raise NotImplementedError("publish through the store's writer")
-
-    async def abort(self) -> None:
-        raise NotImplementedError("abort through the store's writer")
-
 
 class _ResumingSource:
     """The remote source, except for ranges already written: those are read
     back from the local unpublished copy, so the image digest still covers
     every byte while only missing ranges cross the network."""
 
-    def __init__(self, remote: DataSource, writer: ImageWriter, done: list[Extent]) -> None:
+    def __init__(self, remote: DataSource, writer: ResumableWriter, done: list[Extent]) -> None:
         self._remote = remote
         self._writer = writer
         self._done = done

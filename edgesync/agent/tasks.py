@@ -34,7 +34,7 @@ from edgesync.bus import CheckDeletableCommand, CopyCommand, DeleteCommand, Done
 from edgesync.errors import EdgesyncError
 from edgesync.logs import log_context, task_context
 from edgesync.observer import NO_OBSERVER, CopyObserver
-from edgesync.stores.base import ImageStore
+from edgesync.stores.base import ResumableStore
 from edgesync.transfer.pipeline import DataSource
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class _ImageLocks:
 
 
 class TaskRunner:
-    def __init__(self, store: ImageStore, journal: Journal, events: EventOutbox, sources: SourceFactory, *,
+    def __init__(self, store: ResumableStore, journal: Journal, events: EventOutbox, sources: SourceFactory, *,
                  max_concurrent_copies: int, retry_window_s: float,
                  observer: CopyObserver = NO_OBSERVER) -> None:
         """`observer` is told what copies write (the agent's metrics)."""

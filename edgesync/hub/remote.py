@@ -56,7 +56,8 @@ from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.sites import SiteRegistry
 from edgesync.model import Image
 from edgesync.observer import NO_OBSERVER, CopyObserver
-from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location
+from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location, StoreCapacity
+from edgesync.stores.ceph_conf import conf_fsid
 from edgesync.transfer.http import HttpSource, TransferError
 from edgesync.transfer.pipeline import CopyProgressFn
 
@@ -464,6 +465,13 @@ class RemoteStore(ImageStore):
     def location_url(self, image_id: str) -> str:
         raise StoreError(f"the location of a copy in {self.name} is reported by its agent")
 
+    async def image_ids(self) -> list[str]:
+        raise StoreError(f"the inventory of {self.name} is reported by its agent")
+
+    async def capacity(self) -> StoreCapacity | None:
+        """Unknown here: the agent's heartbeat carries its store's free space."""
+        return None
+
     def properties(self) -> dict[str, Any]:
         """What the site file says of the agent's store (the hub never opens it)."""
         cfg = self._site.store
@@ -471,8 +479,6 @@ class RemoteStore(ImageStore):
         if cfg.type == "file":
             props["datadir"] = str(cfg.path)
         else:
-            from edgesync.stores.rbd import conf_fsid  # the hub has the rbd bindings anyway
-
             props.update(pool=cfg.pool, chunk_size=4, user=cfg.user)
             if cfg.ceph_conf is not None and cfg.ceph_conf.is_file():
                 props["fsid"] = conf_fsid(cfg.ceph_conf)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from edgesync.config import SiteConfig
-from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location, StoreCapacity
+from edgesync.stores.base import (
+    Extent,
+    ImageStore,
+    ImageWriter,
+    Location,
+    ResumableStore,
+    ResumableWriter,
+    StoreCapacity,
+)
 
-__all__ = ["Extent", "ImageStore", "ImageWriter", "Location", "StoreCapacity", "open_store"]
+__all__ = [
+    "Extent", "ImageStore", "ImageWriter", "Location", "ResumableStore", "ResumableWriter", "StoreCapacity",
+    "open_store",
+]
 
 
-def open_store(site: SiteConfig) -> ImageStore:
-    """Build the store a site's config describes (the one place that knows the drivers)."""
+def open_store(site: SiteConfig) -> ResumableStore:
+    """Build the store a site's config describes (the one place that knows the
+    drivers). Both drivers can resume copies; the hub uses them as ImageStores."""
     cfg = site.store
     if cfg.type == "file":
         from edgesync.stores.file import FileStore

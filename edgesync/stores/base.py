@@ -7,6 +7,11 @@ writer's `async with` block with an exception) removes every trace.
 
 Extents are the byte ranges of an image that hold data. Holes are never
 written, never read for transfer, and stay holes in every store.
+
+Two interfaces, every method of each required: `ImageStore` (and its
+`ImageWriter`) is what the hub needs of a store; `ResumableStore` (and its
+`ResumableWriter`) adds what a copy that survives interruptions needs (the
+site agent's). Both drivers, file and rbd, are resumable.
 """
 
 from __future__ import annotations
@@ -61,31 +66,9 @@ class ImageWriter(abc.ABC):
         """Remove the unpublished copy. Safe to call more than once."""
 
     def qemu_destination(self) -> str | None:
-        """A `qemu-img convert -n` target writing straight into this copy, if any."""
+        """A `qemu-img convert -n` target writing straight into this copy, if
+        the store has one (None: the importer writes through `write()`)."""
         return None
-
-    # Resumable transfers (the site agent) need the three below: a journal may
-    # only record a range as done once `flush()` made it durable; a resumed
-    # copy re-hashes those ranges with `read_back()` instead of fetching them
-    # again; and a copy interrupted on purpose ends with `suspend()`, which
-    # keeps the partial copy where `abort()` would remove it.
-
-    async def read_back(self, offset: int, length: int) -> bytes:
-        """Bytes of the unpublished copy as written so far; unwritten ranges read as zeros."""
-        raise NotImplementedError(f"{type(self).__name__} can't read its unpublished copy back")
-
-    async def flush(self) -> None:
-        """Return once every write that returned before this call is durable.
-
-        `write()` may return before the store has the data (RBD keeps a window
-        of writes in flight).
-        """
-        raise NotImplementedError(f"{type(self).__name__} can't flush")
-
-    async def suspend(self) -> None:
-        """Stop writing and release the copy's handles, keeping the unpublished
-        copy for a later `open_writer(..., resume=True)`. `abort()` still removes it."""
-        raise NotImplementedError(f"{type(self).__name__} can't suspend")
 
     async def __aenter__(self) -> ImageWriter:
         return self
@@ -100,6 +83,36 @@ class ImageWriter(abc.ABC):
             await self.abort()
 
 
+class ResumableWriter(ImageWriter):
+    """A copy being written that can be interrupted and taken up again.
+
+    A journal may only record a range as done once `flush()` made it
+    durable; a resumed copy re-hashes those ranges with `read_back()` instead
+    of fetching them again; and a copy interrupted on purpose ends with
+    `suspend()`, which keeps the partial copy where `abort()` would remove it.
+    """
+
+    @abc.abstractmethod
+    async def read_back(self, offset: int, length: int) -> bytes:
+        """Bytes of the unpublished copy as written so far; unwritten ranges read as zeros."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Return once every write that returned before this call is durable.
+
+        `write()` may return before the store has the data (RBD keeps a window
+        of writes in flight).
+        """
+
+    @abc.abstractmethod
+    async def suspend(self) -> None:
+        """Stop writing and release the copy's handles, keeping the unpublished
+        copy for a later `open_writer(..., resume=True)`. `abort()` still removes it."""
+
+    async def __aenter__(self) -> ResumableWriter:
+        return self
+
+
 class ImageStore(abc.ABC):
     """One store (one per site). Implementations: file, rbd."""
 
@@ -109,14 +122,9 @@ class ImageStore(abc.ABC):
     read_only: bool = False
 
     @abc.abstractmethod
-    async def open_writer(
-        self, image_id: str, size_bytes: int, *, resume: bool = False
-    ) -> ImageWriter:
-        """Start (or, with `resume`, reopen) an unpublished copy.
-
-        Without `resume`, leftovers of an earlier unpublished attempt are
-        discarded. Raises StoreImageExists if a published copy exists.
-        """
+    async def open_writer(self, image_id: str, size_bytes: int) -> ImageWriter:
+        """Start an unpublished copy, discarding the leftovers of an earlier
+        unpublished attempt. Raises StoreImageExists if a published copy exists."""
 
     @abc.abstractmethod
     async def extents(self, image_id: str) -> list[Extent]:
@@ -142,14 +150,15 @@ class ImageStore(abc.ABC):
     async def delete(self, image_id: str) -> None:
         """Remove a published copy. StoreImageInUse if something depends on it."""
 
+    @abc.abstractmethod
     async def ensure_deletable(self, image_id: str) -> None:
         """Raise StoreImageInUse if `delete` would be refused because something
         depends on the copy (an RBD snapshot with COW clones). Lets an image
         delete refuse before it removed anything anywhere."""
 
+    @abc.abstractmethod
     async def image_ids(self) -> list[str]:
         """Ids of every published copy, sorted (a site's inventory)."""
-        raise NotImplementedError(f"store type {self.type} can't list its images")
 
     @abc.abstractmethod
     async def discard_unpublished(self, image_id: str) -> None:
@@ -163,9 +172,22 @@ class ImageStore(abc.ABC):
     def properties(self) -> dict[str, Any]:
         """Driver facts for `GET /v2/info/stores/detail` (`properties`)."""
 
+    @abc.abstractmethod
     async def capacity(self) -> StoreCapacity | None:
-        """Used and free bytes, where the backend can tell."""
-        return None
+        """Used and free bytes, or None where the backend can't tell."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
+
+
+class ResumableStore(ImageStore):
+    """A store whose unpublished copies survive an interruption and can be
+    taken up again (what the site agent's copies need)."""
+
+    @abc.abstractmethod
+    async def open_writer(self, image_id: str, size_bytes: int, *, resume: bool = False) -> ResumableWriter:
+        """Start an unpublished copy or, with `resume`, reopen the one an
+        earlier attempt left (starting afresh if there is none). Without
+        `resume`, leftovers are discarded. Raises StoreImageExists if a
+        published copy exists."""

@@ -21,7 +21,7 @@ from edgesync.errors import (
     StoreImageExists,
     StoreImageNotFound,
 )
-from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location, StoreCapacity
+from edgesync.stores.base import Extent, Location, ResumableStore, ResumableWriter, StoreCapacity
 from edgesync.stores.sparse import data_runs
 
 PARTIAL_SUFFIX = ".partial"
@@ -37,7 +37,7 @@ def _translate(exc: OSError, what: str) -> StoreError:
     return StoreError(f"{what}: {exc.strerror or exc}")
 
 
-class FileWriter(ImageWriter):
+class FileWriter(ResumableWriter):
     def __init__(self, store: FileStore, image_id: str, size_bytes: int, fd: int) -> None:
         self.store = store
         self.image_id = image_id
@@ -140,7 +140,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class FileStore(ImageStore):
+class FileStore(ResumableStore):
     type = "file"
 
     def __init__(self, name: str, path: Path, *, description: str = "", read_only: bool = False) -> None:
@@ -166,7 +166,7 @@ class FileStore(ImageStore):
     def properties(self) -> dict[str, Any]:
         return {"datadir": str(self.root), "thin_provisioning": True}
 
-    async def open_writer(self, image_id: str, size_bytes: int, *, resume: bool = False) -> ImageWriter:
+    async def open_writer(self, image_id: str, size_bytes: int, *, resume: bool = False) -> ResumableWriter:
         if self.read_only:
             raise StoreError(f"store {self.name} is read-only")
         fd = await asyncio.to_thread(self._open_partial, image_id, size_bytes, resume)
@@ -230,6 +230,9 @@ class FileStore(ImageStore):
 
         await asyncio.to_thread(_delete_sync)
 
+    async def ensure_deletable(self, image_id: str) -> None:
+        """Nothing can depend on a file copy (no clones): always deletable."""
+
     async def discard_unpublished(self, image_id: str) -> None:
         await asyncio.to_thread(_unlink, self._partial_path(image_id), f"discarding the partial copy of {image_id}")
 
@@ -250,6 +253,9 @@ class FileStore(ImageStore):
         except OSError as exc:
             raise _translate(exc, f"reading the free space of store {self.name} at {self.root}") from exc
         return StoreCapacity(used_bytes=usage.used, free_bytes=usage.free)
+
+    async def close(self) -> None:
+        """Nothing to release: each call opens and closes its own files."""
 
 
 def file_extents(fd: int, size: int) -> list[Extent]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgesync.importer.hashing import ImageDigest
-from edgesync.stores.base import Extent, ImageStore, ImageWriter
+from edgesync.stores.base import Extent, ImageStore
 from edgesync.stores.file import file_extents
 
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -36,6 +36,12 @@ class DataSource(Protocol):
     async def size(self) -> int: ...
     async def extents(self) -> list[Extent]: ...
     async def read(self, offset: int, length: int) -> bytes: ...
+
+
+class DataSink(Protocol):
+    """Where `pump` writes: a store's `ImageWriter`, or a wrapper around one."""
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None: ...
 
 
 @dataclass
@@ -116,7 +122,7 @@ def chunked(extents: list[Extent], chunk_bytes: int = CHUNK_BYTES) -> Iterator[E
 
 async def pump(
     source: DataSource,
-    writer: ImageWriter,
+    writer: DataSink,
     *,
     size: int,
     window: int = WINDOW,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edgesync"
@@ -37,3 +39,23 @@ def test_the_transfer_layer_imports_neither_metrics_nor_the_bus() -> None:
 def test_leaf_modules_import_no_other_edgesync_module() -> None:
     for leaf in ("errors.py", "observer.py", "backoff.py"):
         assert not {m for m in imported_modules(PACKAGE / leaf) if m.startswith("edgesync")}, leaf
+
+
+def test_only_the_rbd_package_imports_the_ceph_bindings() -> None:
+    found = importers(("rados", "rbd"))
+    assert found and all(path.startswith("stores/rbd/") for path in found), found
+
+
+def test_reading_a_ceph_conf_and_describing_sites_load_no_ceph_binding(tmp_path: Path) -> None:
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\nfsid = 1234\n")
+    probe = (
+        "import sys\n"
+        "from edgesync.stores.ceph_conf import conf_fsid\n"
+        "import edgesync.hub.remote\n"
+        f"assert conf_fsid({str(conf)!r}) == '1234'\n"
+        "print(sorted(m for m in ('rados', 'rbd') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
