@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from edgesync.admin import commands
+from edgesync.admin import commands, metadefs
 from edgesync.admin.client import HubClient, resolve_connection
 
 Command = Callable[[HubClient, argparse.Namespace, TextIO], Awaitable[int]]
@@ -69,6 +69,15 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     tasks.add_argument("--limit", type=_limit, default=20, help="at most this many, newest first (default 20)")
     tasks.add_argument("--unfinished", action="store_true", help="only tasks still running")
     tasks.set_defaults(func=_runner(commands.tasks))
+
+    defs = sub.add_parser("metadefs", help="metadata definitions (metadefs)")
+    defs_sub = defs.add_subparsers(dest="metadefs_command", required=True)
+    load = defs_sub.add_parser("load", parents=[common],
+                               help="load Glance metadef JSON files (one namespace each) from DIR")
+    load.add_argument("dir", metavar="DIR", help="a directory of *.json files, e.g. Glance's etc/metadefs")
+    load.add_argument("--replace", action="store_true",
+                      help="delete and create again a namespace the hub already has (default: skip it)")
+    load.set_defaults(func=_runner(metadefs.load))
 
 
 def _common_options() -> argparse.ArgumentParser:

@@ -103,6 +103,9 @@ class HubClient:
     async def post(self, path: str, body: Any) -> Any:
         return await self._request("POST", path, body=body)
 
+    async def put(self, path: str, body: Any) -> Any:
+        return await self._request("PUT", path, body=body)
+
     async def delete(self, path: str) -> Any:
         return await self._request("DELETE", path)
 

@@ -130,6 +130,45 @@ MIGRATIONS: list[str] = [
         input   TEXT NOT NULL
     );
     """,
+    # 5: metadata definitions (catalog/metadefs.py): namespaces; their objects,
+    # properties and tags (one table, by kind; the body as Glance's JSON);
+    # resource types and their associations with namespaces
+    """
+    CREATE TABLE metadef_namespaces (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace    TEXT NOT NULL UNIQUE,
+        display_name TEXT,
+        description  TEXT,
+        visibility   TEXT NOT NULL,
+        protected    INTEGER NOT NULL DEFAULT 0,
+        owner        TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL
+    );
+    CREATE TABLE metadef_items (
+        namespace_id INTEGER NOT NULL REFERENCES metadef_namespaces(id) ON DELETE CASCADE,
+        kind         TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        PRIMARY KEY (namespace_id, kind, name)
+    );
+    CREATE TABLE metadef_resource_types (
+        name       TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE metadef_associations (
+        namespace_id      INTEGER NOT NULL REFERENCES metadef_namespaces(id) ON DELETE CASCADE,
+        resource_type     TEXT NOT NULL REFERENCES metadef_resource_types(name),
+        prefix            TEXT,
+        properties_target TEXT,
+        created_at        TEXT NOT NULL,
+        updated_at        TEXT NOT NULL,
+        PRIMARY KEY (namespace_id, resource_type)
+    );
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
