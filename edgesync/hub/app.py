@@ -1,6 +1,6 @@
 """The hub daemon: lifecycle and wiring.
 
-`Hub.start()` opens the catalog and the stores, recovers what a previous run
+`Hub.start()` opens the catalog and the sites, recovers what a previous run
 left unfinished, and serves the API; `Hub.stop()` stops taking requests,
 gives running tasks a bounded time, then closes everything, in that order.
 """
@@ -28,9 +28,10 @@ from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
 from edgesync.hub.policy import Policy
-from edgesync.hub.remote import AgentCommands, RemoteStore
-from edgesync.hub.replicator import InHubReplicator
-from edgesync.hub.sites import SiteRegistry
+from edgesync.hub.remote import AgentCommands
+from edgesync.hub.sites import Site, SiteRegistry, Sites
+from edgesync.hub.sites.agent import AgentSite
+from edgesync.hub.sites.local import LocalSite
 from edgesync.hub.staging import Staging
 from edgesync.listen import start_site
 from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
@@ -55,7 +56,8 @@ POLICY_CHECK_INTERVAL_S = 5.0
 class Hub:
     config: HubConfig
     catalog: Catalog = field(init=False)
-    stores: dict[str, ImageStore] = field(init=False)
+    sites: Sites = field(init=False)
+    stores: dict[str, ImageStore] = field(init=False)  # the drivers this process writes (its LocalSites')
     images: ImageService = field(init=False)
     importer: Importer = field(init=False)
     runner: web.AppRunner | None = field(init=False, default=None)
@@ -79,29 +81,38 @@ class Hub:
         self.policy = await asyncio.to_thread(Policy, cfg.policy_file)  # a bad file stops the start
         self.catalog = await Catalog.open(cfg.catalog_path)
         self.stores = {}
+        opened: list[Site] = []
         try:
-            for site in cfg.sites:
-                self.stores[site.name] = self._store_for(site)
+            central: LocalSite | None = None
+            for site in cfg.sites:  # in config order, as the API lists them
+                if site.is_central:
+                    opened.append(central := self._local_site(site))
+                else:
+                    opened.append(self._site_for(site))
+            assert central is not None, "the config has exactly one central site"
+            self.sites = Sites(opened, central)
             self._watch()
             staging = Staging(cfg.staging_dir)
-            replicator = InHubReplicator(self.stores, self.metrics.for_site)
-            self.images = ImageService(catalog=self.catalog, stores=self.stores, config=cfg,
-                                       staging=staging, replicator=replicator)
-            self.importer = Importer(catalog=self.catalog, stores=self.stores, central=self.central,
-                                     staging=staging, config=cfg.imports, replicator=replicator,
-                                     metrics=self.metrics)
+            self.images = ImageService(catalog=self.catalog, sites=self.sites, config=cfg, staging=staging)
+            self.importer = Importer(catalog=self.catalog, sites=self.sites, staging=staging,
+                                     config=cfg.imports, metrics=self.metrics)
             await self.importer.recover()
         except BaseException:
             # Release what was opened: an open catalog's thread would keep a
             # hub that failed to start from exiting.
-            await self._close_stores_and_catalog()
+            await self._close_sites_and_catalog(opened)
             raise
 
-    def _store_for(self, site: SiteConfig) -> ImageStore:
-        """Central's store is opened here; with a bus, every other site's store
-        is its agent's (RemoteStore); without one, the hub opens them all."""
-        if site.is_central or self.config.bus is None:
-            return open_store(site)
+    def _local_site(self, site: SiteConfig) -> LocalSite:
+        """A site whose store this process opens and writes."""
+        store = self.stores[site.name] = open_store(site)
+        return LocalSite(store, self.metrics.for_site(site.name))
+
+    def _site_for(self, site: SiteConfig) -> Site:
+        """An edge site: with a bus, its agent serves it; without one, the hub
+        writes its store itself (in-hub mode)."""
+        if self.config.bus is None:
+            return self._local_site(site)
         if self.agents is None:
             bus = self.config.bus
             self.registry = SiteRegistry(self.config.sites, stale_after_s=bus.stale_after_s)
@@ -109,21 +120,20 @@ class Hub:
             self.agents = AgentCommands(self.catalog, self.publisher, self.registry,
                                         offline_deadline_s=bus.offline_deadline_s)
         token = site.agent_token_file.read_text().strip() if site.agent_token_file else None
-        return RemoteStore(site, self.agents, hub_url=self.config.public_url,
-                           agent_url=site.agent_url, agent_token=token,
-                           observer=self.metrics.for_site(self.central))
+        return AgentSite(site, self.agents, hub_url=self.config.public_url,
+                         agent_url=site.agent_url, agent_token=token,
+                         observer=self.metrics.for_site(self.central))
 
     def _watch(self) -> None:
         """What /metrics reads live: the catalog, the site registry, and the
-        capacity of the stores this process writes (an agent reports its own)."""
-        self.metrics.watch_catalog(self.catalog, list(self.stores))
+        capacity of the sites' stores where the hub can measure it (an agent
+        reports its own)."""
+        self.metrics.watch_catalog(self.catalog, list(self.sites))
         self.metrics.watch_served(self.served)
         if self.registry is not None:
             self.metrics.watch_sites(self.registry)
-        for name, store in self.stores.items():
-            if not isinstance(store, RemoteStore):
-                self.metrics.for_site(name)  # its byte counters start at 0
-                self.metrics.watch_capacity(name, store.capacity)
+        for name, site in self.sites.items():
+            self.metrics.watch_capacity(name, site.capacity)
 
     async def _start_bus(self) -> None:
         bus = self.config.bus
@@ -147,7 +157,7 @@ class Hub:
         image = await self.catalog.require_image(image_id)
         if self.central not in image.stores:
             raise Conflict(f"Image {image_id} has no copy in the central store")
-        return ServedCopy(self.stores[self.central], content_id=image.os_hash_value or None)
+        return ServedCopy(self.sites.central.store, content_id=image.os_hash_value or None)
 
     def _tokens_file(self) -> Path:
         # load_hub refuses auth = "token" without one; a HubConfig built by hand may still lack it.
@@ -201,14 +211,14 @@ class Hub:
             await cancel_and_wait([self._policy_task])
         if self._bus_task is not None:
             await cancel_and_wait([self._bus_task])  # it may swallow one cancel (gh-86296)
-        await self._close_stores_and_catalog()
+        await self._close_sites_and_catalog(list(self.sites.values()))
 
-    async def _close_stores_and_catalog(self) -> None:
-        for store in self.stores.values():
+    async def _close_sites_and_catalog(self, sites: list[Site]) -> None:
+        for site in sites:
             try:
-                await store.close()
+                await site.close()
             except Exception as exc:  # noqa: BLE001 — the catalog must still be closed
-                log.error("closing store %s failed: %s", store.name, exc)
+                log.error("closing site %s failed: %s", site.name, exc)
         await self.catalog.close()
 
 

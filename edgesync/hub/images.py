@@ -20,11 +20,11 @@ from edgesync.hub.patch import (
     check_extra_property,
     plan_patch,
 )
-from edgesync.hub.remote import RemoteStore, SiteOffline
-from edgesync.hub.replicator import Replicator
+from edgesync.hub.remote import SiteOffline
+from edgesync.hub.sites import Site, Sites
 from edgesync.hub.staging import Staging
 from edgesync.model import Image, ImageStatus, Visibility
-from edgesync.stores.base import ImageStore, Location
+from edgesync.stores.base import Location
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,12 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 
 class ImageService:
-    def __init__(self, *, catalog: Catalog, stores: dict[str, ImageStore], config: HubConfig,
-                 staging: Staging, replicator: Replicator) -> None:
+    def __init__(self, *, catalog: Catalog, sites: Sites, config: HubConfig, staging: Staging) -> None:
         self.catalog = catalog
-        self.stores = stores
+        self.sites = sites
         self.config = config
         self.central = config.central.name
         self.staging = staging
-        self.replicator = replicator
 
     def _formats(self) -> dict[str, tuple[str, ...]]:
         return {"disk_formats": self.config.imports.disk_formats, "container_formats": CONTAINER_FORMATS}
@@ -109,11 +107,11 @@ class ImageService:
         _check_uuid(image_id)
         if await self.catalog.get_image(image_id) is not None:
             raise Conflict(f"An image with id {image_id} already exists")
-        store = self.stores[site]
-        if not await store.exists(image_id):
+        where = self.sites[site]
+        if not await where.holds(image_id):
             raise NotFound(f"Store '{site}' holds no published copy of {image_id} (RBD image with "
                            "protected snapshot 'snap'); create it there first")
-        location_url = body.get("location_url") if isinstance(store, RemoteStore) else store.location_url(image_id)
+        location_url = where.registered_location(image_id, body.get("location_url"))
         if not isinstance(location_url, str) or image_id not in location_url:
             raise BadRequest("location_url must be the copy's location in that store, naming the image id")
         image = Image(id=image_id, owner=body.get("owner") or caller.project,
@@ -159,7 +157,7 @@ class ImageService:
         if image.protected:
             raise Forbidden(f"Image {image_id} is protected; set protected=false before deleting it")
         await self._refuse_if_locked(image_id, "deleted")
-        stores = [s for s in image.stores if s in self.stores]
+        stores = [s for s in image.stores if s in self.sites]
         for gone in sorted(set(image.stores) - set(stores)):
             log.warning("image %s: dropping its location in store %s, which is no longer configured",
                         image_id, gone)
@@ -171,7 +169,7 @@ class ImageService:
 
     async def _refuse_if_in_use(self, image_id: str, stores: Sequence[str]) -> None:
         """Ask every store at once; StoreImageInUse if any copy has clones."""
-        checks = [self._in_use_hint(image_id, s, self.stores[s].ensure_deletable(image_id)) for s in stores]
+        checks = [self._in_use_hint(image_id, s, self.sites[s].check_removable(image_id)) for s in stores]
         for store, outcome in zip(stores, await asyncio.gather(*checks, return_exceptions=True), strict=True):
             if isinstance(outcome, SiteOffline):
                 log.warning("image %s: deleting without checking %s for clones: %s", image_id, store,
@@ -186,9 +184,9 @@ class ImageService:
         agent go offline after the command went out, the delete stays pending
         and the location goes when the agent confirms. A location in a store
         no longer configured is simply dropped."""
-        known = store in self.stores
+        known = store in self.sites
         if not known and not await self._has_location(image_id, store):
-            raise NotFound(f"Unknown store '{store}'; known stores: {', '.join(self.stores)}")
+            raise NotFound(f"Unknown store '{store}'; known stores: {', '.join(self.sites)}")
         image = await self.get(caller, image_id)
         require_owner_or_admin(caller, image, "delete it from a store")
         if store not in image.stores:
@@ -208,8 +206,7 @@ class ImageService:
                         image_id, store)
             await self.catalog.remove_location(image_id, store)
             return
-        target = self.stores[store]
-        if isinstance(target, RemoteStore) and not target.online():
+        if not self.sites[store].online():
             raise SiteOffline(
                 f"Store '{store}' can't delete its copy of image {image_id} now: the agent of site {store} "
                 "is offline. Nothing was changed; try again when it is up (GET /edgesync/v1/sites)")
@@ -225,7 +222,7 @@ class ImageService:
         is going); without, SiteOffline is raised and the location stays until
         the agent confirms."""
         try:
-            await self._in_use_hint(image_id, store, self.replicator.remove(image_id, store))
+            await self._in_use_hint(image_id, store, self.sites[store].remove(image_id))
         except NotFound:
             pass  # already gone from the store: just forget the location
         except SiteOffline as exc:
@@ -265,8 +262,8 @@ class ImageService:
             await self.catalog.update_image(image_id, fields={"status": ImageStatus.QUEUED})
             raise
 
-    async def open_data(self, caller: Caller, image_id: str) -> tuple[Image, ImageStore | None]:
-        """The image and the store to read it from; no store when the image
+    async def open_data(self, caller: Caller, image_id: str) -> tuple[Image, Site | None]:
+        """The image and the site to read it from; no site when the image
         has no data yet (queued, or staged and not imported), which Glance
         answers with 204 and no body."""
         image = await self.get(caller, image_id)
@@ -277,23 +274,24 @@ class ImageService:
         if image.status not in (ImageStatus.ACTIVE, ImageStatus.DEACTIVATED):
             raise Conflict(f"Image {image_id} is {image.status.value}; only active images have data to download")
         # Central first; a copy in a store no longer configured can't be read.
-        known = [name for name in image.stores if name in self.stores]
+        known = [name for name in image.stores if name in self.sites]
         if not known:
             raise StoreUnavailable(
                 f"Image {image_id} has copies only in stores this hub no longer has in its configuration "
                 f"({', '.join(image.stores)}); add the site back or copy the image from elsewhere")
         store = self.central if self.central in known else known[0]
-        return image, self.stores[store]
+        return image, self.sites[store]
 
     @staticmethod
-    async def read_range(store: ImageStore, image_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read_range(site: Site, image_id: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a copy, in chunks (streamed, never whole)."""
+        copy = site.reader(image_id)
         pos = start
         while pos < end:
             n = min(READ_CHUNK_BYTES, end - pos)
-            data = await store.read(image_id, pos, n)
+            data = await copy.read(pos, n)
             if len(data) != n:
-                raise EdgesyncError(f"short read from store {store.name} at {pos}")
+                raise EdgesyncError(f"short read from store {site.name} at {pos}")
             yield data
             pos += n
 

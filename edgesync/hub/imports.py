@@ -30,8 +30,7 @@ from edgesync.catalog import Catalog, ImageQuery
 from edgesync.config import ImportConfig
 from edgesync.errors import BadRequest, Conflict, EdgesyncError, failure_reason
 from edgesync.hub.auth import Caller, require_owner_or_admin
-from edgesync.hub.remote import RemoteStore
-from edgesync.hub.replicator import Replicator
+from edgesync.hub.sites import Sites
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
 from edgesync.importer.download import download
@@ -50,8 +49,7 @@ from edgesync.model import (
     Task,
     TaskStatus,
 )
-from edgesync.stores.base import ImageStore
-from edgesync.transfer.pipeline import CopyProgressFn, FileSource, MeasuredSource, pump
+from edgesync.transfer.pipeline import CopyProgressFn, FileSource, MeasuredSource
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +116,23 @@ class Importer:
         self,
         *,
         catalog: Catalog,
-        stores: dict[str, ImageStore],
-        central: str,
+        sites: Sites,
         staging: Staging,
         config: ImportConfig,
-        replicator: Replicator,
         metrics: HubMetrics | None = None,
     ) -> None:
         self.catalog = catalog
-        self.stores = stores
-        self.central = central
+        self.sites = sites
+        self.central = sites.central.name
         self.staging = staging
         self.config = config
-        self.replicator = replicator
-        self.metrics = metrics or HubMetrics(sites=list(stores))
+        self.metrics = metrics or HubMetrics(sites=list(sites))
         self._running: dict[str, asyncio.Task[None]] = {}
 
     # --- accepting requests ---------------------------------------------------
 
     async def request_import(self, image: Image, caller: Caller, body: Any) -> Task | None:
-        req = parse_import_request(body, list(self.stores), self.config.enabled_methods)
+        req = parse_import_request(body, list(self.sites), self.config.enabled_methods)
         if req.method == "copy-image":
             return await self._request_copy(image, caller, req)
         return await self._request_new(image, caller, req)
@@ -168,10 +163,7 @@ class Importer:
         return task
 
     def _targets_for_new(self, req: ImportRequest) -> list[str]:
-        if req.all_stores:
-            wanted = [n for n, s in self.stores.items() if not s.read_only]
-        else:
-            wanted = req.stores or [self.central]
+        wanted = self.sites.writable() if req.all_stores else (req.stores or [self.central])
         # Hub first: central is always written, and written first.
         return [self.central] + [s for s in wanted if s != self.central]
 
@@ -188,7 +180,7 @@ class Importer:
                 "an image must be copied to central before it can go to other stores (hub first)"
             )
         if req.all_stores:
-            stores = [n for n, s in self.stores.items() if n not in image.stores and not s.read_only]
+            stores = [n for n in self.sites.writable() if n not in image.stores]
             if not stores:
                 return None  # Glance: nothing left to copy → 202, no task
         else:
@@ -222,8 +214,8 @@ class Importer:
         request returns when the image is active (or failed)."""
         require_owner_or_admin(caller, image, "upload data to it")
         require_formats(image)
-        if store is not None and store not in self.stores:
-            raise Conflict(f"Unknown store '{store}'; known stores: {', '.join(self.stores)}")
+        if store is not None and store not in self.sites:
+            raise Conflict(f"Unknown store '{store}'; known stores: {', '.join(self.sites)}")
         req = ImportRequest("upload", None, [store] if store else None, False, True)
         task = self._new_task(image, caller, req, self._targets_for_new(req), {"disk_format": image.disk_format or ""})
         await self.catalog.start_task(
@@ -311,20 +303,11 @@ class Importer:
     async def _write_central(self, task: Task, image: Image) -> None:
         await self._set_job(task, self.central, StoreJobState.RUNNING)
         source, fields = await self._prepare_source(task, image)
-        store = self.stores[self.central]
-        await store.discard_unpublished(image.id)
-        if await store.exists(image.id):
-            # Published by a run that died before the catalog recorded it; the
-            # image is not active, so nothing can reference this copy.
-            await store.delete(image.id)
         reader = FileSource(source)
         data = MeasuredSource(reader)
         try:
-            size = await reader.size()
-            async with await store.open_writer(image.id, size) as writer:
-                digest = await pump(data, writer, size=size,
-                                    on_progress=data.reporting_to(self._progress_recorder(task, self.central)))
-                location = await writer.publish()
+            digest, location = await self.sites.central.ingest(image.id, data,
+                                                               self._progress_recorder(task, self.central))
         finally:
             reader.close()
         await self.catalog.update_image(image.id, fields={
@@ -363,9 +346,9 @@ class Importer:
         await self._set_job(task, store, StoreJobState.RUNNING)
         with self.metrics.copy(store) as timing:
             try:
-                location = await self.replicator.replicate(
-                    image, task.input.get("source") or self.central, store,
-                    self._progress_recorder(task, store),
+                source = self.sites[task.input.get("source") or self.central]
+                location = await self.sites[store].replicate(
+                    image, source, self._progress_recorder(task, store),
                     job_id=f"{task.id}-{store}", resume=resume)
             except Exception as exc:
                 # Any failure fails this store only: letting one escape would end
@@ -422,7 +405,7 @@ class Importer:
         import that never reached central)."""
         for store in stores:
             try:
-                await self.replicator.remove(task.image_id, store)
+                await self.sites[store].remove(task.image_id)
             except Exception as exc:  # must not stop the task from finishing and unlocking
                 log.error("rollback of %s in %s failed: %s", task.image_id, store, _reason(exc),
                           exc_info=not isinstance(exc, EdgesyncError))
@@ -502,7 +485,7 @@ class Importer:
             resumable = self._resumable(task)
             await self._fail_all(task, "interrupted: the hub restarted while this store was being written",
                                  keep=resumable)
-            if not any(self._is_remote(j.store) for j in task.jobs):
+            if not any(self._outlives_hub(j.store) for j in task.jobs):
                 await self._finalize(task.id)
                 continue
             # Hold the image at once: the lock may have lapsed while the hub was down.
@@ -512,8 +495,9 @@ class Importer:
             self._spawn(task, self._resume(task, resumable))
         await self._clean_staging()
 
-    def _is_remote(self, store: str) -> bool:
-        return isinstance(self.stores.get(store), RemoteStore)
+    def _outlives_hub(self, store: str) -> bool:
+        site = self.sites.get(store)  # None: the site was removed from the config
+        return site is not None and site.copies_outlive_hub
 
     def _resumable(self, task: Task) -> list[str]:
         """The unfinished jobs a site's agent may be doing. None while central
@@ -521,7 +505,7 @@ class Importer:
         central = task.job(self.central)
         if central is not None and central.state != StoreJobState.DONE:
             return []
-        return [name for name in task.unfinished_stores if self._is_remote(name)]
+        return [name for name in task.unfinished_stores if self._outlives_hub(name)]
 
     async def _resume(self, task: Task, stores: list[str]) -> None:
         image = await self.catalog.require_image(task.image_id)
@@ -529,20 +513,16 @@ class Importer:
         await self._finalize(task.id)
 
     async def _clean_local_leftovers(self, task: Task) -> None:
-        """Partial or unrecorded copies the dead run left in stores the hub
-        writes itself (an agent cleans its own, from its journal)."""
+        """Partial or unrecorded copies the dead run left at the task's sites
+        (those the hub writes itself; an agent cleans its own, from its journal)."""
         image = await self.catalog.get_image(task.image_id)
         recorded = image.stores if image is not None else []
         for name in task.unfinished_stores:
-            store = self.stores.get(name)  # None: the site was removed from the config
-            if store is None or self._is_remote(name):
+            site = self.sites.get(name)  # None: the site was removed from the config
+            if site is None:
                 continue
             try:
-                await store.discard_unpublished(task.image_id)
-                if name not in recorded and await store.exists(task.image_id):
-                    # Published, but the run died before the catalog
-                    # recorded it: no location refers to this copy.
-                    await store.delete(task.image_id)
+                await site.clean_after_crash(task.image_id, recorded=name in recorded)
             except Exception as exc:  # noqa: BLE001 — a broken store must not stop the hub starting
                 log.warning("recovery: cleaning %s in %s failed: %s", task.image_id, name, _reason(exc))
 

@@ -1,11 +1,8 @@
-"""An edge site's store as the hub sees it: operated through the site's agent.
+"""The hub's side of the conversation with the sites' agents (`AgentCommands`).
 
-`RemoteStore` is an `ImageStore` whose work happens elsewhere: copies and
-deletions are commands to the site's agent (through the catalog's outbox,
-at-least-once), answered by its events; reads of an edge copy (to bring an
-edge-created image to central) go over HTTP to the agent's data endpoint.
-The orchestration keeps calling the one store interface and does not know
-which stores are local.
+Copies and deletions at a site served by its agent (`hub.sites.agent.AgentSite`)
+are commands to that agent, through the catalog's outbox (at-least-once),
+answered by its events.
 
 While a site's agent is down, a copy waits (the broker keeps its command for
 the agent's persistent session); if the site stays down past
@@ -20,7 +17,7 @@ waiting, or, after the site went offline or the hub restarted, to nobody but
 the catalog: a Done removes the entry (and the copy's location, if the image
 still exists); a Failed nobody waits for stays listed with its reason.
 `delete` waits only while the site is up and otherwise raises `SiteOffline`,
-leaving the delete pending. A probe (`ensure_deletable`) is a question, not
+leaving the delete pending. A probe (`AgentSite.check_removable`) is a question, not
 an order: it is only asked of a site that is up, and not recorded.
 """
 
@@ -35,8 +32,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from edgesync.bus import (
     CheckDeletableCommand,
     CopyCommand,
@@ -50,15 +45,9 @@ from edgesync.bus import (
 )
 from edgesync.bus.messages import new_message_id
 from edgesync.catalog import Catalog, PendingDelete
-from edgesync.config import SiteConfig
 from edgesync.errors import FailureReason, StoreError, StoreUnavailable, reason_for_code, store_error_for_code
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.sites import SiteRegistry
-from edgesync.model import Image
-from edgesync.observer import NO_OBSERVER, CopyObserver
-from edgesync.stores.base import Extent, ImageStore, ImageWriter, Location, StoreCapacity
-from edgesync.stores.ceph_conf import conf_fsid
-from edgesync.transfer.http import HttpSource, TransferError
 from edgesync.transfer.pipeline import CopyProgressFn
 
 log = logging.getLogger(__name__)
@@ -367,123 +356,3 @@ def _failure(site: str, failed: FailedEvent) -> StoreError:
     text = f"{site}: {failed.reason}"
     return (store_error_for_code(failed.code, text, retryable=failed.retryable)
             or AgentTaskFailed(text, code=failed.code, retryable=failed.retryable))
-
-
-class RemoteStore(ImageStore):
-    """An edge site's store, operated by its agent."""
-
-    def __init__(self, site: SiteConfig, commands: AgentCommands, *, hub_url: str,
-                 agent_url: str | None, agent_token: str | None,
-                 observer: CopyObserver = NO_OBSERVER) -> None:
-        """`observer` counts what reads of this site's copies bring over HTTP."""
-        self.name = site.name
-        self.type = site.store.type
-        self.description = site.store.description
-        self.read_only = site.store.read_only
-        self._site = site
-        self._commands = commands
-        self._hub_url = hub_url
-        self._agent_url = agent_url
-        self._agent_token = agent_token
-        self._observer = observer
-        self._session: aiohttp.ClientSession | None = None
-        # One HttpSource per image: it caches the extent map between reads.
-        self._sources: dict[str, HttpSource] = {}
-
-    # --- what the hub asks of an edge site ------------------------------------
-
-    async def replicate(self, image: Image, job_id: str, on_progress: CopyProgressFn,
-                        *, resume: bool = False) -> Location:
-        """`resume`: the hub restarted while this copy was under way; wait for
-        the agent's answer rather than sending the command again."""
-        assert image.size is not None and image.os_hash_value
-        done = await self._commands.call(self.name, CopyCommand(
-            task_id=job_id, image_id=image.id, size_bytes=image.size,
-            os_hash_value=image.os_hash_value, source_url=self._hub_url), on_progress, resume=resume)
-        if not done.location_url:
-            raise StoreError(f"{self.name}: the agent reported a copy without a location")
-        return Location(self.name, done.location_url)
-
-    async def delete(self, image_id: str) -> None:
-        """SiteOffline if the agent is (or goes) down: the delete then stays pending."""
-        self.forget(image_id)
-        await self._commands.delete(self.name, image_id)
-
-    async def ensure_deletable(self, image_id: str) -> None:
-        """The agent checks its store; SiteOffline if it can't be asked."""
-        await self._commands.probe(self.name, image_id)
-
-    def online(self) -> bool:
-        return self._commands.registry.is_up(self.name)
-
-    # --- reading an edge copy (edge-created images go to central) --------------
-
-    def _source(self, image_id: str) -> HttpSource:
-        if self._agent_url is None:
-            raise StoreError(f"site {self.name} has no agent data endpoint configured")
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        if image_id not in self._sources:
-            self._sources[image_id] = HttpSource(self._session, self._agent_url, image_id,
-                                                 token=self._agent_token, observer=self._observer)
-        return self._sources[image_id]
-
-    def forget(self, image_id: str) -> None:
-        """Drop the cached source (after a copy to central, or a delete)."""
-        self._sources.pop(image_id, None)
-
-    async def extents(self, image_id: str) -> list[Extent]:
-        return await self._source(image_id).extents()
-
-    async def read(self, image_id: str, offset: int, length: int) -> bytes:
-        return await self._source(image_id).read(offset, length)
-
-    async def size(self, image_id: str) -> int:
-        return await self._source(image_id).size()
-
-    async def allocated_bytes(self, image_id: str) -> int:
-        return sum(e.length for e in await self.extents(image_id))
-
-    async def exists(self, image_id: str) -> bool:
-        try:
-            await self.size(image_id)
-        except TransferError as exc:
-            if exc.status == 404:
-                self.forget(image_id)
-                return False
-            raise
-        return True
-
-    # --- not done from the hub ---------------------------------------------------
-
-    async def open_writer(self, image_id: str, size_bytes: int, *, resume: bool = False) -> ImageWriter:
-        raise StoreError(f"site {self.name}'s store is written by its agent, not by the hub")
-
-    async def discard_unpublished(self, image_id: str) -> None:
-        """The agent cleans its own unpublished copies (its journal knows them)."""
-
-    def location_url(self, image_id: str) -> str:
-        raise StoreError(f"the location of a copy in {self.name} is reported by its agent")
-
-    async def image_ids(self) -> list[str]:
-        raise StoreError(f"the inventory of {self.name} is reported by its agent")
-
-    async def capacity(self) -> StoreCapacity | None:
-        """Unknown here: the agent's heartbeat carries its store's free space."""
-        return None
-
-    def properties(self) -> dict[str, Any]:
-        """What the site file says of the agent's store (the hub never opens it)."""
-        cfg = self._site.store
-        props: dict[str, Any] = {"agent_url": self._agent_url, "thin_provisioning": True}
-        if cfg.type == "file":
-            props["datadir"] = str(cfg.path)
-        else:
-            props.update(pool=cfg.pool, chunk_size=4, user=cfg.user)
-            if cfg.ceph_conf is not None and cfg.ceph_conf.is_file():
-                props["fsid"] = conf_fsid(cfg.ceph_conf)
-        return props
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()

@@ -30,9 +30,10 @@ from edgesync.catalog import Catalog
 from edgesync.config import ImportConfig, SiteConfig, StoreConfig
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.imports import Importer
-from edgesync.hub.remote import RESEND_AFTER_BEATS, AgentCommands, RemoteStore
-from edgesync.hub.replicator import InHubReplicator
-from edgesync.hub.sites import SiteRegistry
+from edgesync.hub.remote import RESEND_AFTER_BEATS, AgentCommands
+from edgesync.hub.sites import Site, SiteRegistry, Sites
+from edgesync.hub.sites.agent import AgentSite
+from edgesync.hub.sites.local import LocalSite
 from edgesync.hub.staging import Staging
 from edgesync.model import IMPORTING_TO_STORES, Image, ImageStatus, StoreJob, StoreJobState, Task, TaskStatus
 from edgesync.stores import open_store
@@ -212,12 +213,13 @@ async def test_recovery_reattaches_agent_copies_and_finalizes_on_their_answers(h
 def make_importer(hub: Hub, tmp_path: Path) -> Importer:
     central = site("central", tmp_path, "central")
     (tmp_path / "central").mkdir(exist_ok=True)
-    stores: dict[str, Any] = {"central": open_store(central)}
+    central_site = LocalSite(open_store(central))
+    sites: list[Site] = [central_site]
     for name in ("dcn0", "dcn1"):
-        stores[name] = RemoteStore(site(name, tmp_path), hub.commands, hub_url="http://hub",
-                                   agent_url=None, agent_token=None)
-    return Importer(catalog=hub.catalog, stores=stores, central="central", staging=Staging(tmp_path / "staging"),
-                    config=ImportConfig(), replicator=InHubReplicator(stores))
+        sites.append(AgentSite(site(name, tmp_path), hub.commands, hub_url="http://hub",
+                               agent_url=None, agent_token=None))
+    return Importer(catalog=hub.catalog, sites=Sites(sites, central_site), staging=Staging(tmp_path / "staging"),
+                    config=ImportConfig())
 
 
 async def test_a_reattached_copy_that_fails_rolls_back_the_other_edge_as_on_the_normal_path(

@@ -113,7 +113,7 @@ async def info_import(request: web.Request) -> web.Response:
 
 @routes.get("/v2/info/stores")
 async def info_stores(request: web.Request) -> web.Response:
-    return web.json_response({"stores": [_store_entry(request, name) for name in hub_of(request).stores]})
+    return web.json_response({"stores": [_store_entry(request, name) for name in hub_of(request).sites]})
 
 
 @routes.get("/v2/info/stores/detail")
@@ -121,18 +121,18 @@ async def info_stores_detail(request: web.Request) -> web.Response:
     require_admin(caller_of(request), "see store details")
     hub = hub_of(request)
     entries = []
-    for name, store in hub.stores.items():
+    for name, site in hub.sites.items():
         entries.append({**_store_entry(request, name),
-                        "type": store.type, "weight": 0, "properties": store.properties()})
+                        "type": site.store_type, "weight": 0, "properties": site.store_properties()})
     return web.json_response({"stores": entries})
 
 
 def _store_entry(request: web.Request, name: str) -> dict[str, str]:
     hub = hub_of(request)
-    store = hub.stores[name]
-    entry = {"id": name, "description": store.description}
+    site = hub.sites[name]
+    entry = {"id": name, "description": site.description}
     if name == hub.central:
         entry["default"] = "true"
-    if store.read_only:
+    if site.read_only:
         entry["read-only"] = "true"
     return entry

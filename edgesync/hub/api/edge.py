@@ -23,23 +23,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from edgesync.errors import BadRequest, EdgesyncError, NotFound
+from edgesync.errors import BadRequest, NotFound
 from edgesync.hub.api.context import caller_of, hub_of, json_body
 from edgesync.hub.auth import require_admin
 from edgesync.hub.serialize import image_json, task_json
-from edgesync.stores.base import ImageStore
 
 routes = web.RouteTableDef()
 
-# A store that can't say how full it is within this is reported down, not waited for.
-CAPACITY_TIMEOUT_S = 5.0
 DEFAULT_TASKS = 20
 MAX_TASKS = 200
 
@@ -89,9 +85,6 @@ async def register_edge_image(request: web.Request) -> web.Response:
 @routes.get("/edgesync/v1/sites")
 async def sites(request: web.Request) -> web.Response:
     hub = hub_of(request)
-    live: dict[str, dict[str, Any]] = {}
-    if hub.registry is not None:
-        live = {entry["name"]: entry for entry in hub.registry.snapshot()}
     # Copies the hub makes itself: the same job ids an agent reports in flight.
     open_tasks = await hub.catalog.tasks(unfinished_only=True, limit=MAX_TASKS)
     waiting = Counter(p.site for p in await hub.catalog.pending_deletes())
@@ -99,34 +92,13 @@ async def sites(request: web.Request) -> web.Response:
     for site in hub.config.sites:
         entry: dict[str, Any] = {
             "name": site.name, "role": site.role, "availability_zone": site.availability_zone,
-            "store_type": site.store.type, "agent": site.name in live,
+            "store_type": site.store.type,
         }
-        if site.name in live:
-            entry.update({k: v for k, v in live[site.name].items() if k != "name"})
-        else:
-            entry["in_flight"] = [f"{t.id}-{site.name}" for t in open_tasks if site.name in t.unfinished_stores]
-            entry["heartbeat_age_s"] = None
-            entry.update(await _store_capacity(hub.stores[site.name]))
+        hub_jobs = [f"{t.id}-{site.name}" for t in open_tasks if site.name in t.unfinished_stores]
+        entry.update(await hub.sites[site.name].status(hub_jobs))
         entry["pending_deletes"] = waiting[site.name]
         body.append(entry)
     return web.json_response({"sites": body})
-
-
-async def _store_capacity(store: ImageStore) -> dict[str, Any]:
-    """A store the hub operates itself: up if it answers, and how full it is."""
-    try:
-        capacity = await asyncio.wait_for(store.capacity(), CAPACITY_TIMEOUT_S)
-    except TimeoutError:
-        return _down(f"store {store.name} did not answer within {CAPACITY_TIMEOUT_S:.0f} s")
-    except EdgesyncError as exc:
-        return _down(exc.message)
-    return {"up": True, "problem": None,
-            "free_bytes": capacity.free_bytes if capacity else None,
-            "used_bytes": capacity.used_bytes if capacity else None}
-
-
-def _down(problem: str) -> dict[str, Any]:
-    return {"up": False, "problem": problem, "free_bytes": None, "used_bytes": None}
 
 
 @routes.get("/edgesync/v1/tasks")

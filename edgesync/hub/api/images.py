@@ -54,7 +54,7 @@ async def create_image(request: web.Request) -> web.Response:
     return web.json_response(_image_body(request, image), status=201, headers={
         "Location": f"{hub.config.public_url}/v2/images/{image.id}",
         "OpenStack-image-import-methods": ",".join(hub.config.imports.enabled_methods),
-        "OpenStack-image-store-ids": ",".join(hub.stores),
+        "OpenStack-image-store-ids": ",".join(hub.sites),
     })
 
 
@@ -208,8 +208,8 @@ async def upload(request: web.Request) -> web.Response:
 @routes.get("/v2/images/{image_id}/file")
 async def download(request: web.Request) -> web.StreamResponse:
     hub = hub_of(request)
-    image, store = await hub.images.open_data(caller_of(request), request.match_info["image_id"])
-    if store is None:
+    image, site = await hub.images.open_data(caller_of(request), request.match_info["image_id"])
+    if site is None:
         return web.Response(status=204)  # no data yet, as Glance answers
     size = image.size or 0
     start, end, partial = _byte_range(request.headers.get("Range"), size)
@@ -223,7 +223,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     await response.prepare(request)
-    async for chunk in hub.images.read_range(store, image.id, start, end):
+    async for chunk in hub.images.read_range(site, image.id, start, end):
         await response.write(chunk)
     await response.write_eof()
     return response

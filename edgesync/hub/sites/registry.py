@@ -105,15 +105,16 @@ class SiteRegistry:
             pass
 
     def snapshot(self) -> list[dict[str, Any]]:
-        now = self._clock()
-        return [
-            {
-                "name": v.name, "availability_zone": v.availability_zone, "up": self.is_up(v.name),
-                "online": v.online, "problem": v.problem, "heartbeat_age_s": v.heartbeat_age_s(now),
-                "in_flight": list(v.in_flight), "free_bytes": v.free_bytes,
-            }
-            for v in self._sites.values()
-        ]
+        return [self.describe(name) for name in self._sites]
+
+    def describe(self, site: str) -> dict[str, Any]:
+        """What the hub knows of `site`'s agent now (`GET /edgesync/v1/sites`)."""
+        v = self._sites[site]
+        return {
+            "name": v.name, "availability_zone": v.availability_zone, "up": self.is_up(v.name),
+            "online": v.online, "problem": v.problem, "heartbeat_age_s": v.heartbeat_age_s(self._clock()),
+            "in_flight": list(v.in_flight), "free_bytes": v.free_bytes,
+        }
 
     @staticmethod
     def _notify(view: SiteView) -> None:

@@ -1,0 +1,131 @@
+"""A site served by its agent: the hub never opens its store.
+
+Copies and removals are commands to the site's agent (`AgentCommands`, in
+hub/remote.py: through the catalog's outbox, at-least-once, answered by the
+agent's events); the agent pulls the image from the hub's data endpoint,
+which serves central's copy. Reads of a copy at the site (to bring an
+edge-created image to central) go over HTTP to the agent's data endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from edgesync.bus import CopyCommand
+from edgesync.config import SiteConfig
+from edgesync.errors import StoreError
+from edgesync.hub.remote import AgentCommands
+from edgesync.hub.sites.base import Site
+from edgesync.model import Image
+from edgesync.observer import NO_OBSERVER, CopyObserver
+from edgesync.stores.base import Location, StoreCapacity
+from edgesync.stores.ceph_conf import conf_fsid
+from edgesync.transfer.http import HttpSource, TransferError
+from edgesync.transfer.pipeline import CopyProgressFn, DataSource
+
+
+class AgentSite:
+    copies_outlive_hub = True  # the agent goes on copying while the hub is away
+
+    def __init__(self, site: SiteConfig, commands: AgentCommands, *, hub_url: str,
+                 agent_url: str | None, agent_token: str | None,
+                 observer: CopyObserver = NO_OBSERVER) -> None:
+        """`observer` counts what reads of this site's copies bring over HTTP."""
+        self.name = site.name
+        self.store_type = site.store.type
+        self.description = site.store.description
+        self.read_only = site.store.read_only
+        self._site = site
+        self._commands = commands
+        self._hub_url = hub_url
+        self._agent_url = agent_url
+        self._agent_token = agent_token
+        self._observer = observer
+        self._session: aiohttp.ClientSession | None = None
+        # One HttpSource per image: it caches the extent map between reads.
+        self._sources: dict[str, HttpSource] = {}
+
+    def online(self) -> bool:
+        return self._commands.registry.is_up(self.name)
+
+    async def replicate(self, image: Image, source: Site, on_progress: CopyProgressFn,
+                        *, job_id: str, resume: bool = False) -> Location:
+        """The agent pulls from the hub (central's copy: hub first, so that is
+        the only source an edge copies from). `resume`: the hub restarted
+        while this copy was under way; wait for the agent's answer rather
+        than sending the command again."""
+        assert image.size is not None and image.os_hash_value
+        done = await self._commands.call(self.name, CopyCommand(
+            task_id=job_id, image_id=image.id, size_bytes=image.size,
+            os_hash_value=image.os_hash_value, source_url=self._hub_url), on_progress, resume=resume)
+        if not done.location_url:
+            raise StoreError(f"{self.name}: the agent reported a copy without a location")
+        return Location(self.name, done.location_url)
+
+    async def remove(self, image_id: str) -> None:
+        """SiteOffline if the agent is (or goes) down: the delete then stays pending."""
+        self._forget(image_id)
+        await self._commands.delete(self.name, image_id)
+
+    async def check_removable(self, image_id: str) -> None:
+        """The agent checks its store; SiteOffline if it can't be asked."""
+        await self._commands.probe(self.name, image_id)
+
+    async def holds(self, image_id: str) -> bool:
+        try:
+            await self.reader(image_id).size()
+        except TransferError as exc:
+            if exc.status == 404:
+                self._forget(image_id)
+                return False
+            raise
+        return True
+
+    def registered_location(self, image_id: str, reported: Any) -> Any:
+        """The agent reports the locations of its copies (the hub can't know them)."""
+        return reported
+
+    def reader(self, image_id: str) -> DataSource:
+        if self._agent_url is None:
+            raise StoreError(f"site {self.name} has no agent data endpoint configured")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        if image_id not in self._sources:
+            self._sources[image_id] = HttpSource(self._session, self._agent_url, image_id,
+                                                 token=self._agent_token, observer=self._observer)
+        return self._sources[image_id]
+
+    def _forget(self, image_id: str) -> None:
+        """Drop the cached source (after a delete, or a copy found gone)."""
+        self._sources.pop(image_id, None)
+
+    async def capacity(self) -> StoreCapacity | None:
+        """Not measured by the hub: the agent's heartbeats carry its free space
+        (`status`) and its own /metrics its store's capacity."""
+        return None
+
+    async def status(self, hub_jobs: list[str]) -> dict[str, Any]:
+        """As the agent's last heartbeat said (its own in-flight list, not the catalog's)."""
+        live = self._commands.registry.describe(self.name)
+        return {"agent": True, **{k: v for k, v in live.items() if k != "name"}}
+
+    def store_properties(self) -> dict[str, Any]:
+        """What the site file says of the agent's store (the hub never opens it)."""
+        cfg = self._site.store
+        props: dict[str, Any] = {"agent_url": self._agent_url, "thin_provisioning": True}
+        if cfg.type == "file":
+            props["datadir"] = str(cfg.path)
+        else:
+            props.update(pool=cfg.pool, chunk_size=4, user=cfg.user)
+            if cfg.ceph_conf is not None and cfg.ceph_conf.is_file():
+                props["fsid"] = conf_fsid(cfg.ceph_conf)
+        return props
+
+    async def clean_after_crash(self, image_id: str, *, recorded: bool) -> None:
+        """The agent cleans its own unpublished copies (its journal knows them)."""
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
