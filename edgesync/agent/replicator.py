@@ -209,7 +209,7 @@ class _CopyAttempt:
                         checkpoint_exc)
         try:
             await writer.suspend()
-        except Exception as suspend_exc:  # noqa: BLE001
+        except Exception as suspend_exc:  # noqa: BLE001 — see the docstring
             log.warning("task %s: could not suspend the interrupted copy: %s", self.command.task_id,
                         suspend_exc)
 
