@@ -1,9 +1,15 @@
-"""`GET /v2/images` as SQL: the query the API validated, and its WHERE clauses."""
+"""`GET /v2/images` as SQL: the query the API validated, its WHERE clauses,
+its order and the page after a marker (keyset paging: the page is found by
+the marker's sort values, so no row before it is read)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+# Sort and compare NULLs as the smallest value, so a keyset comparison never meets a NULL.
+_INTEGER_COLUMNS = frozenset({"size", "virtual_size", "min_ram", "min_disk", "protected", "os_hidden"})
+SQL_OPERATORS = {"eq": "=", "neq": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 @dataclass
@@ -21,11 +27,38 @@ class ImageQuery:
     os_hidden: bool = False
     include_community: bool = False
     properties: dict[str, str] = field(default_factory=dict)
+    # column → the values it may have (`name=a`, `disk_format=in:raw,qcow2`)
+    match: dict[str, list[Any]] = field(default_factory=dict)
+    # (column, operator of SQL_OPERATORS, value): `size_min`, `created_at=gte:…`
+    compare: list[tuple[str, str, Any]] = field(default_factory=list)
     sort: list[tuple[str, str]] = field(default_factory=lambda: [("created_at", "desc")])
+    marker: str | None = None  # the page starts after this image
+    limit: int | None = None  # rows to return (the API asks one more, to know if there is a next page)
 
     def order_by(self) -> str:
         # The keys were checked against rows.SORTABLE by the API; id breaks ties.
-        return ", ".join(f"{key} {direction.upper()}" for key, direction in self.sort) + ", id DESC"
+        return ", ".join(f"{sort_expr(key)} {direction.upper()}" for key, direction in self.sort) + ", id DESC"
+
+    def sort_values_sql(self) -> str:
+        """The marker's sort values, as `after_marker` compares them."""
+        return ", ".join(sort_expr(key) for key, _ in self.sort)
+
+    def after_marker(self, values: list[Any], marker_id: str) -> tuple[str, list[Any]]:
+        """Rows after the marker's (values…, id) in this order: a lexicographic
+        comparison with each key's own direction, id DESC last."""
+        keys = [(sort_expr(key), ">" if direction == "asc" else "<") for key, direction in self.sort]
+        keys.append(("id", "<"))
+        values = [*values, marker_id]
+        clauses, args = [], []
+        for i, (expr, op) in enumerate(keys):
+            equal = [f"{keys[j][0]} = ?" for j in range(i)]
+            clauses.append("(" + " AND ".join([*equal, f"{expr} {op} ?"]) + ")")
+            args += [*values[:i], values[i]]
+        return "(" + " OR ".join(clauses) + ")", args
+
+
+def sort_expr(column: str) -> str:
+    return f"COALESCE({column}, {-1 if column in _INTEGER_COLUMNS else repr('')})"
 
 
 def image_filters(q: ImageQuery) -> tuple[list[str], list[Any]]:
@@ -57,6 +90,12 @@ def image_filters(q: ImageQuery) -> tuple[list[str], list[Any]]:
         args.append(int(q.protected))
     where.append("os_hidden = ?")
     args.append(int(q.os_hidden))
+    for column, values in q.match.items():
+        where.append(f"{column} IN ({', '.join('?' * len(values))})")
+        args += values
+    for column, op, value in q.compare:
+        where.append(f"{column} {SQL_OPERATORS[op]} ?")
+        args.append(value)
     for key, value in q.properties.items():
         where.append("id IN (SELECT image_id FROM image_properties WHERE key = ? AND value = ?)")
         args += [key, value]

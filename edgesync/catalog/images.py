@@ -69,8 +69,21 @@ class ImageTables(Tables):
             await tx.execute("DELETE FROM images WHERE id = ?", (image_id,))
 
     async def list_images(self, query: ImageQuery) -> list[Image]:
+        """The images the query finds, in its order; with `marker` only those
+        after it (NotFound if the marker is not among them), with `limit` at
+        most that many — paged in SQL."""
         where, args = image_filters(query)
+        if query.marker is not None:
+            marker = await self._db.rows(
+                f"SELECT {query.sort_values_sql()} FROM images WHERE {' AND '.join([*where, 'id = ?'])}",
+                [*args, query.marker])
+            if not marker:
+                raise NotFound(f"marker {query.marker} is not an image in this listing")
+            clause, marker_args = query.after_marker(list(marker[0]), query.marker)
+            where, args = [*where, clause], [*args, *marker_args]
         sql = f"SELECT * FROM images WHERE {' AND '.join(where) or '1'} ORDER BY {query.order_by()}"
+        if query.limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, query.limit]
         return await self._hydrate(await self._db.rows(sql, args))
 
     async def _hydrate(self, rows: list[Row]) -> list[Image]:

@@ -572,6 +572,27 @@ def _listed(lab: Lab, *args: str) -> set[str]:
     return {r["ID"] for r in parse_list_table(check(glance(lab, "image-list", *args)).stdout)}
 
 
+def test_image_list_core_filters_operators_and_paging(file_lab: Lab,
+                                                      created: list[str]) -> None:
+    """glanceclient's --property-filter on core fields (Glance treats them as
+    fields, not properties), the in: operator, and paging one image a page."""
+    run = uuid.uuid4().hex[:8]
+    made = {}
+    for fmt, name in (("raw", "a"), ("qcow2", "b"), ("iso", "c")):
+        image_id = str(uuid.uuid4())
+        created.append(image_id)
+        check(glance(file_lab, "image-create", "--id", image_id, "--name", f"{name}-{run}", "--disk-format", fmt,
+                     "--container-format", "bare", "--property", f"e2e_run={run}"))
+        made[fmt] = image_id
+    mine = ("--property-filter", f"e2e_run={run}")
+    assert _listed(file_lab, *mine, "--property-filter", "disk_format=qcow2") == {made["qcow2"]}
+    assert _listed(file_lab, *mine, "--property-filter", "disk_format=in:raw,iso") == {made["raw"], made["iso"]}
+    assert _listed(file_lab, *mine, "--property-filter", "created_at=lt:2000-01-01T00:00:00Z") == set()
+    rows = parse_list_table(check(glance(file_lab, "image-list", *mine, "--page-size", "1",
+                                         "--sort-key", "name", "--sort-dir", "desc")).stdout)
+    assert [r["ID"] for r in rows] == [made["iso"], made["qcow2"], made["raw"]]
+
+
 def test_hidden_images_and_properties(file_lab: Lab, images: dict[str, ImageFile],
                                       created: list[str]) -> None:
     image_id = active_image(file_lab, created, images["striped"])

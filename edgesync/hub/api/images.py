@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from edgesync.catalog import ImageQuery
-from edgesync.errors import BadRequest, RangeNotSatisfiable
+from edgesync.errors import BadRequest, NotFound, RangeNotSatisfiable
 from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.api.image_filters import query_from
 from edgesync.hub.api.middleware import error_response
 from edgesync.hub.patch import DIALECTS
 from edgesync.hub.serialize import image_json, task_json
@@ -20,8 +20,6 @@ routes = web.RouteTableDef()
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 1000
-_QUERY_KEYS = {"limit", "marker", "sort_key", "sort_dir", "sort", "name", "status", "visibility",
-               "owner", "tag", "protected", "os_hidden", "member_status"}
 
 
 def _image_body(request: web.Request, image: Image) -> dict[str, Any]:
@@ -61,76 +59,34 @@ async def create_image(request: web.Request) -> web.Response:
 @routes.get("/v2/images")
 async def list_images(request: web.Request) -> web.Response:
     hub = hub_of(request)
-    query, limit, marker = _parse_list_query(request)
-    images = await hub.images.list(caller_of(request), query)
-    if marker is not None:
-        ids = [i.id for i in images]
-        if marker not in ids:
-            raise BadRequest(f"marker {marker} is not an image in this listing")
-        images = images[ids.index(marker) + 1:]
+    query = query_from(request)
+    limit = _limit(request.query.get("limit"))
+    query.marker, query.limit = request.query.get("marker"), limit + 1  # one more: is there a next page?
+    try:
+        images = await hub.images.list(caller_of(request), query)
+    except NotFound as exc:  # the marker, as Glance answers it
+        raise BadRequest(exc.message) from exc
     page = images[:limit]
     body: dict[str, Any] = {
         "images": [_image_body(request, i) for i in page],
         "first": "/v2/images", "schema": "/v2/schemas/images",
     }
-    if len(images) > limit:
+    if len(images) > limit and page:
         params = [(k, v) for k, v in request.query.items() if k != "marker"]
         body["next"] = "/v2/images?" + urlencode([*params, ("marker", page[-1].id)])
     return web.json_response(body)
 
 
-def _parse_list_query(request: web.Request) -> tuple[ImageQuery, int, str | None]:
-    q = request.query
-    limit = _int_param(q.get("limit"), "limit", DEFAULT_LIMIT)
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"limit must be an integer, got {raw!r}") from exc
     if limit < 0:
         raise BadRequest("limit must not be negative")
-    query = ImageQuery(
-        name=q.get("name"), status=q.get("status"), visibility=q.get("visibility"),
-        owner=q.get("owner"), tags=q.getall("tag", []),
-        protected=_bool_param(q.get("protected"), "protected"),
-        os_hidden=bool(_bool_param(q.get("os_hidden"), "os_hidden")),
-        sort=_sort_param(request), properties={k: v for k, v in q.items() if k not in _QUERY_KEYS},
-    )
-    if query.visibility is not None and query.visibility not in ("public", "private", "shared", "community", "all"):
-        raise BadRequest("visibility must be public, private, shared, community or all")
-    if query.visibility == "all":
-        query.visibility = None
-        query.include_community = True
-    return query, min(limit, MAX_LIMIT), q.get("marker")
-
-
-def _int_param(raw: str | None, name: str, default: int) -> int:
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from exc
-
-
-def _bool_param(raw: str | None, name: str) -> bool | None:
-    if raw is None:
-        return None
-    if raw.lower() in ("true", "1", "yes"):
-        return True
-    if raw.lower() in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false, got {raw!r}")
-
-
-def _sort_param(request: web.Request) -> list[tuple[str, str]]:
-    q = request.query
-    if "sort" in q:  # new syntax: sort=name:asc,created_at
-        pairs = [p.partition(":") for p in q["sort"].split(",") if p]
-        sort = [(k, d or "desc") for k, _, d in pairs]
-    else:
-        keys = [k for raw in q.getall("sort_key", []) for k in raw.split(",") if k] or ["created_at"]
-        dirs = [d for raw in q.getall("sort_dir", []) for d in raw.split(",") if d]
-        sort = [(k, dirs[i] if i < len(dirs) else (dirs[-1] if dirs else "desc")) for i, k in enumerate(keys)]
-    for _, direction in sort:
-        if direction not in ("asc", "desc"):
-            raise BadRequest(f"sort direction must be asc or desc, got {direction!r}")
-    return sort
+    return min(limit, MAX_LIMIT)
 
 
 # --- one image --------------------------------------------------------------------
