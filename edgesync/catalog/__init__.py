@@ -15,8 +15,9 @@ families over one `Database`:
 - `tasks`: tasks, their store jobs and the per-image import lock;
 - `outbox`: commands for the agents, written with the state they announce;
 - `pending_deletes`: deletes waiting for an edge site's agent;
-- `glance_tasks`: what `POST /v2/tasks` adds to a task, and `GET /v2/tasks`
-  (a `GlanceTasks(catalog)` wrapper over the same database, not a base yet);
+- `metadefs` and `glance_tasks` (Glance's metadefs; what `POST /v2/tasks`
+  adds to a task, and `GET /v2/tasks`): wrappers, `Metadefs(catalog)` and
+  `GlanceTasks(catalog)`, over `catalog.database` (see below);
 - `rows`: row mapping, records to and from rows; `image_query`: the
   `GET /v2/images` filters; `schema`: the migrations (edgesync.sqlite runs them).
 
@@ -31,7 +32,10 @@ Adding a table family (metadefs, image members, chunk manifests, …):
 3. one line: the class added to `Catalog`'s bases.
 
 Method names are the catalog's API and stay unique across families (a unit
-test checks it), so a family never hides another's method. A family imports
+test checks it), so a family never hides another's method. A family whose
+verbs only make sense in its own namespace (`get`, `list`, `items`) is a
+wrapper instead, built from the catalog and using `catalog.database` and the
+other families' statement functions, never their private parts. A family imports
 another's statement functions, never its class; `images` and `outbox` import
 no other family.
 """
@@ -64,3 +68,8 @@ class Catalog(ImageTables, TaskTables, OutboxTables, PendingDeleteTables):
 
     async def schema_version(self) -> int:
         return await self._db.version()
+
+    @property
+    def database(self) -> Database:
+        """For a family that wraps the catalog instead of being a base (see above)."""
+        return self._db

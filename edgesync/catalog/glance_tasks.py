@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgesync.catalog.tasks import with_jobs
 from edgesync.errors import BadRequest
 from edgesync.model import Task
 from edgesync.sqlite import Row, Transaction
@@ -46,11 +47,11 @@ class GlanceTasks:
 
     # The catalog's database (edgesync.sqlite), shared with the other table families.
     async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
-        return await self._catalog._db.rows(sql, args)
+        return await self._catalog.database.rows(sql, args)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Transaction]:
-        async with self._catalog._db.transaction() as tx:
+        async with self._catalog.database.transaction() as tx:
             yield tx
 
     async def record(self, task_id: str, task_type: str, task_input: dict[str, Any]) -> None:
@@ -87,7 +88,7 @@ class GlanceTasks:
             "LEFT JOIN glance_tasks g ON g.task_id = t.id "
             f"WHERE {' AND '.join(where) or '1'} ORDER BY {sort} {direction}, t.rowid {direction} LIMIT ?",
             (NATIVE_TYPE, *args, query.limit + 1))
-        tasks = await self._catalog._with_jobs(rows)
+        tasks = await with_jobs(self._catalog.database, rows)
         return [GlanceTask(task, row["glance_type"], json.loads(row["glance_input"]) if row["glance_input"] else None)
                 for task, row in zip(tasks, rows, strict=True)]
 

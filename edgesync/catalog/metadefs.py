@@ -75,11 +75,11 @@ class Metadefs:
         self._catalog = catalog
 
     async def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[Row]:
-        return await self._catalog._db.rows(sql, tuple(args))
+        return await self._catalog.database.rows(sql, tuple(args))
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Transaction]:
-        async with self._catalog._db.transaction() as tx:
+        async with self._catalog.database.transaction() as tx:
             yield tx
 
     # --- namespaces -------------------------------------------------------------

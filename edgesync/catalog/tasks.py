@@ -17,7 +17,7 @@ from edgesync.catalog.rows import JOB_COLUMNS, TASK_COLUMNS, insert_sql, job_fro
 from edgesync.catalog.tables import IN_IDS, Tables, ids_arg
 from edgesync.errors import Conflict, NotFound
 from edgesync.model import ImageStatus, StoreJobState, Task, TaskStatus, utcnow
-from edgesync.sqlite import Row, Transaction
+from edgesync.sqlite import Database, Row, Transaction
 from edgesync.stores.base import Location
 
 _NEWEST_FIRST = "ORDER BY created_at DESC, rowid DESC"
@@ -157,16 +157,19 @@ class TaskTables(Tables):
         return await self._with_jobs(rows)
 
     async def _with_jobs(self, rows: list[Row]) -> list[Task]:
-        """The tasks of `rows` with their store jobs, in creation order: one query for
-        all their jobs, however many tasks (listing them was one query per task)."""
-        tasks = [task_from_row(r) for r in rows]
-        if not tasks:
-            return tasks
-        by_id = {task.id: task for task in tasks}
-        for r in await self._db.rows(
-                f"SELECT * FROM store_jobs WHERE task_id {IN_IDS} ORDER BY rowid", (ids_arg(by_id),)):
-            by_id[r["task_id"]].jobs.append(job_from_row(r))
+        return await with_jobs(self._db, rows)
+
+
+async def with_jobs(db: Database, rows: list[Row]) -> list[Task]:
+    """The tasks of `rows` (rows of `tasks`, maybe joined) with their store jobs, in
+    creation order: one query for all their jobs, however many tasks."""
+    tasks = [task_from_row(r) for r in rows]
+    if not tasks:
         return tasks
+    by_id = {task.id: task for task in tasks}
+    for r in await db.rows(f"SELECT * FROM store_jobs WHERE task_id {IN_IDS} ORDER BY rowid", (ids_arg(by_id),)):
+        by_id[r["task_id"]].jobs.append(job_from_row(r))
+    return tasks
 
 
 async def _take_lock(tx: Transaction, task: Task, ttl_s: float) -> None:
