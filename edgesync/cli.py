@@ -66,7 +66,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
         info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents,
-                                  offline_deadline_s=args.offline_deadline_s))
+                                  offline_deadline_s=args.offline_deadline_s, wan=args.wan))
         print(json.dumps(info, indent=2))
     elif args.lab_command == "agent":
         if args.action == "stop":
@@ -84,6 +84,9 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     elif args.lab_command == "broker":
         asyncio.run(lab.stop_broker(directory) if args.action == "stop" else lab.start_broker(directory))
         print(f"broker {'stopped' if args.action == 'stop' else 'running'}")
+    elif args.lab_command == "wan":
+        asyncio.run(lab.set_link(directory, args.site, up=args.action == "heal"))
+        print(f"link of {args.site} {'up' if args.action == 'heal' else 'cut'}")
     elif args.lab_command == "down":
         asyncio.run(lab.down(directory))
         print(f"lab in {directory} stopped")
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--offline-deadline-s", type=float, default=300.0, metavar="SECONDS",
                     help="with agents: a copy to a site down this long fails with 'site offline' "
                          "(default 300)")
+    up.add_argument("--wan", metavar="RATE",
+                    help="every site in a network namespace of its own, behind a link shaped to RATE "
+                         "(e.g. 200mbit; central unshaped unless named: 200mbit,central=1gbit,dcn1=50mbit)")
     for name in ("down", "status"):
         lab_sub.add_parser(name, help=f"{name} the lab")
     agent = lab_sub.add_parser("agent", help="stop or start one site's agent")
@@ -137,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     hub_cmd.add_argument("--kill", action="store_true", help="SIGKILL instead of a clean stop")
     broker_cmd = lab_sub.add_parser("broker", help="stop or start Mosquitto (its persistence is kept)")
     broker_cmd.add_argument("action", choices=["stop", "start"])
+    wan_cmd = lab_sub.add_parser("wan", help="cut or heal one site's WAN link (a lab up with --wan)")
+    wan_cmd.add_argument("action", choices=["cut", "heal"])
+    wan_cmd.add_argument("site")
     for p in lab_sub.choices.values():
         p.add_argument("--dir", default=".lab", help="lab directory (default .lab)")
     lab.set_defaults(func=_cmd_lab)

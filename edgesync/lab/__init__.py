@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgesync.lab import configs, daemons
+from edgesync.lab import wan as wan_links
 from edgesync.lab.errors import LabError
 from edgesync.lab.ports import listening_socket
 from edgesync.lab.procs import write_private
@@ -24,10 +25,12 @@ if TYPE_CHECKING:  # imported when used: only an rbd lab needs Ceph, only agents
     from edgesync.lab.ceph import CephCluster
     from edgesync.lab.mosquitto import BrokerInfo
 
-__all__ = ["LabError", "down", "read_info", "start_agent", "start_broker", "start_hub", "status",
-           "stop_agent", "stop_broker", "stop_hub", "up"]
+__all__ = ["LabError", "down", "link_bytes", "read_info", "set_link", "start_agent", "start_broker", "start_hub",
+           "status", "stop_agent", "stop_broker", "stop_hub", "up"]
 
 HOST = "127.0.0.1"
+HUB_PORT = 9292  # in the WAN lab, where each site has a namespace (and its ports) to itself
+AGENT_PORT = 9393
 # How long the lab's hub lets a copy wait for a site that is down before that
 # store fails with "site offline" (tests of that deadline ask for less).
 OFFLINE_DEADLINE_S = 300.0
@@ -41,17 +44,21 @@ status = read_info
 
 
 async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
-             agents: bool = True, offline_deadline_s: float = OFFLINE_DEADLINE_S) -> dict[str, Any]:
+             agents: bool = True, offline_deadline_s: float = OFFLINE_DEADLINE_S,
+             wan: str | None = None) -> dict[str, Any]:
     """Start the lab and return its lab.json once the hub answers and (with
     `agents`, the default) every edge site's agent is up as the hub sees it.
-    Without agents the hub writes every store itself (in-hub mode). If any
-    step fails, everything started before it is stopped again."""
+    Without agents the hub writes every store itself (in-hub mode). With
+    `wan` (a rate, see `wan.parse_rates`) every site gets a network namespace
+    and a shaped link of its own. If any step fails, everything started
+    before it is stopped again."""
     directory = Path(directory).resolve()
     sites = sites or ["central", "dcn0", "dcn1"]
     if len(set(sites)) != len(sites) or not sites:
         raise LabError(f"--sites needs distinct site names, got {sites}")
     if not offline_deadline_s > 0:
         raise LabError(f"--offline-deadline-s must be more than 0, got {offline_deadline_s:g}")
+    links = wan_links.plan(directory, wan_links.parse_rates(wan, sites)) if wan else {}
     if (directory / daemons.LAB_FILE).exists():
         if daemons.hub_running(read_info(directory)):
             return read_info(directory)  # already running: change nothing
@@ -59,10 +66,13 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
     try:
+        if links:
+            wan_links.save(directory, links)
+            await wan_links.create(links)
         with ExitStack() as held:  # listening sockets not yet handed to their daemon
             edges = sites[1:] if agents else []
-            socks = {name: held.enter_context(listening_socket(HOST)) for name in ["", *edges]}
-            await _prepare(directory, store, sites, edges, socks, offline_deadline_s)
+            socks = {name: [held.enter_context(s) for s in _sockets(name, sites, links)] for name in ["", *edges]}
+            await _prepare(directory, store, sites, edges, socks, offline_deadline_s, links)
             await daemons.start_hub(directory, socks.pop(""))
             await daemons.start_agents(directory, edges, socks)
     except BaseException as failed:  # cancelled (Ctrl-C) too: leave nothing running
@@ -74,13 +84,27 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     return read_info(directory)
 
 
+def _sockets(name: str, sites: list[str], links: dict[str, wan_links.Link]) -> list[socket.socket]:
+    """The listening sockets of the hub (name "") or an edge's agent. In the
+    WAN lab they are made in the site's namespace on fixed ports (nobody else
+    binds there), and the hub gets one more in the machine's own namespace:
+    the way in for operators' clients."""
+    if not links:
+        return [listening_socket(HOST)]
+    if name == "":
+        return [listening_socket(links[sites[0]].address, HUB_PORT, netns=links[sites[0]].netns),
+                listening_socket(HOST)]
+    return [listening_socket(links[name].address, AGENT_PORT, netns=links[name].netns)]
+
+
 async def _prepare(directory: Path, store: str, sites: list[str], edges: list[str],
-                   socks: dict[str, socket.socket], offline_deadline_s: float) -> None:
+                   socks: dict[str, list[socket.socket]], offline_deadline_s: float,
+                   links: dict[str, wan_links.Link]) -> None:
     """The Ceph clusters and the broker, then every file that names them, and lab.json."""
-    clusters = await _start_ceph(directory, sites) if store == "rbd" else {}
-    broker = await _start_broker(directory, edges) if edges else None
-    hub_listen = _address(socks[""])
-    hub_url = f"http://{hub_listen}"
+    central = links.get(sites[0])
+    clusters = await _start_ceph(directory, sites, links) if store == "rbd" else {}
+    broker = await _start_broker(directory, edges, central) if edges else None
+    hub_listen = _address(socks[""][0])
     (directory / "sites").mkdir(exist_ok=True)
     for old in (directory / "sites").glob("*.toml"):
         old.unlink()
@@ -88,8 +112,9 @@ async def _prepare(directory: Path, store: str, sites: list[str], edges: list[st
         agent = None
         if name in edges:
             assert broker is not None
-            agent = configs.agent_table(directory, name, hub_url=hub_url, listen=_address(socks[name]),
-                                        broker=broker, broker_user=_site_user(name))
+            agent = configs.agent_table(directory, name, hub_url=f"http://{hub_listen}",
+                                        listen=_address(socks[name][0]), broker=broker,
+                                        broker_user=_site_user(name))
         configs.write_site_file(directory, name, central=i == 0, store=store, cluster=clusters.get(name),
                                 agent=agent)
     admin_token, member_token = secrets.token_hex(16), secrets.token_hex(16)
@@ -97,13 +122,23 @@ async def _prepare(directory: Path, store: str, sites: list[str], edges: list[st
                                          member_token=member_token, broker=broker, edges=edges,
                                          offline_deadline_s=offline_deadline_s)
     daemons.save_info(directory, {
-        "dir": str(directory), "store": store, "hub_url": hub_url, "hub_pid": None,
+        "dir": str(directory), "store": store, "hub_url": f"http://{_address(socks[''][-1])}",
+        "hub_listen": hub_listen, "hub_pid": None,
         "admin_token": admin_token, "member_token": member_token, "hub_config": str(hub_config),
         "broker": {"host": broker.host, "port": broker.port} if broker else None,
-        "sites": {name: _site_info(name, i, store, clusters.get(name),
-                                   f"http://{_address(socks[name])}" if name in edges else None)
+        "wan": {"switch_netns": wan_links.switch_netns(links),
+                "subnet": f"{wan_links.SUBNET}.0.0/{wan_links.PREFIX_LEN}"} if links else None,
+        "sites": {name: {**_site_info(name, i, store, clusters.get(name),
+                                      f"http://{_address(socks[name][0])}" if name in edges else None),
+                         **_link_info(links.get(name))}
                   for i, name in enumerate(sites)},
     })
+
+
+def _link_info(link: wan_links.Link | None) -> dict[str, Any]:
+    if link is None:
+        return {"netns": None, "address": None, "rate": None}
+    return {"netns": link.netns, "address": link.address, "rate": link.rate, "link": "up"}
 
 
 def _address(sock: socket.socket) -> str:
@@ -130,6 +165,7 @@ async def down(directory: Path) -> None:
         from edgesync.lab import ceph
 
         await ceph.down(directory / "ceph")
+    await wan_links.remove(wan_links.load(directory))
     if info:
         daemons.save_info(directory, info)
 
@@ -157,6 +193,23 @@ async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:
     await daemons.stop_agent(Path(directory).resolve(), site, kill=kill)
 
 
+async def set_link(directory: Path, site: str, *, up: bool) -> None:
+    """Cut (`up=False`) or heal one site's WAN link; lab.json says which."""
+    directory = Path(directory).resolve()
+    links = wan_links.load(directory)
+    if not links:
+        raise LabError(f"the lab in {directory} has no WAN (start it with `lab up --wan RATE`)")
+    await wan_links.set_link(links, site, up=up)
+    info = read_info(directory)
+    info["sites"][site]["link"] = "up" if up else "cut"
+    daemons.save_info(directory, info)
+
+
+async def link_bytes(directory: Path, site: str) -> dict[str, int]:
+    """Bytes that crossed one site's WAN link so far (`to_site`, `from_site`)."""
+    return await wan_links.link_bytes(wan_links.load(Path(directory).resolve()), site)
+
+
 async def stop_broker(directory: Path) -> None:
     """Stop the lab's Mosquitto (it saves sessions and queued messages)."""
     from edgesync.lab import mosquitto
@@ -177,10 +230,13 @@ def _broker_dir(directory: Path) -> Path:
     return directory / "mosquitto"
 
 
-async def _start_broker(directory: Path, edges: list[str]) -> BrokerInfo:
+async def _start_broker(directory: Path, edges: list[str], central: wan_links.Link | None) -> BrokerInfo:
     from edgesync.lab import mosquitto
 
-    broker = await mosquitto.up(directory / "mosquitto", edges)
+    if central is None:
+        broker = await mosquitto.up(directory / "mosquitto", edges)
+    else:  # in central's namespace, beside the hub
+        broker = await mosquitto.up(directory / "mosquitto", edges, netns=central.netns, host=central.address)
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(exist_ok=True, mode=0o700)
     for user, password in broker.users.items():
@@ -188,10 +244,11 @@ async def _start_broker(directory: Path, edges: list[str]) -> BrokerInfo:
     return broker
 
 
-async def _start_ceph(directory: Path, sites: list[str]) -> dict[str, CephCluster]:
+async def _start_ceph(directory: Path, sites: list[str],
+                      links: dict[str, wan_links.Link]) -> dict[str, CephCluster]:
     from edgesync.lab import ceph
 
-    return await ceph.up(directory / "ceph", sites)
+    return await ceph.up(directory / "ceph", sites, netns=dict(links))
 
 
 def _site_info(name: str, index: int, store: str, cluster: CephCluster | None,

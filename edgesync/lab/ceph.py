@@ -33,7 +33,7 @@ from collections.abc import Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgesync.config import StoreConfig
 from edgesync.lab import ports, procs
@@ -46,6 +46,16 @@ CLI_TIMEOUT_S = 30.0
 OSD_UP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 MON_BIND_ATTEMPTS = 3
+MON_PORTS = (3300, 6789)  # Ceph's own (msgr2, msgr1): for a cluster in a namespace of its own
+
+
+class Place(Protocol):
+    """Where a site's daemons run in the WAN lab: its namespace and address there."""
+
+    @property
+    def netns(self) -> str: ...
+    @property
+    def address(self) -> str: ...
 
 
 class MonPortTaken(LabError):
@@ -64,6 +74,17 @@ class CephCluster:
     mon_addr: str  # HOST:PORT of the mon's msgr2 endpoint
     mon_addr_v1: str  # HOST:PORT of its legacy msgr1 endpoint
     pool: str = POOL
+    netns: str | None = None  # the network namespace its daemons run in (the WAN lab), or the machine's
+
+    @property
+    def host(self) -> str:
+        """The address its daemons bind (and its ceph.conf names)."""
+        return self.mon_addr.rsplit(":", 1)[0]
+
+    @property
+    def exec_prefix(self) -> list[str]:
+        """What runs a command in the cluster's network namespace (nothing outside a WAN lab)."""
+        return netns_exec(self.netns)
 
     @property
     def cli_args(self) -> list[str]:
@@ -83,7 +104,7 @@ class CephCluster:
             "site": self.site, "dir": str(self.dir), "conf": str(self.conf),
             "fsid": self.fsid, "pool": self.pool, "user": self.user,
             "keyring": str(self.keyring), "admin_keyring": str(self.admin_keyring),
-            "mon_addr": self.mon_addr, "mon_addr_v1": self.mon_addr_v1,
+            "mon_addr": self.mon_addr, "mon_addr_v1": self.mon_addr_v1, "netns": self.netns,
         }
 
     @classmethod
@@ -96,17 +117,29 @@ class CephCluster:
 # --- public API ----------------------------------------------------------------
 
 
-async def up(base_dir: Path, sites: list[str]) -> dict[str, CephCluster]:
-    """Bring up (or reuse) one cluster per site under `base_dir`, in parallel."""
+def netns_exec(netns: str | None) -> list[str]:
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+async def up(base_dir: Path, sites: list[str], *, netns: dict[str, Place] | None = None) -> dict[str, CephCluster]:
+    """Bring up (or reuse) one cluster per site under `base_dir`, in parallel.
+
+    With `netns`, a site listed there gets its cluster in that network
+    namespace, bound to that address, on Ceph's own ports (nobody else binds
+    ports in a namespace the lab made); the others get 127.0.0.1 and ports
+    picked from the lab's range.
+    """
     base_dir = Path(base_dir).resolve()
     base_dir.mkdir(parents=True, exist_ok=True)
     for site in sites:
         _check_site_name(site)
-    fresh = [s for s in sites if _load_state(base_dir / s) is None]
+    places = netns or {}
+    fresh = [s for s in sites if _load_state(base_dir / s) is None and s not in places]
     picked = ports.pick_free(HOST, 2 * len(fresh))
     mon_ports = {site: (picked[2 * i], picked[2 * i + 1]) for i, site in enumerate(fresh)}
+    mon_ports.update(dict.fromkeys(places, MON_PORTS))
     results = await asyncio.gather(
-        *(_up_one(base_dir / site, site, mon_ports.get(site)) for site in sites),
+        *(_up_one(base_dir / site, site, mon_ports.get(site), places.get(site)) for site in sites),
         return_exceptions=True,
     )
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -141,7 +174,7 @@ def is_running(cluster_dir: Path) -> bool:
 # --- one site ------------------------------------------------------------------
 
 
-async def _up_one(cdir: Path, site: str, mon_ports: tuple[int, int] | None) -> CephCluster:
+async def _up_one(cdir: Path, site: str, mon_ports: tuple[int, int] | None, place: Place | None) -> CephCluster:
     cluster = _load_state(cdir)
     if cluster is not None:
         if not is_running(cdir):
@@ -150,11 +183,11 @@ async def _up_one(cdir: Path, site: str, mon_ports: tuple[int, int] | None) -> C
     assert mon_ports is not None
     for attempt in range(1, MON_BIND_ATTEMPTS + 1):
         try:
-            return await _bootstrap(cdir, site, mon_ports)
+            return await _bootstrap(cdir, site, mon_ports, place)
         except MonPortTaken:
             # Free when picked, taken before the mon bound it: again on other ports.
             await _stop_cluster(cdir)
-            if attempt == MON_BIND_ATTEMPTS:
+            if attempt == MON_BIND_ATTEMPTS or place is not None:
                 raise
             v2, v1 = ports.pick_free(HOST, 2)
             mon_ports = (v2, v1)
@@ -164,19 +197,20 @@ async def _up_one(cdir: Path, site: str, mon_ports: tuple[int, int] | None) -> C
     raise AssertionError("unreachable")
 
 
-async def _bootstrap(cdir: Path, site: str, mon_ports: tuple[int, int]) -> CephCluster:
+async def _bootstrap(cdir: Path, site: str, mon_ports: tuple[int, int], place: Place | None) -> CephCluster:
     await _stop_cluster(cdir)  # leftovers of an interrupted bootstrap
     if cdir.exists():
         await asyncio.to_thread(shutil.rmtree, cdir)
     for sub in ("mon", "osd", "run", "log"):
         (cdir / sub).mkdir(parents=True)
     v2, v1 = mon_ports
+    host = place.address if place else HOST
     user = f"edgesync-{site}"
     cluster = CephCluster(
         site=site, dir=cdir, conf=cdir / "ceph.conf", fsid=str(uuid.uuid4()), user=user,
         keyring=cdir / f"ceph.client.{user}.keyring",
         admin_keyring=cdir / "ceph.client.admin.keyring",
-        mon_addr=f"{HOST}:{v2}", mon_addr_v1=f"{HOST}:{v1}",
+        mon_addr=f"{host}:{v2}", mon_addr_v1=f"{host}:{v1}", netns=place.netns if place else None,
     )
     cluster.conf.write_text(render_conf(cluster))
     osd_uuid = str(uuid.uuid4())
@@ -188,7 +222,8 @@ async def _bootstrap(cdir: Path, site: str, mon_ports: tuple[int, int]) -> CephC
     await _start_daemon(cluster, "osd")
     await _wait_osd_up(cluster)
     await _ceph(cluster, "osd", "pool", "create", cluster.pool, "8", "8")
-    await _run(["rbd", *cluster.cli_args, "pool", "init", cluster.pool], what=f"{site}: rbd pool init")
+    await _run([*cluster.exec_prefix, "rbd", *cluster.cli_args, "pool", "init", cluster.pool],
+               what=f"{site}: rbd pool init")
     _save_state(cluster)
     return cluster
 
@@ -248,13 +283,14 @@ async def _restart(cluster: CephCluster) -> None:
     """Start whichever daemon of a finished cluster is not running."""
     alive = _alive_daemons(cluster.dir)
     try:
-        if f"mon.{MON_ID}" not in alive:
+        if f"mon.{MON_ID}" not in alive and cluster.netns is None:  # in its own namespace nobody else binds
             for addr in (cluster.mon_addr, cluster.mon_addr_v1):
-                if not ports.is_free(HOST, int(addr.rsplit(":", 1)[1])):
+                if not ports.is_free(cluster.host, int(addr.rsplit(":", 1)[1])):
                     raise LabError(
                         f"{cluster.site}: cannot restart its mon, port {addr} is taken "
                         f"by another process; `down` and remove {cluster.dir} to re-create it"
                     )
+        if f"mon.{MON_ID}" not in alive:
             await _start_daemon(cluster, "mon")
         if f"osd.{OSD_ID}" not in alive:
             await _start_daemon(cluster, "osd")
@@ -279,10 +315,14 @@ async def _start_daemon(cluster: CephCluster, kind: str) -> None:
     log = _log_path(cluster, kind)
     pid_file = cluster.dir / "run" / f"{kind}.{daemon_id}.pid"
     pid_file.unlink(missing_ok=True)
+    argv = [*cluster.exec_prefix, binary, "-f", "-c", str(cluster.conf), "-i", daemon_id]
+    executable = shutil.which(argv[0])
+    if executable is None:
+        raise LabError(f"{argv[0]} is not installed")
     with log.with_suffix(".stderr").open("ab") as out:
         log_offset = out.tell()
         pid = os.posix_spawn(
-            binary, [binary, "-f", "-c", str(cluster.conf), "-i", daemon_id], os.environ,
+            executable, argv, os.environ,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
@@ -396,7 +436,7 @@ async def _ceph(cluster: CephCluster, *args: str, stdin: bytes | None = None) ->
     # --connect-timeout bounds the wait for the mon; the asyncio timeout in
     # _run also covers commands that hang once connected (no mgr here).
     return await _run(
-        ["ceph", *cluster.cli_args, "--connect-timeout", str(int(CLI_TIMEOUT_S - 5)), *args],
+        [*cluster.exec_prefix, "ceph", *cluster.cli_args, "--connect-timeout", str(int(CLI_TIMEOUT_S - 5)), *args],
         what=f"{cluster.site}: ceph {' '.join(args[:3])}", stdin=stdin,
     )
 

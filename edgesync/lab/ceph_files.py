@@ -31,8 +31,8 @@ def render_conf(c: CephCluster) -> str:
 fsid = {c.fsid}
 mon initial members = {MON_ID}
 mon host = [v2:{c.mon_addr},v1:{c.mon_addr_v1}]
-public addr = {HOST}
-cluster addr = {HOST}
+public addr = {c.host}
+cluster addr = {c.host}
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx

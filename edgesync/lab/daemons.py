@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -68,17 +69,18 @@ def agent_running(directory: Path, site: str, entry: dict[str, Any]) -> bool:
 # --- hub -------------------------------------------------------------------------------
 
 
-async def start_hub(directory: Path, sock: socket.socket | None = None) -> int:
+async def start_hub(directory: Path, socks: list[socket.socket] | None = None) -> int:
     """Start the lab's hub (if it isn't running) and wait until it serves and
     sees every running agent up; a hub started again recovers what the last
-    one left unfinished. `sock` is its listening socket (else its port is bound again)."""
+    one left unfinished. `socks` are its listening sockets (else its ports are bound again)."""
     info = read_info(directory)
     if hub_running(info):
-        if sock is not None:
+        for sock in socks or []:
             sock.close()
         return int(info["hub_pid"])
-    sock = sock or _bind_again(info["hub_url"])
-    pid = await _spawn(directory, "hub", ["hub", "--config", info["hub_config"]], sock)
+    central = next(iter(info["sites"].values()))
+    socks = socks or _hub_sockets_again(info, central.get("netns"))
+    pid = await _spawn(directory, "hub", ["hub", "--config", info["hub_config"]], socks, central.get("netns"))
     info["hub_pid"] = pid
     save_info(directory, info)
     log_path = directory / "logs" / "hub.log"
@@ -103,7 +105,7 @@ async def stop_hub(directory: Path, *, kill: bool = False) -> None:
 
 
 async def start_agents(directory: Path, sites: Iterable[str],
-                       socks: dict[str, socket.socket] | None = None) -> dict[str, int]:
+                       socks: dict[str, list[socket.socket]] | None = None) -> dict[str, int]:
     """Start these sites' agents (those not running), each on its socket from
     `socks` (else its recorded port bound again), and wait until the hub sees
     them all up."""
@@ -115,17 +117,21 @@ async def start_agents(directory: Path, sites: Iterable[str],
             entry = info["sites"].get(site)
             if entry is None or entry.get("agent_url") is None:
                 raise LabError(f"site {site!r} has no agent in the lab in {directory}")
-            sock = socks.pop(site, None)
+            own = socks.pop(site, None)
             if agent_running(directory, site, entry):
+                for sock in own or []:
+                    sock.close()
                 started[site] = int(entry["agent_pid"])
                 continue
-            sock = sock or _bind_again(entry["agent_url"])
+            own = own or [_bind_again(entry["agent_url"], entry.get("netns"))]
             entry["agent_pid"] = await _spawn(directory, f"agent-{site}",
-                                        ["agent", "--config", str(agent_config(directory, site))], sock)
+                                              ["agent", "--config", str(agent_config(directory, site))],
+                                              own, entry.get("netns"))
             started[site] = entry["agent_pid"]
     finally:
         for leftover in socks.values():
-            leftover.close()
+            for sock in leftover:
+                sock.close()
         save_info(directory, info)  # the pids of whatever did start, for `down`
     await _wait_sites_up(directory, info, started, time.monotonic() + ready_timeout_s(len(started)))
     return started
@@ -157,28 +163,45 @@ async def stop_all(directory: Path, info: dict[str, Any]) -> None:
 # --- processes and readiness -----------------------------------------------------------
 
 
-def _bind_again(url: str) -> socket.socket:
+def _bind_again(url: str, netns: str | None = None) -> socket.socket:
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
-    return listening_socket(parts.hostname, parts.port)
+    return listening_socket(parts.hostname, parts.port, netns=netns)
 
 
-async def _spawn(directory: Path, name: str, args: list[str], sock: socket.socket) -> int:
+def _hub_sockets_again(info: dict[str, Any], netns: str | None) -> list[socket.socket]:
+    """Where the hub listens in the lab (its config's address; in the WAN lab,
+    in central's namespace) and, if that is elsewhere, where lab.json's
+    hub_url reaches it from the machine's own namespace."""
+    listen = info.get("hub_listen") or urlsplit(info["hub_url"]).netloc
+    socks = [_bind_again(f"http://{listen}", netns)]
+    if netns is not None:
+        socks.append(_bind_again(info["hub_url"]))
+    return socks
+
+
+async def _spawn(directory: Path, name: str, args: list[str], socks: list[socket.socket],
+                 netns: str | None) -> int:
     """Start `edgesync ARGS` detached (its own session: it outlives `lab up`),
-    serving on `sock`, its output in `logs/NAME.log`."""
+    in network namespace `netns` if given, serving on `socks`, its output in
+    `logs/NAME.log`."""
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "edgesync", *args]
+    argv = [*(["ip", "netns", "exec", netns] if netns else []), sys.executable, "-m", "edgesync", *args]
+    executable = shutil.which(argv[0]) or argv[0]
+    fds = ",".join(str(sock.fileno()) for sock in socks)
     try:
-        sock.set_inheritable(True)
+        for sock in socks:
+            sock.set_inheritable(True)
         with (logs / f"{name}.log").open("ab") as log:
-            pid = os.posix_spawn(argv[0], argv, {**os.environ, LISTEN_FD_ENV: str(sock.fileno())}, file_actions=[
+            pid = os.posix_spawn(executable, argv, {**os.environ, LISTEN_FD_ENV: fds}, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
                 (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
             ], setsid=True)
     finally:
-        sock.close()  # the daemon holds its own copy now
+        for sock in socks:
+            sock.close()  # the daemon holds its own copies now
     # For a moment after the exec its command line reads empty, and the
     # liveness checks look for its config file there.
     deadline = time.monotonic() + SPAWN_TIMEOUT_S

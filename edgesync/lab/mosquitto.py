@@ -37,6 +37,7 @@ from edgesync.lab.errors import LabError
 
 HOST = "127.0.0.1"
 STATE_FILE = "broker.json"
+MQTT_PORT = 1883
 START_ATTEMPTS = 3
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -67,6 +68,7 @@ class BrokerInfo:
     users: dict[str, str]  # user name → password
     conf: Path
     hub_user: str = "hub"
+    netns: str | None = None  # the network namespace it runs in (the WAN lab), or the machine's
 
     @property
     def dir(self) -> Path:
@@ -80,20 +82,23 @@ class BrokerInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {"host": self.host, "port": self.port, "pid": self.pid, "users": dict(self.users),
-                "conf": str(self.conf), "hub_user": self.hub_user}
+                "conf": str(self.conf), "hub_user": self.hub_user, "netns": self.netns}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BrokerInfo:
         return cls(host=data["host"], port=int(data["port"]), pid=data.get("pid"),
                    users=dict(data["users"]), conf=Path(data["conf"]),
-                   hub_user=data.get("hub_user", "hub"))
+                   hub_user=data.get("hub_user", "hub"), netns=data.get("netns"))
 
 
 # --- public API ----------------------------------------------------------------
 
 
-async def up(base_dir: Path, sites: list[str], hub_user: str = "hub") -> BrokerInfo:
-    """Start (or reuse) the lab broker with users `hub_user` and `site-<site>`."""
+async def up(base_dir: Path, sites: list[str], hub_user: str = "hub", *,
+             netns: str | None = None, host: str = HOST) -> BrokerInfo:
+    """Start (or reuse) the lab broker with users `hub_user` and `site-<site>`;
+    with `netns`, in that network namespace on `host`, on MQTT's own port
+    (nobody else binds ports in a namespace the lab made)."""
     base_dir = Path(base_dir).resolve()
     base_dir.mkdir(parents=True, exist_ok=True)
     wanted = [_check_user(hub_user), *(site_user(s) for s in sites)]
@@ -106,10 +111,11 @@ async def up(base_dir: Path, sites: list[str], hub_user: str = "hub") -> BrokerI
         # The users changed (restart on the new files), or a broker whose
         # state was never saved may still hold the port: stop what is ours.
         await _stop(old)
-    info = BrokerInfo(host=HOST, port=old.port if old else _pick_port(), pid=None,
-                      users=users, conf=base_dir / "mosquitto.conf", hub_user=hub_user)
+    port = old.port if old else (MQTT_PORT if netns else _pick_port())
+    info = BrokerInfo(host=host if netns else HOST, port=port, pid=None, users=users,
+                      conf=base_dir / "mosquitto.conf", hub_user=hub_user, netns=netns)
     await _write_files(info, sites)
-    return await _start(info, may_move_port=True)
+    return await _start(info, may_move_port=netns is None)
 
 
 async def down(base_dir: Path) -> None:
@@ -251,7 +257,7 @@ async def _spawn_and_wait(info: BrokerInfo) -> int:
     # -d: mosquitto forks into its own session and the parent exits at once;
     # config errors still come back on stderr with a non-zero status.
     proc = await asyncio.create_subprocess_exec(
-        "mosquitto", "-c", str(info.conf), "-d",
+        *(["ip", "netns", "exec", info.netns] if info.netns else []), "mosquitto", "-c", str(info.conf), "-d",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )
@@ -266,9 +272,9 @@ async def _spawn_and_wait(info: BrokerInfo) -> int:
             raise _PortTaken()
         pid = _read_pid(pid_file)
         alive = pid is not None and procs.is_ours(pid, info.conf)
-        # "… running" is logged once the listeners are open, so a connection
-        # that succeeds now reached this broker, not whatever held the port.
-        if pid is not None and alive and " running" in new_log and await _accepts(info.host, info.port):
+        # "… running" is logged once the listeners are open; and the listening
+        # socket must be its own, not whatever else held the port.
+        if pid is not None and alive and " running" in new_log and procs.listens_on(pid, info.port):
             return pid
         if not alive and "Error" in new_log:
             break  # it died saying why (the pid file may never have been written)
@@ -304,19 +310,6 @@ def _read_from(path: Path, offset: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-async def _accepts(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1.0)
-    except (TimeoutError, OSError):
-        return False
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True
 
 
 def _pick_port() -> int:

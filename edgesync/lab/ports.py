@@ -13,20 +13,30 @@ connection is never given one of them while its daemon is down for a restart.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
 import socket
+import threading
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TypeVar
 
 from edgesync.lab.errors import LabError
 
 PORT_RANGE = (20000, 32000)
 PICK_ATTEMPTS = 200
 BACKLOG = 512  # a hundred agents connect at once while the hub starts
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
-def listening_socket(host: str, port: int | None = None) -> socket.socket:
+def listening_socket(host: str, port: int | None = None, *, netns: str | None = None) -> socket.socket:
     """A socket bound and listening on `host:port`, or on a free port of
-    PORT_RANGE when `port` is None, ready to be handed to a daemon."""
+    PORT_RANGE when `port` is None, ready to be handed to a daemon; with
+    `netns`, a socket of that network namespace (the WAN lab's sites)."""
+    if netns is not None:
+        return in_netns(netns, lambda: listening_socket(host, port))
     if port is not None:
         try:
             return _listen(host, port)
@@ -84,3 +94,40 @@ def is_free(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def in_netns(netns: str, make: Callable[[], T]) -> T:
+    """`make()` run in network namespace `netns`, for the sockets it creates.
+
+    On a thread of its own that enters the namespace and then ends: setns(2)
+    moves only the calling thread, and a socket stays in the namespace it was
+    made in whoever holds it later (the daemon it is handed to).
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(make())
+        except BaseException as exc:  # noqa: BLE001 — raised again in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if failure:
+        if isinstance(failure[0], OSError):
+            raise LabError(f"cannot work in network namespace {netns}: {failure[0]}") from failure[0]
+        raise failure[0]
+    return result[0]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)

@@ -52,6 +52,21 @@ async def test_the_daemon_serves_on_the_socket_it_was_handed(runner: web.AppRunn
     assert LISTEN_FD_ENV not in os.environ  # not passed on to what the daemon starts
 
 
+async def test_every_handed_socket_is_served_when_one_is_where_the_config_says(
+        runner: web.AppRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    configured, extra = listening_socket(HOST), listening_socket(HOST)
+    ports = [s.getsockname()[1] for s in (configured, extra)]
+    with configured, extra:
+        monkeypatch.setenv(LISTEN_FD_ENV, ",".join(str(os.dup(s.fileno())) for s in (configured, extra)))
+
+    await start_site(runner, HOST, ports[0])
+
+    async with aiohttp.ClientSession() as session:
+        for port in ports:
+            async with session.get(f"http://{HOST}:{port}/healthz") as r:
+                assert r.status == 200
+
+
 async def test_a_socket_bound_elsewhere_than_the_config_says_is_refused(runner: web.AppRunner,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     port = hand_over(listening_socket(HOST), monkeypatch)
