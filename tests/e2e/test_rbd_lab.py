@@ -39,9 +39,16 @@ MiB = 1024 * 1024
 STRIPE = 4 * MiB
 
 
+def in_site(lab: Lab, site: str) -> list[str]:
+    """What runs a command where the site's cluster is reachable: in the WAN
+    lab, the site's own network namespace."""
+    netns = lab["sites"][site].get("netns")
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
 def rbd(lab: Lab, site: str, *args: str) -> str:
     conf = lab["sites"][site]["ceph_conf"]
-    out = subprocess.run(["rbd", "-c", conf, *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*in_site(lab, site), "rbd", "-c", conf, *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"rbd {' '.join(args)}: {out.stderr}"
     return out.stdout
 
@@ -59,7 +66,7 @@ def snap_protected(lab: Lab, site: str, image_id: str) -> bool:
 
 def exported_sha512(lab: Lab, site: str, image_id: str) -> str:
     conf = lab["sites"][site]["ceph_conf"]
-    export = subprocess.Popen(["rbd", "-c", conf, "export", f"images/{image_id}@snap", "-"],
+    export = subprocess.Popen([*in_site(lab, site), "rbd", "-c", conf, "export", f"images/{image_id}@snap", "-"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     with export:
         digest = subprocess.run(["sha512sum"], stdin=export.stdout, capture_output=True, text=True, check=True)
