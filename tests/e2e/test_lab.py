@@ -138,8 +138,8 @@ async def test_a_broker_that_cannot_bind_stops_the_ceph_clusters_started_before(
     started: dict[str, Any] = {}
     real_up = ceph.up
 
-    async def ceph_up(base_dir: Path, sites: list[str]) -> Any:
-        started.update(await real_up(base_dir, sites))
+    async def ceph_up(base_dir: Path, sites: list[str], **options: Any) -> Any:
+        started.update(await real_up(base_dir, sites, **options))
         assert len(processes_of(lab_dir)) == 2 * len(sites)  # a mon and an OSD each, running
         return started
 
