@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgesync.catalog.glance_tasks import LEGACY_TYPE, GlanceTask, GlanceTasks
 from edgesync.errors import BadRequest, EdgesyncError
+from edgesync.hub.api.import_request import parse_import_request
 from edgesync.hub.auth import Caller
 
 if TYPE_CHECKING:
@@ -55,10 +56,10 @@ async def create_import_task(hub: Hub, caller: Caller, body: Any) -> GlanceTask:
                   **task_input["image_properties"]}
     image = await hub.images.create(caller, properties)
     try:
-        task = await hub.importer.request_import(image, caller, {
-            "method": {"name": "web-download", "uri": task_input["import_from"]},
-            "stores": [hub.central],
-        })
+        web_download = {"method": {"name": "web-download", "uri": task_input["import_from"]},
+                        "stores": [hub.central]}
+        req = parse_import_request(web_download, list(hub.sites), hub.config.imports.enabled_methods)
+        task = await hub.importer.request_import(image, caller, req)
         if task is None:  # a web-download always starts a task
             raise EdgesyncError(f"import of image {image.id} started no task")
         tasks = GlanceTasks(hub.catalog)

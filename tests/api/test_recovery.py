@@ -29,7 +29,7 @@ async def kill_running_tasks(api: Api) -> None:
     """What SIGKILL does to the tasks: they stop where they are. (Cancelling
     still runs their `finally` blocks; the residue a real kill would leave is
     put back by hand in the tests.)"""
-    running = list(api.hub.importer._running.values())
+    running = list(api.hub.importer.runner.running.values())
     assert running, "no task was running"
     for t in running:
         t.cancel()
@@ -216,7 +216,7 @@ async def test_hub_close_gives_running_tasks_their_grace_then_recovery_finishes_
         await gate.wait_entered()
         await api.client.close()
         await api.hub.importer.shutdown(grace_s=0.05)
-        assert api.hub.importer._running == {}
+        assert api.hub.importer.runner.running == {}
 
     async with running_api(hub_dir) as api:
         after = await api.p1.show(image["id"])

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from edgesync.errors import BadRequest, NotFound
 from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.api.import_request import parse_import_request
 from edgesync.hub.auth import require_admin
 from edgesync.hub.serialize import image_json, task_json
 
@@ -63,8 +64,9 @@ async def boot_location(request: web.Request) -> web.Response:
         )
     holder = await hub.catalog.lock_holder(image.id)
     if holder is None:
-        await hub.importer.request_import(image, caller, {
-            "method": {"name": "copy-image"}, "stores": [site.name], "all_stores_must_succeed": True})
+        copy = {"method": {"name": "copy-image"}, "stores": [site.name], "all_stores_must_succeed": True}
+        req = parse_import_request(copy, list(hub.sites), hub.config.imports.enabled_methods)
+        await hub.importer.request_import(image, caller, req)
     return web.json_response({"image_id": image.id, "availability_zone": az, "store": site.name,
                               "status": "copying", "task_id": await hub.catalog.lock_holder(image.id)},
                              status=202)

@@ -11,6 +11,7 @@ from aiohttp import web
 from edgesync.errors import BadRequest, NotFound, RangeNotSatisfiable
 from edgesync.hub.api.context import caller_of, hub_of, json_body
 from edgesync.hub.api.image_filters import query_from
+from edgesync.hub.api.import_request import parse_import_request
 from edgesync.hub.api.middleware import error_response
 from edgesync.hub.patch import DIALECTS
 from edgesync.hub.serialize import image_json, task_json
@@ -213,7 +214,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int, bool]:
 async def import_image(request: web.Request) -> web.Response:
     hub, caller = hub_of(request), caller_of(request)
     image = await hub.images.get(caller, request.match_info["image_id"])
-    await hub.importer.request_import(image, caller, await json_body(request))
+    req = parse_import_request(await json_body(request), list(hub.sites), hub.config.imports.enabled_methods)
+    await hub.importer.request_import(image, caller, req)
     return web.Response(status=202)
 
 
