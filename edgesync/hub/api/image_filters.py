@@ -141,7 +141,7 @@ def _sort(q: Any) -> list[tuple[str, str]]:
         if "sort_key" in q or "sort_dir" in q:
             raise BadRequest("Old and new sorting syntax cannot be combined")
         pairs = [p.partition(":") for p in q["sort"].split(",") if p.strip()]
-        sort = [(k.strip(), (d.strip() or "desc")) for k, _, d in pairs]
+        sort = [(k.strip(), (d.strip() or "desc")) for k, _, d in pairs] or [("created_at", "desc")]
     else:
         keys = [k.strip() for raw in q.getall("sort_key", []) for k in raw.split(",") if k.strip()]
         dirs = [d.strip() for raw in q.getall("sort_dir", []) for d in raw.split(",") if d.strip()]
