@@ -13,7 +13,7 @@ import jsonschema
 
 from edgesync.catalog.metadefs import Association, Item, Metadefs, Namespace, NamespaceQuery
 from edgesync.errors import BadRequest, Forbidden, NotFound
-from edgesync.hub.api import metadef_schemas as schemas
+from edgesync.hub import metadef_schemas as schemas
 from edgesync.hub.auth import Caller
 from edgesync.hub.policy import Policy
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from edgesync.catalog.metadefs import Item, Metadefs, NamespaceQuery
 from edgesync.errors import BadRequest
-from edgesync.hub.api import metadef_schemas as schemas
+from edgesync.hub import metadef_schemas as schemas
 from edgesync.hub.api.context import caller_of, hub_of, json_body
 from edgesync.hub.metadefs import (
     MetadefService,

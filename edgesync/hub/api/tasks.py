@@ -18,8 +18,8 @@ from edgesync.catalog.glance_tasks import LEGACY_TYPE, NATIVE_TYPE, GlanceTask, 
 from edgesync.errors import BadRequest, NotFound
 from edgesync.hub.api.context import caller_of, hub_of, json_body
 from edgesync.hub.api.middleware import error_response
-from edgesync.hub.api.schemas import task_schema, tasks_schema
 from edgesync.hub.legacy_tasks import create_import_task
+from edgesync.hub.schemas import task_schema, tasks_schema
 from edgesync.hub.serialize import task_json
 from edgesync.model import TaskStatus
 

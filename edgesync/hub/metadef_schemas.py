@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edgesync.hub.api.schemas import collection_schema, object_schema
+from edgesync.hub.schemas import collection_schema, object_schema
 
 _TYPES = ["array", "boolean", "integer", "number", "object", "string", None]
 _READ_ONLY_TIME = {"type": "string", "readOnly": True, "format": "date-time"}
