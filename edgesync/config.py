@@ -54,6 +54,9 @@ class SiteConfig:
     # that agent accepts; from the site file's [agent] table, if it has one.
     agent_url: str | None = None
     agent_token_file: Path | None = None
+    # The project that owns images the site's agent registers (Nova snapshots
+    # made there); None: the agent token's own project.
+    project: str | None = None
 
     @property
     def is_central(self) -> bool:
@@ -233,6 +236,7 @@ def load_site(path: Path) -> SiteConfig:
         store=_load_store(r.sub("store"), base, name), source=path,
         agent_url=agent.get("public_url", str, f"http://{listen}" if listen else None),
         agent_token_file=agent.path("token_file", base, None),
+        project=r.get("project", str, None) or None,
     )
 
 

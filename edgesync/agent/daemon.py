@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -58,7 +59,7 @@ from edgesync.bus import (
     run_forever,
     topics,
 )
-from edgesync.errors import ConfigError, EdgesyncError, NotFound, Unauthorized
+from edgesync.errors import ConfigError, EdgesyncError, NotFound, TransferError, Unauthorized
 from edgesync.listen import start_site
 from edgesync.logs import log_context
 from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_middleware
@@ -233,7 +234,7 @@ class Agent:
             raise NotFound(f"site {self.site} holds no published copy of image {image_id}")
         return store
 
-    def _authorize(self, request: web.Request) -> None:
+    async def _authorize(self, request: web.Request, image_id: str) -> None:
         # The hub pulls with this site's token (the one it lists for this agent).
         token = request.headers.get(AUTH_HEADER, "")
         if not hmac.compare_digest(token.encode(), self.config.token.encode()):
@@ -354,9 +355,29 @@ class Agent:
         return capacity.free_bytes if capacity is not None else None
 
     def _http_source(self, command: CopyCommand) -> DataSource:
+        # The token goes only to the hub this agent is configured with: a
+        # command naming any other source (a forged or replayed message) fails.
+        if not same_origin(command.source_url, self.config.hub_url):
+            raise TransferError(f"copy {command.task_id}: source {command.source_url!r} is not this agent's hub "
+                                f"({self.config.hub_url}); refusing to send it the site's token", retryable=False)
         rt = self._runtime()
         return HttpSource(rt.session, command.source_url, command.image_id, token=self.config.token,
                           limiter=rt.limiter, observer=self.metrics.copies)
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Same scheme, host and port, and `url` under `base`'s path."""
+    try:
+        a, b = urlsplit(url), urlsplit(base)
+        ports = (a.port or _DEFAULT_PORTS.get(a.scheme), b.port or _DEFAULT_PORTS.get(b.scheme))
+    except ValueError:
+        return False
+    return (a.scheme.lower(), (a.hostname or "").lower(), ports[0]) == \
+        (b.scheme.lower(), (b.hostname or "").lower(), ports[1]) and \
+        (a.path.rstrip("/") + "/").startswith(b.path.rstrip("/") + "/") and not a.username and not a.password
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 async def serve(config: AgentConfig) -> None:

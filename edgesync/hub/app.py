@@ -33,6 +33,7 @@ from edgesync.hub.sites import Site, SiteRegistry, Sites
 from edgesync.hub.sites.agent import AgentSite
 from edgesync.hub.sites.local import LocalSite
 from edgesync.hub.staging import Staging
+from edgesync.hub.transfer_auth import TransferAuthorizer
 from edgesync.listen import start_site
 from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
 from edgesync.service import Service
@@ -165,8 +166,14 @@ class Hub:
             raise ConfigError('auth = "token" needs a tokens_file')
         return self.config.tokens_file
 
+    def _agent_tokens(self) -> dict[str, str]:
+        """Each edge agent's token (its site file's [agent] token_file) -> its site."""
+        return {site.agent_token_file.read_text().strip(): site.name
+                for site in self.config.sites if site.agent_token_file is not None and not site.is_central}
+
     def app(self) -> web.Application:
-        tokens = None if self.config.auth == "noauth" else TokenTable.load(self._tokens_file())
+        tokens = None if self.config.auth == "noauth" else TokenTable.load(self._tokens_file(),
+                                                                               self._agent_tokens())
         # Metrics outermost: they see the status the client gets, errors included.
         # The request id next: error lines logged by json_errors carry it.
         middlewares = [http_middleware(self.metrics), request_ids, json_errors, auth_middleware(tokens)]
@@ -179,9 +186,9 @@ class Hub:
         app.add_routes(edge.routes)
         app.add_routes(tasks.routes)
         app.add_routes(metadefs.routes)
-        # Agents pull central's copies here (any valid token; the auth
-        # middleware has already checked it).
-        app.add_routes(data_routes(self._central_copy, lambda request: None, counters=self.served))
+        # Agents pull central's copies here: each only the images it is
+        # copying (the auth middleware has checked the token itself).
+        app.add_routes(data_routes(self._central_copy, TransferAuthorizer(self.catalog), counters=self.served))
         return app
 
     async def start(self) -> None:

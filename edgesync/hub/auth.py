@@ -7,7 +7,10 @@ The tokens file is TOML, one table per token:
     project = "demo"
     roles = ["member"]
 
-A token whose roles include "admin" is an administrator. With `auth =
+A token whose roles include "admin" is an administrator. A token that a
+site file's `[agent] token_file` holds is that site's agent (`agent_site`):
+agents are known by their credential, never by a user name anyone could
+give a token. With `auth =
 "noauth"` in the hub config (opt-in, local use only) every request runs as an
 administrator of project "admin", whatever token it carries.
 """
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import hmac
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgesync.errors import ConfigError, Forbidden, Unauthorized
@@ -28,10 +32,16 @@ class Caller:
     user: str
     project: str
     roles: tuple[str, ...]
+    # The edge site whose agent this caller is, from the credential it
+    # presented (see the module docstring); None for everyone else.
+    agent_site: str | None = None
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+    def is_agent_of(self, site: str) -> bool:
+        return self.agent_site is not None and self.agent_site == site
 
 
 NOAUTH_CALLER = Caller(user="admin", project="admin", roles=("admin",))
@@ -42,7 +52,8 @@ class TokenTable:
         self._callers = callers
 
     @classmethod
-    def load(cls, path: Path) -> TokenTable:
+    def load(cls, path: Path, agent_tokens: Mapping[str, str] | None = None) -> TokenTable:
+        """`agent_tokens`: token -> the edge site whose agent holds it."""
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:
@@ -54,6 +65,9 @@ class TokenTable:
             if not isinstance(entry, dict) or not {"user", "project"} <= entry.keys():
                 raise ConfigError(f"{path}: [tokens.{token[:4]}…] needs 'user' and 'project'")
             callers[token] = Caller(entry["user"], entry["project"], tuple(entry.get("roles", ["member"])))
+        for token, site in (agent_tokens or {}).items():
+            if token in callers:
+                callers[token] = replace(callers[token], agent_site=site)
         return cls(callers)
 
     def caller(self, token: str | None) -> Caller:

@@ -97,12 +97,15 @@ class ImageService:
         site_cfg = self.config.site(site)
         if site_cfg is None or site_cfg.is_central:
             raise NotFound(f"No edge site named {site!r}")
-        if not (caller.is_admin or caller.user == f"agent-{site}"):
+        if not (caller.is_admin or caller.is_agent_of(site)):
             raise Forbidden(f"Only an admin or site {site}'s agent may register images created there")
         if not isinstance(body, dict):
             raise BadRequest("The body must be a JSON object describing the image")
         fields = _edge_image_fields(body, self._formats())
         self._check_visibility_change(caller, fields["visibility"])
+        owner = _edge_image_owner(caller, site_cfg.project, body.get("owner"))
+        if not caller.is_admin and fields["visibility"] not in ("private", "shared"):
+            raise Forbidden("An agent registers images private or shared; an admin may widen visibility after")
         image_id = fields.pop("id")
         _check_uuid(image_id)
         if await self.catalog.get_image(image_id) is not None:
@@ -114,7 +117,7 @@ class ImageService:
         location_url = where.registered_location(image_id, body.get("location_url"))
         if not isinstance(location_url, str) or image_id not in location_url:
             raise BadRequest("location_url must be the copy's location in that store, naming the image id")
-        image = Image(id=image_id, owner=body.get("owner") or caller.project,
+        image = Image(id=image_id, owner=owner,
                       status=ImageStatus.ACTIVE, **fields)
         await self.catalog.insert_image(image)
         await self.catalog.add_location(image_id, Location(site, location_url))
@@ -297,6 +300,20 @@ class ImageService:
 
 
 _EDGE_REQUIRED = ("id", "size", "checksum", "os_hash_value")
+
+
+def _edge_image_owner(caller: Caller, site_project: str | None, asked: Any) -> str:
+    """An admin chooses the owner (its own project by default); an agent's
+    registrations belong to its site's project (`project` in the site file,
+    else the agent's own), whatever the body asks."""
+    if caller.is_admin:
+        if asked is not None and not (isinstance(asked, str) and 0 < len(asked) <= 255):
+            raise BadRequest("owner must be a project id (a non-empty string)")
+        return asked or caller.project
+    mine = site_project or caller.project
+    if asked not in (None, mine):
+        raise Forbidden(f"An agent registers images for its site's project {mine!r}, not {asked!r}")
+    return mine
 
 
 def _edge_image_fields(body: dict[str, Any], formats: dict[str, tuple[str, ...]]) -> dict[str, Any]:

@@ -48,7 +48,9 @@ class ServedCopy:
 
 
 Lookup = Callable[[str], Awaitable[ImageStore | ServedCopy]]
-Authorize = Callable[[web.Request], None]
+# (request, image_id): raises Unauthorized/Forbidden/NotFound unless the
+# caller may read that image's copy here.
+Authorize = Callable[[web.Request, str], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # A copy asks for its image range after range. Looking the image up again for
@@ -89,7 +91,8 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
     """The two routes. `lookup(image_id)` returns the store holding the
     published copy, or a ServedCopy (or raises NotFound/Conflict); the
     extent map always asks it, a data range may reuse an answer up to
-    `lookup_reuse_s` old. `authorize(request)` raises Unauthorized/Forbidden.
+    `lookup_reuse_s` old. `authorize(request, image_id)` runs first on every
+    request and raises Unauthorized/Forbidden/NotFound.
     Ranges of copies with a content id are shared (SharedRanges). What was
     served is counted into `counters` (the daemon's, for its metrics)."""
     routes = web.RouteTableDef()
@@ -101,8 +104,8 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
     @routes.get(extents_path("{image_id}"))
     @_json_errors
     async def get_extents(request: web.Request) -> web.StreamResponse:
-        authorize(request)
         image_id = request.match_info["image_id"]
+        await authorize(request, image_id)
         store = (await lookups.fresh(image_id)).store
         size = await store.size(image_id)
         extents = await store.extents(image_id)
@@ -115,8 +118,8 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
     @routes.get(data_path("{image_id}"))
     @_json_errors
     async def get_data(request: web.Request) -> web.StreamResponse:
-        authorize(request)
         image_id = request.match_info["image_id"]
+        await authorize(request, image_id)
         offset, length = _range_params(request.query)
         copy = await lookups.recent(image_id)
         if copy.content_id is None:

@@ -39,7 +39,13 @@ TOKENS = {
     "admin": ("tok-admin", "admin", "admin", ["admin"]),
     "p1": ("tok-p1", "alice", "p1", ["member"]),
     "p2": ("tok-p2", "bob", "p2", ["member"]),
+    # dcn0's agent: known by its token (dcn0's site file names it), not its name
+    "agent0": ("tok-agent-dcn0", "agent-dcn0", "edgesync-agents", ["agent"]),
+    "agent1": ("tok-agent-dcn1", "agent-dcn1", "edgesync-agents", ["agent"]),
+    # a member whose user merely has an agent's name
+    "impostor": ("tok-impostor", "agent-dcn0", "p1", ["member"]),
 }
+AGENT_TOKENS = {"dcn0": "agent0", "dcn1": "agent1"}
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 
 
@@ -177,7 +183,10 @@ def write_hub_files(directory: Path, *, source_port: int, auth: str = "token",
             'type = "file"\n'
             f"description = {_q(f'{name} test store')}\n"
             f"path = {_q(directory / 'stores' / name)}\n"
+            + (f"\n[agent]\ntoken_file = {_q(directory / f'{name}.token')}\n" if name in AGENT_TOKENS else "")
         )
+        if name in AGENT_TOKENS:
+            (directory / f"{name}.token").write_text(TOKENS[AGENT_TOKENS[name]][0] + "\n")
     tokens = directory / "tokens.toml"
     tokens.write_text("".join(
         f'[tokens.{tok}]\nuser = "{user}"\nproject = "{project}"\nroles = {json.dumps(roles)}\n\n'
@@ -304,6 +313,9 @@ class Api:
     p1: Caller
     p2: Caller
     anon: Caller
+    agent0: Caller
+    agent1: Caller
+    impostor: Caller
 
     def store_dir(self, store: str) -> Path:
         return self.dir / "stores" / store
@@ -357,6 +369,8 @@ async def running_api(directory: Path) -> AsyncIterator[Api]:
             hub=hub, client=client, dir=directory,
             admin=Caller(client, TOKENS["admin"][0]), p1=Caller(client, TOKENS["p1"][0]),
             p2=Caller(client, TOKENS["p2"][0]), anon=Caller(client, None),
+            agent0=Caller(client, TOKENS["agent0"][0]), agent1=Caller(client, TOKENS["agent1"][0]),
+            impostor=Caller(client, TOKENS["impostor"][0]),
         )
     finally:
         await client.close()

@@ -88,7 +88,7 @@ class HubData:
         async def lookup(image_id: str) -> FileStore:
             return self.store
 
-        def authorize(request: web.Request) -> None:
+        async def authorize(request: web.Request, image_id: str) -> None:
             if request.headers.get(AUTH_HEADER) != TOKEN:
                 raise Unauthorized("bad token")
 

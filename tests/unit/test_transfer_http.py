@@ -109,7 +109,7 @@ def lookup_in(store: ImageStore) -> Callable[[str], Awaitable[ImageStore]]:
     return lookup
 
 
-def authorize(request: web.Request) -> None:
+async def authorize(request: web.Request, image_id: str) -> None:
     token = request.headers.get("X-Auth-Token")
     if token is None:
         raise Unauthorized("this endpoint needs an X-Auth-Token")

@@ -9,13 +9,14 @@ edge-created image to central) go over HTTP to the agent's data endpoint.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
 
 from edgesync.bus import CopyCommand
 from edgesync.config import SiteConfig
-from edgesync.errors import StoreError
+from edgesync.errors import BadRequest, StoreError
 from edgesync.hub.remote import AgentCommands
 from edgesync.hub.sites.base import Site
 from edgesync.model import Image
@@ -62,6 +63,8 @@ class AgentSite:
             os_hash_value=image.os_hash_value, source_url=self._hub_url), on_progress, resume=resume)
         if not done.location_url:
             raise StoreError(f"{self.name}: the agent reported a copy without a location")
+        if not location_fits(self._site, image.id, done.location_url):
+            raise StoreError(f"{self.name}: the agent reported a location outside its store: {done.location_url!r}")
         return Location(self.name, done.location_url)
 
     async def remove(self, image_id: str) -> None:
@@ -84,7 +87,12 @@ class AgentSite:
         return True
 
     def registered_location(self, image_id: str, reported: Any) -> Any:
-        """The agent reports the locations of its copies (the hub can't know them)."""
+        """The agent reports the locations of its copies (the hub can't know
+        the cluster's fsid), but only in its store's own form: that site's
+        pool (or directory) and exactly this image, never an arbitrary URL."""
+        if not isinstance(reported, str) or not location_fits(self._site, image_id, reported):
+            raise BadRequest(f"location_url must be the copy's location in store '{self.name}' "
+                             f"({_expected_form(self._site, image_id)}), got {reported!r}")
         return reported
 
     def reader(self, image_id: str) -> DataSource:
@@ -129,3 +137,26 @@ class AgentSite:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_FSID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
+def _expected_form(site: SiteConfig, image_id: str) -> str:
+    if site.store.type == "rbd":
+        return f"rbd://<fsid>/{site.store.pool}/{image_id}/snap"
+    return f"file://{site.store.path}/{image_id}"
+
+
+def location_fits(site: SiteConfig, image_id: str, url: str) -> bool:
+    """Whether `url` names `image_id` in the site's store as the store
+    itself writes locations (rbd: the site's pool, and its cluster's fsid
+    where the hub can read the site's ceph.conf)."""
+    store = site.store
+    if store.type != "rbd":
+        return store.path is not None and url == f"file://{store.path / image_id}"
+    match = re.fullmatch(rf"rbd://({_FSID})/{re.escape(store.pool)}/{re.escape(image_id)}/snap", url)
+    if match is None:
+        return False
+    known = conf_fsid(store.ceph_conf)
+    return known is None or known.lower() == match.group(1).lower()

@@ -1,0 +1,63 @@
+"""Who may pull an image over the hub's transfer routes.
+
+`/edgesync/v1/images/{id}/extents` and `/data` serve central's copy to the
+agents that copy it, and to admins (the hub's own tools). An agent — known
+by its credential (`Caller.agent_site`), never by a name — reads an image
+only while a copy of it to the agent's own site is unfinished: the command
+it was sent is the only reason it has to read. Everyone else is refused,
+members included (they download through `/v2/images/{id}/file`, which
+checks visibility).
+
+A copy asks range after range, so "is a copy to this site open?" is
+remembered for a second per (site, image): one catalog look-up per second
+of a copy, not one per 4 MiB. A copy that ends meanwhile may be served for
+at most that second more, by the agent that was making it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+from aiohttp import web
+
+from edgesync.catalog import Catalog
+from edgesync.errors import Forbidden, NotFound
+from edgesync.hub.api.middleware import CALLER_KEY
+from edgesync.hub.auth import Caller
+
+ANSWER_REUSE_S = 1.0
+
+
+class TransferAuthorizer:
+    MAX_KEPT = 1024
+
+    def __init__(self, catalog: Catalog, reuse_s: float = ANSWER_REUSE_S) -> None:
+        self._catalog = catalog
+        self._reuse_s = reuse_s
+        self._open: dict[tuple[str, str], float] = {}  # (site, image) -> when a copy was seen open
+
+    async def __call__(self, request: web.Request, image_id: str) -> None:
+        caller = cast(Caller, request[CALLER_KEY])
+        if caller.agent_site is not None:
+            if not await self.copy_open(caller.agent_site, image_id):
+                raise NotFound(f"Image {image_id} is not being copied to site {caller.agent_site}; "
+                               "an agent reads only the images its copy commands name")
+            return
+        if not caller.is_admin:
+            raise Forbidden("The transfer routes serve the sites' agents and admins; "
+                            f"download image data with GET /v2/images/{image_id}/file")
+
+    async def copy_open(self, site: str, image_id: str) -> bool:
+        now = time.monotonic()
+        seen = self._open.get((site, image_id))
+        if seen is not None and now - seen < self._reuse_s:
+            return True
+        holder = await self._catalog.lock_holder(image_id)
+        task = await self._catalog.get_task(holder) if holder is not None else None
+        if task is None or site not in task.unfinished_stores:
+            return False
+        if len(self._open) >= self.MAX_KEPT:
+            self._open = {k: t for k, t in self._open.items() if now - t < self._reuse_s}
+        self._open[(site, image_id)] = now
+        return True
