@@ -200,7 +200,7 @@ async def test_recovery_reattaches_agent_copies_and_finalizes_on_their_answers(h
     assert len(await hub.sent_for(f"{task.id}-dcn0")) == 1  # not sent again
     for name in ("dcn0", "dcn1"):
         await hub.commands.on_event(name, DoneEvent(task_id=f"{task.id}-{name}", image_id=image.id,
-                                                    location_url=f"file:///{name}/x"))
+                                                    location_url=f"file://{tmp_path / name / image.id}"))
     await asyncio.wait_for(importer.wait_idle(), WAIT_S)
     final = await hub.catalog.get_task(task.id)
     assert final is not None and final.status == TaskStatus.SUCCESS, final
