@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from edgesync import lab as lab_module
+from edgesync.lab import ceph, wan
 from edgesync.lab.errors import LabError
 from tests.e2e.test_agents_lab import (
     assert_rbd_copies,
@@ -148,6 +150,9 @@ def test_a_cut_outlasting_the_offline_deadline_fails_that_store_with_site_offlin
     wait_bytes(lab, "dcn1", before, source.data_bytes // 5)
     set_link(lab, "dcn1", up=False)
     try:
+        # dcn1 cut off, broker and all, does not hold up dcn0's copy.
+        wait_until(lambda: job(lab, image_id, "dcn1")["state"] == "running"
+                   and job(lab, image_id, "dcn0")["state"] == "done", "dcn0's copy while dcn1 is cut", timeout=WAIT_S)
         image = wait_import_done(lab, image_id, timeout=WAIT_OFFLINE_S)
     finally:
         set_link(lab, "dcn1", up=True)
@@ -182,3 +187,23 @@ def test_wan_rates_are_checked_before_anything_is_made(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="no site 'dcn9'"):
         asyncio.run(lab_module.up(tmp_path / "lab", wan="10mbit,dcn9=1mbit"))
     assert not (tmp_path / "lab").exists()
+
+
+def test_an_edge_osd_stopped_mid_copy_makes_the_copy_wait_and_complete_when_it_is_back(
+        wan_lab: Lab, source: ImageFile, created: list[str]) -> None:
+    lab, lab_dir = wan_lab, Path(wan_lab["lab_dir"])
+    image_id = central_image(lab, created, source)
+    before = link_bytes(lab, "dcn0")
+    check(copy_to(lab, image_id, "dcn0"))
+    wait_bytes(lab, "dcn0", before, source.data_bytes // 4)
+    osd = int((lab_dir / "ceph" / "dcn0" / "run" / "osd.0.pid").read_text())
+    os.kill(osd, signal.SIGKILL)  # as a crash stops it
+    try:
+        time.sleep(CUT_SHORT_S - 2.0)
+        assert job(lab, image_id, "dcn0")["state"] == "running"  # waiting, not failed
+    finally:  # back on its own address, in its namespace: what a restarted OSD does
+        asyncio.run(ceph.up(lab_dir / "ceph", ["dcn0"], netns=dict(wan.load(lab_dir))))
+    image = wait_import_done(lab, image_id, timeout=WAIT_S + 60)
+
+    assert image["os_glance_failed_import"] == "" and job(lab, image_id, "dcn0")["state"] == "done", image
+    assert_rbd_copies(lab, image_id, source, {"central", "dcn0"})
