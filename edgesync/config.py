@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from edgesync.errors import ConfigError
+from edgesync.tls import PLAINTEXT, TlsConfig
 
 ROLES = ("central", "edge")
 STORE_TYPES = ("file", "rbd")
@@ -102,8 +103,13 @@ class HubBusConfig:
     host: str
     port: int
     username: str
-    password_file: Path
+    password_file: Path | None = None  # not needed with a client certificate
     offline_deadline_s: float = 3600.0
+    # TLS to the broker: ca_file verifies it; cert_file/key_file are the hub's
+    # broker identity (the certificate's CN is its user name). No ca_file: plaintext.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     stale_after_s: float = 30.0
 
 
@@ -121,6 +127,8 @@ class HubConfig:
     imports: ImportConfig = field(default_factory=ImportConfig)
     bus: HubBusConfig | None = None
     source: Path | None = None
+    # Built by hand (tests) a HubConfig is plaintext; load_hub wants it said.
+    tls: TlsConfig = PLAINTEXT
 
     @property
     def catalog_path(self) -> Path:
@@ -230,11 +238,12 @@ def load_site(path: Path) -> SiteConfig:
         )
     agent = r.sub("agent")
     listen = agent.get("listen", str, None)
+    scheme = "https" if "cert_file" in agent.sub("tls").table else "http"
     return SiteConfig(
         name=name, role=role, availability_zone=az,
         compute_availability_zone=compute_az, storage_availability_zone=storage_az,
         store=_load_store(r.sub("store"), base, name), source=path,
-        agent_url=agent.get("public_url", str, f"http://{listen}" if listen else None),
+        agent_url=agent.get("public_url", str, f"{scheme}://{listen}" if listen else None),
         agent_token_file=agent.path("token_file", base, None),
         project=r.get("project", str, None) or None,
     )
@@ -303,28 +312,52 @@ def load_hub(path: Path) -> HubConfig:
     auth = hub.get("auth", str, "token")
     if auth not in ("token", "noauth"):
         raise ConfigError(f"{hub.where}: 'auth' must be \"token\" or \"noauth\", got {auth!r}")
+    tls = load_tls(hub, base)
     tokens = hub.path("tokens_file", base, None)
     if auth == "token" and tokens is None:
         raise ConfigError(f"{hub.where}: 'tokens_file' is required when auth = \"token\"")
     return HubConfig(
         host=host, port=int(port_s),
-        public_url=hub.get("public_url", str, f"http://{listen}").rstrip("/"),
+        public_url=hub.get("public_url", str, f"{tls.scheme}://{listen}").rstrip("/"),
         state_dir=hub.path("state_dir", base),
         sites=load_sites(hub.path("sites_dir", base)),
         tokens_file=tokens, auth=auth,
         show_locations=hub.get("show_locations", bool, False),
         policy_file=hub.path("policy_file", base, None),
-        imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path,
+        imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path, tls=tls,
     )
+
+
+def load_tls(daemon: _Reader, base: Path) -> TlsConfig:
+    """A daemon's [tls] table: HTTPS with cert_file and key_file (ca_file: what
+    its clients verify peers against), or plaintext = true, said explicitly."""
+    if "tls" not in daemon.table:
+        raise ConfigError(f"{daemon.where}: a [tls] table is required: cert_file and key_file (and ca_file) "
+                          "to serve HTTPS, or plaintext = true to serve plain HTTP")
+    r = daemon.sub("tls")
+    plaintext = r.get("plaintext", bool, False)
+    cert, key = r.path("cert_file", base, None), r.path("key_file", base, None)
+    ca = r.path("ca_file", base, None)
+    if plaintext and (cert or key):
+        raise ConfigError(f"{r.where}: plaintext = true and a cert_file/key_file contradict each other; "
+                          "drop one")
+    if not plaintext and not (cert and key):
+        raise ConfigError(f"{r.where}: 'cert_file' and 'key_file' are required (or plaintext = true)")
+    return TlsConfig(cert_file=cert, key_file=key, ca_file=ca, plaintext=plaintext)
 
 
 def _load_hub_bus(r: _Reader, base: Path) -> HubBusConfig | None:
     if "bus" not in r.table:
         return None
     bus, agents = r.sub("bus"), r.sub("agents")
+    if "password_file" not in bus.table and "cert_file" not in bus.table:
+        raise ConfigError(f"{bus.where}: 'cert_file' and 'key_file' (the hub's broker identity, over TLS) "
+                          "or 'password_file' are required")
     return HubBusConfig(
         host=bus.get("host", str), port=bus.get("port", int), username=bus.get("username", str, "hub"),
-        password_file=bus.path("password_file", base),
+        password_file=bus.path("password_file", base, None),
+        ca_file=bus.path("ca_file", base, None), cert_file=bus.path("cert_file", base, None),
+        key_file=bus.path("key_file", base, None),
         offline_deadline_s=float(agents.get("offline_deadline_s", (int, float), 3600.0)),
         stale_after_s=float(agents.get("stale_after_s", (int, float), 30.0)),
     )

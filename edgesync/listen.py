@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 
 from aiohttp import web
 
@@ -23,10 +24,13 @@ from edgesync.errors import ConfigError
 LISTEN_FD_ENV = "EDGESYNC_LISTEN_FD"
 
 
-async def start_site(runner: web.AppRunner, host: str, port: int) -> list[web.BaseSite]:
-    """Serve `runner` on the handed-over sockets if there are any, else on host:port."""
+async def start_site(runner: web.AppRunner, host: str, port: int,
+                     ssl_context: ssl.SSLContext | None = None) -> list[web.BaseSite]:
+    """Serve `runner` on the handed-over sockets if there are any, else on
+    host:port; over TLS with `ssl_context`."""
     socks = _handed_over(host, port)
-    sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in socks] or [web.TCPSite(runner, host, port)]
+    sites: list[web.BaseSite] = ([web.SockSite(runner, sock, ssl_context=ssl_context) for sock in socks]
+                                 or [web.TCPSite(runner, host, port, ssl_context=ssl_context)])
     for site in sites:
         await site.start()
     return sites

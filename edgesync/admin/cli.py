@@ -85,6 +85,9 @@ def _common_options() -> argparse.ArgumentParser:
     hub = common.add_argument_group("hub")
     hub.add_argument("--url", help="the hub's URL (default: $EDGESYNC_URL, else $OS_IMAGE_URL)")
     hub.add_argument("--token", help="auth token (default: $EDGESYNC_TOKEN, else $OS_AUTH_TOKEN)")
+    hub.add_argument("--os-cacert", metavar="FILE",
+                     help="CA bundle to verify an https:// hub with (default: the lab's ca_file, else "
+                          "$EDGESYNC_CACERT, else $OS_CACERT, else the system's)")
     hub.add_argument("--lab-dir", metavar="DIR", help="take URL and admin token from DIR/lab.json (a local lab)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
     return common
@@ -92,7 +95,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        conn = resolve_connection(args.url, args.token, args.lab_dir)
+        conn = resolve_connection(args.url, args.token, args.lab_dir, cacert=args.os_cacert)
 
         async def main() -> int:
             async with HubClient(conn) as hub:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edgesync.errors import EdgesyncError
+from edgesync.tls import TlsConfig, http_session, is_certificate_error
 
 REQUEST_TIMEOUT_S = 60.0
 
@@ -42,17 +43,19 @@ class ApiError(EdgesyncError):
 class Connection:
     url: str  # the hub's base URL, without /v2
     token: str | None
+    ca_file: Path | None = None  # verifies an https:// hub; None: the system's trust store
 
 
 def resolve_connection(url: str | None, token: str | None, lab_dir: str | None,
-                       env: Mapping[str, str] = os.environ) -> Connection:
+                       env: Mapping[str, str] = os.environ, *, cacert: str | None = None) -> Connection:
     """Options first, then the lab's lab.json, then the environment."""
     lab = _read_lab(Path(lab_dir)) if lab_dir else {}
+    ca_file = cacert or lab.get("ca_file") or env.get("EDGESYNC_CACERT") or env.get("OS_CACERT")
     url = url or lab.get("hub_url") or env.get("EDGESYNC_URL") or env.get("OS_IMAGE_URL")
     token = token or lab.get("admin_token") or env.get("EDGESYNC_TOKEN") or env.get("OS_AUTH_TOKEN")
     if not url:
         raise AdminError("No hub URL: give --url URL or --lab-dir DIR, or set EDGESYNC_URL (or OS_IMAGE_URL)")
-    return Connection(base_url(url), token or None)
+    return Connection(base_url(url), token or None, Path(ca_file) if ca_file else None)
 
 
 def base_url(url: str) -> str:
@@ -83,13 +86,14 @@ class HubClient:
     def __init__(self, conn: Connection, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.url = conn.url
         self._token = conn.token
+        self._ca_file = conn.ca_file
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HubClient:
         headers = {"X-Auth-Token": self._token} if self._token else {}
-        self._session = aiohttp.ClientSession(headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+        self._session = http_session(TlsConfig(ca_file=self._ca_file), headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=self._timeout_s))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -117,6 +121,9 @@ class HubClient:
                 raw = await resp.read()
                 status = resp.status
         except aiohttp.ClientError as exc:
+            if is_certificate_error(exc):
+                raise AdminError(f"The hub at {self.url} showed a certificate that does not verify: {exc} "
+                                 "(give the CA bundle that signed it: --os-cacert FILE or $OS_CACERT)") from exc
             raise HubUnreachable(f"Can't reach the hub at {self.url}: {str(exc) or type(exc).__name__} "
                                  "(check --url / EDGESYNC_URL and that the hub runs)") from exc
         except TimeoutError as exc:

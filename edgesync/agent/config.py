@@ -14,11 +14,18 @@
     bandwidth_limit_mbps = 0                  # megabits/s for all pulls; 0 = unlimited
     heartbeat_interval_s = 5
 
+    [agent.tls]                               # or: plaintext = true (warned at start)
+    cert_file = "/etc/edgesync/tls/dcn0.crt"  # the data endpoint's HTTPS certificate
+    key_file = "/etc/edgesync/tls/dcn0.key"
+    ca_file = "/etc/edgesync/tls/ca.pem"      # verifies the hub (hub_url https://…)
+
     [agent.broker]
     host = "central.example"
-    port = 1883
-    username = "site-dcn0"                    # the default
-    password_file = "/etc/edgesync/dcn0.mqtt"
+    port = 8883
+    ca_file = "/etc/edgesync/tls/ca.pem"      # MQTT over TLS, the broker verified against it
+    cert_file = "/etc/edgesync/tls/site-dcn0.crt"  # the site's broker identity (CN site-dcn0)
+    key_file = "/etc/edgesync/tls/site-dcn0.key"
+    # or, without TLS: username = "site-dcn0" and password_file = "/etc/edgesync/dcn0.mqtt"
 
 Site and agent come from one file so they can't disagree about which site
 this is; `load_site` does the site part, the AZ pairing check included, and
@@ -33,8 +40,9 @@ from pathlib import Path
 
 from edgesync.bus import BusSettings, topics
 from edgesync.bus.errors import BusError
-from edgesync.config import SiteConfig, _load_toml, _Reader, load_site
+from edgesync.config import SiteConfig, _load_toml, _Reader, load_site, load_tls
 from edgesync.errors import ConfigError
+from edgesync.tls import TlsConfig
 
 DEFAULT_MAX_CONCURRENT_COPIES = 2
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
@@ -51,12 +59,16 @@ class BrokerConfig:
     host: str
     port: int
     username: str
-    password: str = field(repr=False)
+    password: str | None = field(repr=False)
     client_id: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     def settings(self) -> BusSettings:
         return BusSettings(host=self.host, port=self.port, username=self.username,
-                           password=self.password, client_id=self.client_id)
+                           password=self.password, client_id=self.client_id,
+                           ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class AgentConfig:
     state_dir: Path
     listen_host: str
     listen_port: int
+    tls: TlsConfig
     max_concurrent_copies: int = DEFAULT_MAX_CONCURRENT_COPIES
     bandwidth_limit_mbps: float = 0.0
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
@@ -111,7 +124,7 @@ def load_agent(path: Path) -> AgentConfig:
         token=_secret(r, "token_file", base),
         broker=_broker(r.sub("broker"), base, site.name),
         state_dir=_required_path(r, "state_dir", base),
-        listen_host=host, listen_port=port,
+        listen_host=host, listen_port=port, tls=load_tls(r, base),
         max_concurrent_copies=_positive_int(r, "max_concurrent_copies", DEFAULT_MAX_CONCURRENT_COPIES),
         bandwidth_limit_mbps=_non_negative(r, "bandwidth_limit_mbps", 0.0),
         heartbeat_interval_s=_positive(r, "heartbeat_interval_s", DEFAULT_HEARTBEAT_INTERVAL_S),
@@ -132,12 +145,17 @@ def _broker(r: _Reader, base: Path, site: str) -> BrokerConfig:
     port = r.get("port", int, 1883)
     if not 0 < port < 65536:
         raise ConfigError(f"{r.where}: 'port' must be 1-65535, got {port}")
+    cert_file = r.path("cert_file", base, None)
+    if cert_file is None and "password_file" not in r.table:
+        raise ConfigError(f"{r.where}: 'cert_file' and 'key_file' (the site's broker identity, over TLS) "
+                          "or 'password_file' are required")
     return BrokerConfig(
         host=r.get("host", str),
         port=port,
         username=r.get("username", str, f"site-{site}"),
-        password=_secret(r, "password_file", base),
+        password=_secret(r, "password_file", base) if "password_file" in r.table else None,
         client_id=r.get("client_id", str, None),
+        ca_file=r.path("ca_file", base, None), cert_file=cert_file, key_file=r.path("key_file", base, None),
     )
 
 

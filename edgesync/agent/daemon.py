@@ -66,6 +66,7 @@ from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_midd
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore, ResumableStore, StoreCapacity
+from edgesync.tls import http_session, serving_context, warn_plaintext
 from edgesync.transfer.http import AUTH_HEADER, HttpSource, RateLimiter, ServedCounters, data_routes
 from edgesync.transfer.pipeline import DataSource
 
@@ -129,7 +130,7 @@ class Agent:
             await journal.prune(finished_before=time.time() - JOURNAL_RETENTION_S)
             events = EventOutbox(self.site, journal, store.image_ids)
             await events.load()
-            session = aiohttp.ClientSession()
+            session = http_session(cfg.tls)  # verifies the hub against [agent.tls] ca_file
             opened.push_async_callback(session.close)
             limiter = RateLimiter(cfg.bandwidth_limit_bytes_per_s) if cfg.bandwidth_limit_mbps else None
             tasks = TaskRunner(store, journal, events, self._sources, max_concurrent_copies=cfg.max_concurrent_copies,
@@ -221,10 +222,12 @@ class Agent:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await start_site(runner, self.config.listen_host, self.config.listen_port)
+            await start_site(runner, self.config.listen_host, self.config.listen_port,
+                             serving_context(self.config.tls))
         except BaseException:
             await runner.cleanup()
             raise
+        warn_plaintext(log, f"the agent of site {self.site}", self.config.tls)
         self.http_port = runner.addresses[0][1]
         return runner
 
@@ -266,7 +269,11 @@ class Agent:
 
     async def _bus_forever(self) -> None:
         will = LastWill(topics.status(self.site), self._status(SiteState.OFFLINE))
-        client = BusClient(self.config.broker.settings(), will=will)
+        settings = self.config.broker.settings()
+        if not settings.tls:
+            log.warning("the broker connection to %s:%s is PLAINTEXT (no ca_file in [agent.broker])",
+                        settings.host, settings.port)
+        client = BusClient(settings, will=will)
         await run_forever(client, self._connected, backoff=self._reconnect_backoff)
 
     async def _connected(self, bus: BusClient) -> None:

@@ -26,6 +26,7 @@ from edgesync.agent.replicator import digest_published
 from edgesync.errors import BadRequest, EdgesyncError, NotFound
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
+from edgesync.tls import http_session
 from edgesync.transfer.http import AUTH_HEADER
 
 PUBLISHED_SNAPSHOT = "snap"  # what Nova's RBD snapshots and edgesync's copies carry
@@ -84,7 +85,7 @@ async def register(config: AgentConfig, refs: list[str], *, name: str | None = N
     store = open_store(config.site)
     outcomes = []
     try:
-        async with aiohttp.ClientSession(timeout=HUB_TIMEOUT) as session:
+        async with http_session(config.tls, timeout=HUB_TIMEOUT) as session:
             for ref in refs:
                 try:
                     registered = await _register_one(config, store, session, ref, extra)

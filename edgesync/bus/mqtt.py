@@ -29,6 +29,7 @@ import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -45,6 +46,7 @@ from edgesync.bus import messages
 from edgesync.bus.errors import BusError
 from edgesync.bus.messages import Delivery, Message, decode_delivery
 from edgesync.bus.topics import SiteTopic
+from edgesync.tls import client_context
 
 log = logging.getLogger("edgesync.bus")
 
@@ -72,7 +74,7 @@ class BusSettings:
     host: str
     port: int
     username: str
-    password: str
+    password: str | None
     # Stable per identity: the broker keeps the session (subscriptions and
     # queued messages) under this id. Two live clients with one id evict
     # each other, so a second connection of one identity needs its own id.
@@ -80,6 +82,16 @@ class BusSettings:
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
     keepalive_s: int = 30
     timeout_s: float = 10.0
+    # TLS: ca_file verifies the broker; cert_file/key_file are this client's
+    # identity (Mosquitto takes the certificate's CN as the user name, so no
+    # password crosses the network). No ca_file: plaintext MQTT.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
 
     @property
     def identifier(self) -> str:
@@ -150,8 +162,9 @@ class BusClient:
         # Without a session expiry an MQTT 5 session ends with the connection,
         # whatever clean_start says, and messages sent meanwhile are lost.
         connect_properties.SessionExpiryInterval = s.session_expiry_s
+        tls_context = client_context(s.ca_file, cert_file=s.cert_file, key_file=s.key_file) if s.tls else None
         return aiomqtt.Client(
-            s.host, s.port, username=s.username, password=s.password,
+            s.host, s.port, username=s.username, password=s.password, tls_context=tls_context,
             identifier=s.identifier, protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False, properties=connect_properties,
             keepalive=s.keepalive_s, timeout=s.timeout_s, will=self._aiomqtt_will(),

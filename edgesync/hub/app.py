@@ -39,6 +39,7 @@ from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
+from edgesync.tls import http_session, serving_context, warn_plaintext
 from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Hub:
                                         offline_deadline_s=bus.offline_deadline_s)
         token = site.agent_token_file.read_text().strip() if site.agent_token_file else None
         return AgentSite(site, self.agents, hub_url=self.config.public_url,
+                         session_factory=lambda: http_session(self.config.tls),
                          agent_url=site.agent_url, agent_token=token,
                          observer=self.metrics.for_site(self.central))
 
@@ -140,8 +142,11 @@ class Hub:
         bus = self.config.bus
         if bus is None or self.agents is None or self.registry is None or self.publisher is None:
             return  # no edge site is served by an agent: nothing to talk to
-        settings = BusSettings(host=bus.host, port=bus.port, username=bus.username,
-                               password=bus.password_file.read_text().strip())
+        password = bus.password_file.read_text().strip() if bus.password_file else None
+        settings = BusSettings(host=bus.host, port=bus.port, username=bus.username, password=password,
+                               ca_file=bus.ca_file, cert_file=bus.cert_file, key_file=bus.key_file)
+        if not settings.tls:
+            log.warning("the hub's MQTT connection to %s:%s is PLAINTEXT (no ca_file in [bus])", bus.host, bus.port)
         router = EventRouter(self.registry, self.agents.on_event, self.agents.refuse,
                              on_heartbeat=self.metrics.heartbeat)
         self._bus_task = asyncio.create_task(
@@ -201,11 +206,12 @@ class Hub:
                                    shutdown_timeout=HTTP_DRAIN_S)
             await runner.setup()
             self.runner = runner
-            await start_site(runner, self.config.host, self.config.port)
-        except BaseException:  # a bad tokens file, the port in use: don't hang on exit
+            await start_site(runner, self.config.host, self.config.port, serving_context(self.config.tls))
+        except BaseException:  # a bad tokens file or certificate, the port in use: don't hang on exit
             await self.close()
             raise
-        log.info("hub serving on %s:%s", self.config.host, self.config.port)
+        warn_plaintext(log, "the hub", self.config.tls)
+        log.info("hub serving %s on %s:%s", self.config.tls.scheme, self.config.host, self.config.port)
 
     async def close(self, grace_s: float = 5.0) -> None:
         if self.runner is not None:

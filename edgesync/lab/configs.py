@@ -83,7 +83,7 @@ def agent_table(directory: Path, site: str, *, hub_url: str, listen: str, broker
     write_private(token_file, secrets.token_hex(16) + "\n")
     return {
         "hub_url": hub_url, "token_file": str(token_file), "state_dir": str(directory / "agents" / site),
-        "listen": listen, "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
+        "listen": listen, "heartbeat_interval_s": HEARTBEAT_INTERVAL_S, "tls": {"plaintext": True},
         "broker": {"host": broker.host, "port": broker.port, "username": broker_user,
                    "password_file": str(secrets_dir / f"{broker_user}.mqtt")},
     }
@@ -96,7 +96,8 @@ def write_hub_files(directory: Path, *, listen: str, admin_token: str, member_to
     write_private(tokens, tomli_w.dumps({"tokens": _tokens(directory, admin_token, member_token, edges)}))
     config: dict[str, Any] = {
         "hub": {"listen": listen, "state_dir": str(directory / "hub-state"),
-                "sites_dir": str(directory / "sites"), "tokens_file": str(tokens), "show_locations": True},
+                "sites_dir": str(directory / "sites"), "tokens_file": str(tokens), "show_locations": True,
+                "tls": {"plaintext": True}},
         "import": {"max_image_size_bytes": MAX_IMAGE_SIZE_BYTES, "lock_ttl_s": LOCK_TTL_S,
                    "uri_filter": {"allowed_schemes": ["http", "https"], "allowed_ports": []}},
     }

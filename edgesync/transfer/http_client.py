@@ -24,6 +24,7 @@ from edgesync.backoff import Backoff
 from edgesync.errors import ChunkDigestMismatch, TransferError
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent
+from edgesync.tls import is_certificate_error
 from edgesync.transfer.ratelimit import RateLimiter
 from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, data_path, extents_path, sha256_hex
 
@@ -198,6 +199,8 @@ def _about(exc: TransferError, message: str) -> TransferError:
 def _network_error(exc: BaseException) -> TransferError:
     if isinstance(exc, asyncio.TimeoutError):
         return TransferError("the server went silent (timeout)")
+    if is_certificate_error(exc):  # a wrong CA or certificate: retrying can't fix it
+        return TransferError(f"the server's TLS certificate does not verify: {exc}", retryable=False)
     return TransferError(f"{type(exc).__name__}: {exc}")
 
 

@@ -159,7 +159,7 @@ def agent_config(tmp_path: Path, broker: LabBroker, hub_url: str, *, site: str =
         f'name = "{site}"\nrole = "edge"\navailability_zone = "{site}"\n'
         '[store]\ntype = "file"\npath = "store"\n'
         f'[agent]\nhub_url = "{hub_url}"\ntoken_file = "token"\nstate_dir = "state"\n'
-        f'listen = "127.0.0.1:{listen_port}"\nheartbeat_interval_s = 0.2\n{extra}\n'
+        f'listen = "127.0.0.1:{listen_port}"\nheartbeat_interval_s = 0.2\ntls = {{ plaintext = true }}\n{extra}\n'
         f'[agent.broker]\nhost = "{broker.info.host}"\nport = {broker.info.port}\npassword_file = "mqtt"\n'
         f'client_id = "{unique_id(f"agent-{site}")}"\n')
     return path

@@ -145,7 +145,7 @@ def hub_files(base: Path, port: int) -> Path:
         f'[store]\ntype = "file"\npath = "{base / "central"}"\n')
     hub_toml = base / "hub.toml"
     hub_toml.write_text(f'[hub]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{base / "state"}"\n'
-                        f'sites_dir = "{base / "sites"}"\nauth = "noauth"\n')
+                        f'sites_dir = "{base / "sites"}"\nauth = "noauth"\ntls = {{ plaintext = true }}\n')
     return hub_toml
 
 

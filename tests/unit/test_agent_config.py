@@ -15,6 +15,7 @@ hub_url = "http://hub.example:9292/"
 token_file = "secrets/token"
 state_dir = "state"
 listen = "127.0.0.1:9393"
+tls = {{ plaintext = true }}
 {agent_extra}
 [agent.broker]
 host = "broker.example"

@@ -33,6 +33,7 @@ def hub_toml(directory: Path, hub: str = "", rest: str = "") -> Path:
     path = directory / "hub.toml"
     path.write_text(
         '[hub]\nstate_dir = "state"\nsites_dir = "sites"\ntokens_file = "tokens.toml"\n'
+        'tls = { plaintext = true }\n'
         f"{hub}\n{rest}"
     )
     return path
@@ -217,5 +218,5 @@ def test_site_errors_surface_through_the_hub_file(tmp_path: Path) -> None:
 
 def test_missing_state_and_sites_settings(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
-    path.write_text('[hub]\nsites_dir = "sites"\nauth = "noauth"\n')
+    path.write_text('[hub]\nsites_dir = "sites"\nauth = "noauth"\ntls = { plaintext = true }\n')
     assert "'state_dir' is required" in refused(load_hub, path)

@@ -10,6 +10,7 @@ edge-created image to central) go over HTTP to the agent's data endpoint.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -32,8 +33,11 @@ class AgentSite:
 
     def __init__(self, site: SiteConfig, commands: AgentCommands, *, hub_url: str,
                  agent_url: str | None, agent_token: str | None,
-                 observer: CopyObserver = NO_OBSERVER) -> None:
-        """`observer` counts what reads of this site's copies bring over HTTP."""
+                 observer: CopyObserver = NO_OBSERVER,
+                 session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession) -> None:
+        """`observer` counts what reads of this site's copies bring over HTTP;
+        `session_factory` makes the HTTP session (the hub's: verifying agents'
+        certificates against its CA bundle)."""
         self.name = site.name
         self.store_type = site.store.type
         self.description = site.store.description
@@ -45,6 +49,7 @@ class AgentSite:
         self._agent_token = agent_token
         self._observer = observer
         self._session: aiohttp.ClientSession | None = None
+        self._session_factory = session_factory
         # One HttpSource per image: it caches the extent map between reads.
         self._sources: dict[str, HttpSource] = {}
 
@@ -99,7 +104,7 @@ class AgentSite:
         if self._agent_url is None:
             raise StoreError(f"site {self.name} has no agent data endpoint configured")
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = self._session_factory()
         if image_id not in self._sources:
             self._sources[image_id] = HttpSource(self._session, self._agent_url, image_id,
                                                  token=self._agent_token, observer=self._observer)
