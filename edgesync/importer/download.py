@@ -3,6 +3,9 @@
 The URI is untrusted. It is checked against the operator's filter before the
 first request and again at every redirect (redirects are followed by hand:
 otherwise an allowed server could bounce the hub to an internal address).
+The check is by address: each hop's host is resolved once, every address
+checked, and the connection goes to exactly those addresses (a resolver that
+knows only them), so no second lookup or other spelling reaches elsewhere.
 The body is streamed to disk in batches, all-zero blocks left as holes,
 never held in memory whole; more than `max_bytes` stops the download.
 
@@ -12,17 +15,20 @@ Whatever goes wrong, including cancellation, the destination file is removed.
 from __future__ import annotations
 
 import contextlib
+import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from edgesync.config import UriFilter
 from edgesync.errors import BadRequest, RequestTooLarge
 from edgesync.importer.hashing import ImageDigest
 from edgesync.importer.sparsefile import BATCH_BYTES, SparseFile, copy_stream
-from edgesync.importer.uri_filter import check_uri
+from edgesync.importer.uri_filter import canonical_host, check_uri, resolve_checked
 from edgesync.stores.sparse import DEFAULT_GRANULARITY
 
 MAX_REDIRECTS = 5
@@ -41,7 +47,6 @@ async def download(
     rules: UriFilter,
     max_bytes: int,
     timeout_s: float,
-    session: aiohttp.ClientSession | None = None,
     digest: ImageDigest | None = None,
 ) -> int:
     """Download `uri` into the sparse file `dest`; return its size in bytes.
@@ -59,10 +64,12 @@ async def download(
     check_uri(uri, rules)
     dest = Path(dest)
     timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
-    async with _session_or(session) as http:
+    resolver = PinnedResolver()
+    await resolver.pin(uri, rules)
+    async with _pinned_session(resolver) as http:
         sink = await SparseFile.create(dest)
         try:
-            async with _final_response(http, uri, rules, timeout) as (response, final_uri):
+            async with _final_response(http, resolver, uri, rules, timeout) as (response, final_uri):
                 _refuse_declared_oversize(response, final_uri, max_bytes)
                 size = await _stream(response, final_uri, sink, max_bytes, digest)
             await sink.finish(size)
@@ -75,19 +82,63 @@ async def download(
 # --- HTTP ----------------------------------------------------------------------
 
 
-def _session_or(
-    session: aiohttp.ClientSession | None,
-) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientSession]:
-    if session is not None:
-        return contextlib.nullcontext(session)
+class PinnedResolver(AbstractResolver):
+    """Resolves only hosts whose addresses were checked, to exactly those.
+
+    A proxy's host (HTTP(S)_PROXY) is the one exception, resolved normally:
+    through a proxy, the proxy connects, and the filter still applied to the
+    image URI's own host.
+    """
+
+    def __init__(self) -> None:
+        self._pinned: dict[str, list[str]] = {}
+        self._fallback = aiohttp.ThreadedResolver()
+
+    async def pin(self, uri: str, rules: UriFilter) -> None:
+        """Check `uri` by address (BadRequest if refused) and remember them."""
+        host, addresses = await resolve_checked(uri, rules)
+        self._pinned[host] = addresses
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = self._pinned.get(canonical_host(host))
+        if addresses is None:
+            if host.lower() in _proxy_hosts():
+                return await self._fallback.resolve(host, port, family)
+            raise OSError(f"{host} was not checked against the URI filter")
+        wanted = [a for a in addresses if family in (socket.AF_UNSPEC, _family(a))]
+        if not wanted:
+            raise OSError(f"{host} has no checked address of the family asked for")
+        return [ResolveResult(hostname=host, host=a, port=port, family=_family(a), proto=0,
+                              flags=socket.AI_NUMERICHOST) for a in wanted]
+
+    async def close(self) -> None:
+        await self._fallback.close()
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _proxy_hosts() -> set[str]:
+    hosts = set()
+    for proxy in urllib.request.getproxies().values():
+        with contextlib.suppress(ValueError):
+            hosts.add((urlsplit(proxy).hostname or "").lower())
+    return hosts
+
+
+def _pinned_session(resolver: PinnedResolver) -> aiohttp.ClientSession:
     # trust_env: honour HTTP(S)_PROXY / NO_PROXY, as Glance's urllib does; the
     # filter still applies to the image URI itself.
-    return aiohttp.ClientSession(trust_env=True)
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+    return aiohttp.ClientSession(connector=connector, trust_env=True)
 
 
 @contextlib.asynccontextmanager
 async def _final_response(
-    http: aiohttp.ClientSession, uri: str, rules: UriFilter, timeout: aiohttp.ClientTimeout
+    http: aiohttp.ClientSession, resolver: PinnedResolver, uri: str, rules: UriFilter, timeout: aiohttp.ClientTimeout
 ) -> AsyncIterator[tuple[aiohttp.ClientResponse, str]]:
     """The first non-redirect response for `uri`, every hop checked against `rules`."""
     seen = [uri]
@@ -104,7 +155,7 @@ async def _final_response(
         if len(seen) > MAX_REDIRECTS:
             raise BadRequest(f"could not download {_redact(uri)}: more than {MAX_REDIRECTS} redirects")
         try:
-            check_uri(target, rules)
+            await resolver.pin(target, rules)
         except BadRequest as exc:
             raise BadRequest(f"{exc.message} (redirected to by {_redact(current)})") from exc
         seen.append(target)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from edgesync.config import UriFilter
 from edgesync.errors import BadRequest, RequestTooLarge
-from edgesync.importer.download import MAX_REDIRECTS, download
+from edgesync.importer.download import MAX_REDIRECTS, PinnedResolver, download
 from edgesync.importer.hashing import ImageDigest
 
 MiB = 1 << 20
@@ -150,12 +150,14 @@ async def test_download_feeds_a_digest(server: Server, rules, tmp_path: Path) ->
         hashlib.sha512(server.content).hexdigest())
 
 
-async def test_download_with_a_caller_session(server: Server, rules, tmp_path: Path) -> None:
-    dest = tmp_path / "staged"
-    async with aiohttp.ClientSession() as session:
-        await fetch(server.url("/image"), dest, rules, session=session)
-        assert not session.closed  # the caller's session is the caller's to close
-    assert dest.read_bytes() == server.content
+async def test_the_connection_goes_only_to_checked_hosts() -> None:
+    # The session's resolver knows only what the filter checked: a host it
+    # was never asked about has no address at all.
+    resolver = PinnedResolver()
+    await resolver.pin("http://127.0.0.1/x", UriFilter())
+    assert [r["host"] for r in await resolver.resolve("127.0.0.1", 80, socket.AF_UNSPEC)] == ["127.0.0.1"]
+    with pytest.raises(OSError, match="not checked"):
+        await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
 
 
 async def test_existing_dest_is_replaced(server: Server, rules, tmp_path: Path) -> None:
@@ -276,3 +278,73 @@ async def test_credentials_are_not_echoed(server: Server, rules, tmp_path: Path)
     uri = f"http://user:s3cret@127.0.0.1:{server.port}/nothing-here"
     message = await refused(uri, tmp_path / "staged", rules)
     assert "s3cret" not in message and "404" in message
+
+
+# --- SSRF: by address, not by spelling -----------------------------------------
+# The blocklist names a network; every spelling of an address in it, and every
+# name resolving into it, is refused before anything is fetched. Only loopback
+# is ever contacted: the refused URIs are refused before any connection.
+
+LOOPBACK_BLOCKED = UriFilter(allowed_schemes=("http",), disallowed_hosts=("127.0.0.0/8",), allowed_ports=())
+ALIASES = [
+    "http://0x7f.1/image", "http://2130706433/image", "http://127.1/image",
+    "http://[::ffff:127.0.0.1]/image", "http://0.0.0.0/image", "http://localhost/image",
+    "http://LOCALHOST./image", "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/image",
+    "http://127\u30020\u30020\u30021/image",
+]
+
+
+@pytest.mark.parametrize("uri", ALIASES)
+async def test_every_spelling_of_a_blocked_address_is_refused(tmp_path: Path, uri: str) -> None:
+    message = await refused(uri, tmp_path / "staged", LOOPBACK_BLOCKED)
+    assert "is in the disallowed hosts (127.0.0.0/8)" in message
+
+
+@pytest.fixture
+async def server6(server: Server) -> AsyncIterator[str]:
+    """A redirector on ::1, outside 127.0.0.0/8, bouncing to `to`."""
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(request.query["to"])
+
+    app = web.Application()
+    app.add_routes([web.get("/redirect", redirect)])
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "::1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://[::1]:{port}"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("alias", ["0x7f.1", "[::ffff:127.0.0.1]", "0.0.0.0", "localhost",
+                                   "\uff11\uff12\uff17.\uff10.\uff10.\uff11", "127\u30020\u30020\u30021"])
+async def test_redirect_to_an_alias_of_a_blocked_address_is_refused(
+    server: Server, server6: str, tmp_path: Path, alias: str
+) -> None:
+    server.requests.clear()
+    target = f"http://{alias}:{server.port}/image"
+    message = await refused(f"{server6}/redirect?to={target}", tmp_path / "staged", LOOPBACK_BLOCKED)
+    assert "is in the disallowed hosts (127.0.0.0/8)" in message and "redirected to by" in message
+    assert server.requests == []  # the loopback server behind the alias was never reached
+
+
+async def test_redirect_from_an_allowed_host_still_works(server: Server, server6: str, tmp_path: Path) -> None:
+    dest = tmp_path / "staged"
+    target = server.url("/image")
+    await fetch(f"{server6}/redirect?to={target}", dest, UriFilter(allowed_ports=()))
+    assert dest.read_bytes() == server.content
+
+
+@pytest.mark.parametrize("host", ["0x7f.1", "[::ffff:127.0.0.1]"])
+async def test_an_allowed_address_works_in_any_spelling(server: Server, rules, tmp_path: Path, host: str) -> None:
+    dest = tmp_path / "staged"
+    await fetch(f"http://{host}:{server.port}/image", dest, rules)
+    assert dest.read_bytes() == server.content
+
+
+async def test_an_allowed_name_reaches_what_it_resolves_to(server: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "staged"
+    await fetch(f"http://localhost:{server.port}/image", dest,
+                UriFilter(allowed_hosts=("localhost",), allowed_ports=(server.port,)))
+    assert dest.read_bytes() == server.content

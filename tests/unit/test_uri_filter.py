@@ -178,3 +178,24 @@ def test_levels_are_checked_in_order_scheme_first() -> None:
     assert "scheme 'ftp'" in rejected("ftp://bad.example:21/x", rules)
     # Scheme fine, host and port bad: the host is reported.
     assert "host 'bad.example'" in rejected("http://bad.example:21/x", rules)
+
+
+# --- hosts by address, not by spelling ---------------------------------------------
+
+
+@pytest.mark.parametrize("uri", [
+    "http://0x7f.1/x", "http://017700000001/x", "http://127.1/x", "http://[::ffff:127.0.0.1]/x",
+    "http://0.0.0.0/x", "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x", "http://127\u30020\u30020\u30021/x",
+])
+def test_a_blocked_network_refuses_every_literal_spelling(uri: str) -> None:
+    assert "in the disallowed hosts (127.0.0.0/8)" in rejected(uri, UriFilter(disallowed_hosts=("127.0.0.0/8",)))
+
+
+def test_a_blocked_address_entry_matches_its_other_spellings() -> None:
+    assert "host '127.0.0.1' is in the disallowed hosts" in rejected(
+        "http://0x7f.0.0.1/x", UriFilter(disallowed_hosts=("127.0.0.1",)))
+
+
+def test_name_spellings_are_put_in_one_form() -> None:
+    assert "host 'localhost'" in rejected("http://LocalHost./x", UriFilter(disallowed_hosts=("localhost",)))
+    check_uri("http://\uff11\uff12\uff17.0.0.1/x", UriFilter(allowed_hosts=("127.0.0.1",)))
