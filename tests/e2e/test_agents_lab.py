@@ -324,10 +324,13 @@ def test_allow_failure_when_a_site_stays_offline_past_the_deadline(
     assert stores_of(rolled_image) == {"central"} and rolled_image["os_glance_failed_import"] == "dcn0"
     assert job(rbd_agents_lab, rolled, "dcn1")["state"] == "rolled_back"
     # Back, dcn0 receives the copies queued for it while it was away: they must
-    # not leave it holding copies the catalog doesn't know.
+    # not leave it holding copies the catalog doesn't know. The hub serves an
+    # agent only the images its live copies name, so the copies it gave up on
+    # are refused at their first read and the agent fails them (not retried).
     copies = {image_id: f"{latest_task(rbd_agents_lab, image_id)['id']}-dcn0" for image_id in (kept, rolled)}
-    wait_until(lambda: all(f"task {task}: image {image_id} copied" in agent_log(rbd_agents_lab, "dcn0")
-                           for image_id, task in copies.items()), "dcn0 to run the copies it was sent")
+    wait_until(lambda: all(f"task {task} failed: " in agent_log(rbd_agents_lab, "dcn0")
+                           and f"Image {image_id} is not being copied to site dcn0" in agent_log(rbd_agents_lab, "dcn0")
+                           for image_id, task in copies.items()), "dcn0 to be refused the copies it was too late for")
     wait_until(lambda: not pool_images(rbd_agents_lab, "dcn0") & set(copies), "dcn0 to drop the copies it was too late for")
     assert_rbd_copies(rbd_agents_lab, kept, source, {"central", "dcn1"})
     assert_rbd_copies(rbd_agents_lab, rolled, source, {"central"})

@@ -53,8 +53,11 @@ async def serve(store: ImageStore) -> TestServer:
     async def lookup(image_id: str) -> ImageStore:
         return store
 
+    async def anyone(request: web.Request, image_id: str) -> None:
+        """Route authorisation is the API tests' subject; here every read is allowed."""
+
     app = web.Application()
-    app.add_routes(data_routes(lookup, lambda request: None))
+    app.add_routes(data_routes(lookup, anyone))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server
