@@ -203,7 +203,15 @@ class TransferError(EdgesyncError):
 
 
 class ChunkDigestMismatch(TransferError):
-    """A range's bytes don't match the sha256 its server sent with them."""
+    """A range's bytes don't match what they should: the sha256 its server
+    sent with them, the blocks of the image's chunk manifest, or (a zstd
+    frame) the length they were asked for."""
+
+
+class InvalidManifest(TransferError):
+    """A chunk manifest that doesn't parse, or isn't the one its copy names."""
+
+    retryable = False
 
 
 class InvalidImageData(BadRequest):

@@ -34,12 +34,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
 from edgesync.agent.config import AgentConfig
+from edgesync.agent.dedup import AgentManifests, SiteCopies
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Journal
 from edgesync.agent.tasks import SourceFactory, TaskRunner
@@ -134,7 +136,8 @@ class Agent:
             opened.push_async_callback(session.close)
             limiter = RateLimiter(cfg.bandwidth_limit_bytes_per_s) if cfg.bandwidth_limit_mbps else None
             tasks = TaskRunner(store, journal, events, self._sources, max_concurrent_copies=cfg.max_concurrent_copies,
-                               retry_window_s=cfg.copy_retry_window_s, observer=self.metrics.copies)
+                               retry_window_s=cfg.copy_retry_window_s, observer=self.metrics.copies,
+                               site_copies=await _site_copies(cfg.state_dir, store))
             self._rt = _Runtime(store, journal, events, tasks, session, limiter)
             opened.callback(setattr, self, "_rt", None)
             self._http = await self._serve_http()
@@ -385,6 +388,18 @@ def same_origin(url: str, base: str) -> bool:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+async def _site_copies(state_dir: Path, store: ImageStore) -> SiteCopies:
+    """The manifests of the site's copies, for dedup. A store that can't be
+    listed now (its cluster away) costs dedup only, never the start."""
+    manifests = AgentManifests(state_dir / "manifests")
+    try:
+        return await SiteCopies.load(manifests, store)
+    except EdgesyncError as exc:
+        log.warning("the site's copies can't be listed (%s); copies fetch every block until they can",
+                    exc.message)
+        return SiteCopies(manifests)
 
 
 async def serve(config: AgentConfig) -> None:

@@ -10,6 +10,11 @@ A copy is resumable and verified:
 - Ranges are journaled only once durable: writes are noted as they return,
   and every `checkpoint_bytes` or `checkpoint_interval_s` the writer is
   flushed and the noted ranges written to the journal (`_JournaledWriter`).
+- A command that names a chunk manifest (a hub that makes them) is copied
+  through `dedup.CheckedSource`: every block checked against the manifest,
+  blocks the site holds taken from its copies, nothing else hashed; the
+  manifest is kept with the published copy, for the next copy's dedup.
+  Without one (an older hub):
 - The sha512 of the whole logical image (`pump`'s digest, which covers the
   read-back ranges too, so a local copy that lost data is caught) must equal
   `os_hash_value` before `publish()`; otherwise the copy is removed and
@@ -35,6 +40,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from edgesync.agent.dedup import CheckedSource, SiteCopies
 from edgesync.agent.journal import Journal
 from edgesync.bus.messages import CopyCommand, DeleteCommand, FailedEvent
 from edgesync.errors import (
@@ -48,7 +54,8 @@ from edgesync.errors import (
 from edgesync.importer.hashing import ImageDigest
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent, ImageStore, Location, ResumableStore, ResumableWriter
-from edgesync.transfer.pipeline import DataSource, chunked, pump
+from edgesync.transfer.manifest import InvalidManifest, Manifest
+from edgesync.transfer.pipeline import Counted, DataSource, chunked, pump, pump_into
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,12 @@ async def copy(
     *,
     checkpoints: Checkpoints = Checkpoints(),
     observer: CopyObserver = NO_OBSERVER,
+    site: SiteCopies | None = None,
 ) -> Location:
     """Copy `source` into `store` as `command.image_id`, verified; its location.
-    `observer` is told the bytes written, a resume, a digest mismatch."""
+    `observer` is told the bytes written, a resume, a digest mismatch.
+    `site`: the manifests of the site's copies (dedup; without it, a copy
+    with a manifest is still checked against it, but takes nothing local)."""
     if command.os_hash_algo != "sha512":
         raise UnsupportedHash(f"can't verify image {command.image_id}: os_hash_algo "
                               f"{command.os_hash_algo!r} (only sha512 is supported)")
@@ -100,15 +110,39 @@ async def copy(
     done = await journal.done_ranges(command.task_id)
     if done:
         observer.resumed()
-    attempt = _CopyAttempt(command, store, journal, source, progress, checkpoints, observer)
+    manifest = await _manifest_for(command, source)
+    attempt = _CopyAttempt(command, store, journal, source, progress, checkpoints, observer, manifest,
+                           site or SiteCopies(None))
     try:
         return await attempt.run(done)
     except ChecksumMismatch:
-        if not done:
+        if not done or manifest is not None:
             raise
         log.warning("task %s: the resumed copy of image %s did not verify; copying it again from scratch",
                     command.task_id, command.image_id)
         return await attempt.run([])
+
+
+async def _manifest_for(command: CopyCommand, source: DataSource) -> Manifest | None:
+    """The manifest the command names, fetched from the source and checked
+    against the command. If it can't be had the copy goes on without it,
+    verified against os_hash_value: the manifest saves work, the sha512
+    alone already proves the copy."""
+    fetch = getattr(source, "manifest", None)
+    if command.manifest_digest is None or fetch is None:
+        return None
+    body = await fetch()
+    try:
+        if body is None:
+            raise InvalidManifest("the source has none")
+        manifest = Manifest.decode(body)
+        manifest.belongs_to(digest=command.manifest_digest, size=command.size_bytes,
+                            os_hash_value=command.os_hash_value)
+    except InvalidManifest as exc:
+        log.warning("task %s: no usable manifest for image %s (%s); verifying its sha512 instead",
+                    command.task_id, command.image_id, exc.message)
+        return None
+    return manifest
 
 
 async def _existing_copy(command: CopyCommand, store: ImageStore) -> Location:
@@ -143,6 +177,8 @@ class _CopyAttempt:
     progress: SyncCopyProgressFn | None
     checkpoints: Checkpoints
     observer: CopyObserver
+    manifest: Manifest | None
+    site: SiteCopies
 
     async def run(self, done: list[Extent]) -> Location:
         task_id, image_id = self.command.task_id, self.command.image_id
@@ -150,25 +186,40 @@ class _CopyAttempt:
             await self.journal.clear_done(task_id)
         writer = await self.store.open_writer(image_id, self.command.size_bytes, resume=bool(done))
         journaled = _JournaledWriter(writer, self.journal, task_id, done, self.checkpoints, self.observer)
-        source = _ResumingSource(self.source, writer, done)
         try:
-            digest = await pump(source, journaled, size=self.command.size_bytes, with_md5=False,
-                                on_progress=self._on_progress(source))
+            describe = await self._pump(writer, journaled, done)
             await journaled.settle()
-            if digest.os_hash_value != self.command.os_hash_value:
-                self.observer.digest_mismatch("image")
-                raise ChecksumMismatch(
-                    f"image {image_id}: the copied bytes hash to sha512 {digest.os_hash_value[:16]}…, "
-                    f"not the image's os_hash_value {self.command.os_hash_value[:16]}…; nothing was published")
         except BaseException as exc:
             await asyncio.shield(self._interrupted(writer, journaled, exc))
             raise
         location = await self._publish(writer)
-        log.info("task %s: image %s copied (%d bytes read back locally, %d fetched)", task_id, image_id,
-                 source.bytes_read_back, source.bytes_fetched)
+        if self.manifest is not None:
+            await self.site.keep(image_id, self.manifest)
+        log.info("task %s: image %s copied (%s", task_id, image_id, describe())
         return location
 
-    def _on_progress(self, source: _ResumingSource) -> Callable[[int], Awaitable[None]]:
+    async def _pump(self, writer: ResumableWriter, journaled: _JournaledWriter,
+                    done: list[Extent]) -> Callable[[], str]:
+        """Copy every block, checked; say where the bytes came from."""
+        size = self.command.size_bytes
+        if self.manifest is not None:
+            checked = CheckedSource(self.source, self.manifest, store=self.store,  # type: ignore[arg-type]
+                                    local=self.site.blocks, writer=writer, done=done, observer=self.observer)
+            await pump_into(Counted(), checked, journaled, size=size, on_progress=self._on_progress(checked))
+            c = checked.counts
+            return lambda: (f"{c.read_back} bytes read back locally, {c.fetched} fetched) against its manifest "
+                            f"({c.local} bytes taken from the site's copies, {c.zero} zero, "
+                            f"{c.refetched_blocks} blocks fetched again")
+        source = _ResumingSource(self.source, writer, done)
+        digest = await pump(source, journaled, size=size, with_md5=False, on_progress=self._on_progress(source))
+        if digest.os_hash_value != self.command.os_hash_value:
+            self.observer.digest_mismatch("image")
+            raise ChecksumMismatch(
+                f"image {self.command.image_id}: the copied bytes hash to sha512 {digest.os_hash_value[:16]}…, "
+                f"not the image's os_hash_value {self.command.os_hash_value[:16]}…; nothing was published")
+        return lambda: f"{source.bytes_read_back} bytes read back locally, {source.bytes_fetched} fetched)"
+
+    def _on_progress(self, source: _ResumingSource | CheckedSource) -> Callable[[int], Awaitable[None]]:
         async def on_progress(bytes_done: int) -> None:
             if self.progress is not None:
                 self.progress(bytes_done, source.data_bytes)
@@ -364,7 +415,7 @@ def _covered(done: list[Extent], offset: int, length: int) -> bool:
 # --- delete ---------------------------------------------------------------------------
 
 
-async def delete(command: DeleteCommand, store: ImageStore) -> None:
+async def delete(command: DeleteCommand, store: ImageStore, site: SiteCopies | None = None) -> None:
     """Remove the site's copy; a copy that is already gone is fine (the goal
     is its absence). StoreImageInUse if COW clones depend on it."""
     try:
@@ -373,6 +424,8 @@ async def delete(command: DeleteCommand, store: ImageStore) -> None:
         log.info("task %s: store %s holds no copy of image %s; nothing to delete",
                  command.task_id, store.name, command.image_id)
     await store.discard_unpublished(command.image_id)
+    if site is not None:
+        await site.forget(command.image_id)
 
 
 # --- failures as the hub sees them -------------------------------------------------------

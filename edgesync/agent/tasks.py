@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from edgesync.agent import replicator
+from edgesync.agent.dedup import SiteCopies
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Command, Journal, Result, TaskState
 from edgesync.backoff import Backoff
@@ -62,14 +63,16 @@ class _ImageLocks:
 class TaskRunner:
     def __init__(self, store: ResumableStore, journal: Journal, events: EventOutbox, sources: SourceFactory, *,
                  max_concurrent_copies: int, retry_window_s: float,
-                 observer: CopyObserver = NO_OBSERVER) -> None:
-        """`observer` is told what copies write (the agent's metrics)."""
+                 observer: CopyObserver = NO_OBSERVER, site_copies: SiteCopies | None = None) -> None:
+        """`observer` is told what copies write (the agent's metrics);
+        `site_copies`: the manifests of the site's copies (dedup)."""
         self.store = store
         self.journal = journal
         self.events = events
         self.sources = sources
         self.retry_window_s = retry_window_s
         self.observer = observer
+        self.site_copies = site_copies if site_copies is not None else SiteCopies(None)
         self.draining = False
         self._copy_slots = asyncio.Semaphore(max_concurrent_copies)
         self._images = _ImageLocks()
@@ -206,12 +209,13 @@ class TaskRunner:
 
     async def _execute(self, command: Command) -> DoneEvent:
         if isinstance(command, DeleteCommand):
-            await replicator.delete(command, self.store)
+            await replicator.delete(command, self.store, self.site_copies)
             self.events.inventory_changed()
             return DoneEvent(task_id=command.task_id, image_id=command.image_id)
         location = await replicator.copy(
             command, self.store, self.journal, self.sources(command),
-            lambda done, total: self.events.progress(command.task_id, done, total), observer=self.observer)
+            lambda done, total: self.events.progress(command.task_id, done, total), observer=self.observer,
+            site=self.site_copies)
         return DoneEvent(task_id=command.task_id, image_id=command.image_id, location_url=location.url)
 
     async def _discard_partial(self, command: Command) -> None:

@@ -85,6 +85,11 @@ class CopyCommand(Message):
     os_hash_algo: str = "sha512"
     os_hash_value: str
     source_url: str
+    # The BLAKE3 digest of the image's chunk manifest (served beside its data):
+    # an agent that knows manifests checks each block against it instead of
+    # hashing the whole image, and takes blocks its site holds from local
+    # copies. None (an older hub, or no manifest): verify os_hash_value.
+    manifest_digest: str | None = None
 
 
 @_register("delete", Channel.CMD)

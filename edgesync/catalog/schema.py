@@ -169,6 +169,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace_id, resource_type)
     );
     """,
+    # 6: each image's chunk manifest (edgesync.transfer.manifest), named by its
+    # digest; it names the os_hash_value it was made for, so a stale one is
+    # told apart (edgesync.catalog.manifests).
+    """
+    CREATE TABLE image_manifests (
+        image_id   TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        digest     TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -27,6 +27,7 @@ from edgesync.hub.auth import TokenTable
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
+from edgesync.hub.manifests import HubManifests
 from edgesync.hub.policy import Policy
 from edgesync.hub.remote import AgentCommands
 from edgesync.hub.sites import Site, SiteRegistry, Sites
@@ -36,11 +37,13 @@ from edgesync.hub.staging import Staging
 from edgesync.hub.transfer_auth import TransferAuthorizer
 from edgesync.listen import start_site
 from edgesync.metrics import METRICS_PATH, HubMetrics, http_middleware
+from edgesync.model import Image
 from edgesync.service import Service
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
 from edgesync.tls import http_session, serving_context, warn_plaintext
 from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
+from edgesync.transfer.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class Hub:
     stores: dict[str, ImageStore] = field(init=False)  # the drivers this process writes (its LocalSites')
     images: ImageService = field(init=False)
     importer: Importer = field(init=False)
+    manifests: HubManifests = field(init=False)
     runner: web.AppRunner | None = field(init=False, default=None)
     agents: AgentCommands | None = field(init=False, default=None)
     registry: SiteRegistry | None = field(init=False, default=None)
@@ -95,6 +99,7 @@ class Hub:
             self.sites = Sites(opened, central)
             self._watch()
             staging = Staging(cfg.staging_dir)
+            self.manifests = HubManifests(self.catalog, central.store)
             self.images = ImageService(catalog=self.catalog, sites=self.sites, config=cfg, staging=staging)
             self.importer = Importer(catalog=self.catalog, sites=self.sites, staging=staging,
                                      config=cfg.imports, metrics=self.metrics)
@@ -108,7 +113,9 @@ class Hub:
     def _local_site(self, site: SiteConfig) -> LocalSite:
         """A site whose store this process opens and writes."""
         store = self.stores[site.name] = open_store(site)
-        return LocalSite(store, self.metrics.for_site(site.name))
+        # Central keeps the manifest of what it is given (an edge-created image copied in).
+        keep = self._keep_manifest if site.is_central else None
+        return LocalSite(store, self.metrics.for_site(site.name), keep_manifest=keep)
 
     def _site_for(self, site: SiteConfig) -> Site:
         """An edge site: with a bus, its agent serves it; without one, the hub
@@ -125,7 +132,14 @@ class Hub:
         return AgentSite(site, self.agents, hub_url=self.config.public_url,
                          session_factory=lambda: http_session(self.config.tls),
                          agent_url=site.agent_url, agent_token=token,
-                         observer=self.metrics.for_site(self.central))
+                         observer=self.metrics.for_site(self.central), manifest_for=self._manifest_for)
+
+    async def _manifest_for(self, image: Image) -> str | None:
+        """The chunk manifest a copy to an agent names (made now if missing)."""
+        return await self.manifests.for_copy(image)
+
+    async def _keep_manifest(self, image_id: str, manifest: Manifest) -> None:
+        await self.manifests.save(image_id, manifest)
 
     def _watch(self) -> None:
         """What /metrics reads live: the catalog, the site registry, and the
@@ -193,7 +207,8 @@ class Hub:
         app.add_routes(metadefs.routes)
         # Agents pull central's copies here: each only the images it is
         # copying (the auth middleware has checked the token itself).
-        app.add_routes(data_routes(self._central_copy, TransferAuthorizer(self.catalog), counters=self.served))
+        app.add_routes(data_routes(self._central_copy, TransferAuthorizer(self.catalog), counters=self.served,
+                                   manifests=self.manifests.body))
         return app
 
     async def start(self) -> None:

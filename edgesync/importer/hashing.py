@@ -7,6 +7,10 @@ Hashing is the slow part of an import (md5 runs at well under 1 GB/s). The two
 hashes are independent and hashlib releases the GIL on buffers over 2 KiB, so
 each large buffer is fed to md5 and sha512 in two threads at once: the time
 is the slower of the two, not their sum, and the event loop stays free.
+
+With `with_manifest=True` the same pass also builds the image's chunk
+manifest (BLAKE3 per 4 KiB data block, `edgesync.transfer.manifest`) in a
+third thread: holes fed by `update_zeros` stay out of it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from edgesync.transfer.manifest import Manifest, ManifestBuilder
 
 # Below this, a thread hop costs more than the hashing: hash inline.
 THREAD_THRESHOLD = 64 * 1024
@@ -41,12 +47,17 @@ class ImageDigest:
 
     os_hash_algo = "sha512"
 
-    def __init__(self, *, with_md5: bool = True) -> None:
+    def __init__(self, *, with_md5: bool = True, with_manifest: bool = False) -> None:
         """`with_md5=False` for verification only (sha512 against
-        os_hash_value): md5 would cost as much again for nothing."""
+        os_hash_value): md5 would cost as much again for nothing.
+        `with_manifest`: build the chunk manifest too (see `manifest()`)."""
         self._sha512 = hashlib.sha512()
         self._md5 = hashlib.md5(usedforsecurity=False) if with_md5 else None
         self._hashers = [h for h in (self._sha512, self._md5) if h is not None]
+        self._manifest = ManifestBuilder() if with_manifest else None
+        self._works: list[Callable[[memoryview], None]] = [h.update for h in self._hashers]
+        if self._manifest is not None:
+            self._works.append(self._manifest.data)
         self.size = 0
         self._busy = False
         self._broken = False
@@ -65,6 +76,13 @@ class ImageDigest:
         self._check_usable()
         return self._sha512.hexdigest()
 
+    def manifest(self) -> Manifest:
+        """The chunk manifest of the bytes fed so far, as a whole image."""
+        self._check_usable()
+        if self._manifest is None:
+            raise RuntimeError("this digest was made without a manifest (with_manifest=False)")
+        return self._manifest.finish(image_size=self.size, os_hash_value=self.os_hash_value)
+
     async def update(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next bytes of the image. Don't modify `data` until this returns."""
         view = memoryview(data).cast("B")
@@ -73,7 +91,7 @@ class ImageDigest:
             self._feed(view)
             return
         with self._exclusive():
-            await _in_threads([h.update for h in self._hashers], view)
+            await _in_threads(self._works, view)
             self.size += len(view)
 
     async def update_zeros(self, count: int) -> None:
@@ -84,12 +102,14 @@ class ImageDigest:
             while count:
                 step = min(count, _ZERO_SLICE)
                 await _in_threads([_zero_feeder(h, step) for h in self._hashers])
+                if self._manifest is not None:
+                    self._manifest.hole(step)
                 self.size += step
                 count -= step
 
     def _feed(self, view: memoryview) -> None:
-        for hasher in self._hashers:
-            hasher.update(view)
+        for work in self._works:
+            work(view)
         self.size += len(view)
 
     def _check_usable(self) -> None:

@@ -65,6 +65,7 @@ from edgesync.metrics.specs import (
     OUTBOX_DEPTH,
     OUTBOX_OLDEST_AGE,
     REPLICATED_BYTES,
+    SENT_BYTES,
     SERVED_BYTES,
     SERVED_RANGES,
     SHARED_RANGES,
@@ -244,6 +245,7 @@ class Metrics:
         self.live(SERVED_BYTES, lambda: [((), counters.served_bytes_total)])
         self.live(SERVED_RANGES, lambda: [((), counters.served_ranges_total)])
         self.live(SHARED_RANGES, lambda: [((), counters.shared_ranges_total)])
+        self.live(SENT_BYTES, lambda: [((), counters.sent_bytes_total)])
 
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
         self.api_requests.labels(route, method, str(status)).inc()

@@ -57,6 +57,9 @@ SERVED_RANGES = Spec("edgesync_transfer_served_ranges_total", "counter",
 SHARED_RANGES = Spec("edgesync_transfer_shared_ranges_total", "counter",
                      "Of the ranges served, those answered from a read made for another site's request "
                      "(sites pulling one image at once share each range's read and digest).")
+SENT_BYTES = Spec("edgesync_transfer_sent_bytes_total", "counter",
+                  "Bytes of the data bodies this daemon sent to other sites, as sent: zstd frames where "
+                  "a range was compressed (compare with edgesync_transfer_served_bytes_total).")
 STORE_USED = Spec("edgesync_store_used_bytes", "gauge",
                   "Bytes used where the store keeps its copies (file: the filesystem; rbd: the pool).",
                   ("store",))
@@ -100,7 +103,7 @@ BROKER_CONNECTED = Spec("edgesync_broker_connected", "gauge",
 
 SPECS: tuple[Spec, ...] = (
     API_REQUESTS, API_DURATION, REPLICATED_BYTES, TRANSFER_BYTES, DIGEST_MISMATCHES, SERVED_BYTES, SERVED_RANGES,
-    SHARED_RANGES, STORE_USED, STORE_FREE,
+    SHARED_RANGES, SENT_BYTES, STORE_USED, STORE_FREE,
     COPY_DURATION, COPY_FAILURES, COPIES_IN_FLIGHT, SITE_UP, HEARTBEAT_AGE, STORE_COPIES, OUTBOX_DEPTH,
     OUTBOX_OLDEST_AGE, EVENT_LAG,
     TASKS_QUEUED, TASKS_IN_FLIGHT, COPY_RESUMES, AGENT_OUTBOX_DEPTH, BROKER_CONNECTED,

@@ -18,3 +18,4 @@ class ServedCounters:
     served_bytes_total: int = 0  # edgesync_transfer_served_bytes_total: data bodies answered with
     served_ranges_total: int = 0  # edgesync_transfer_served_ranges_total: data responses
     shared_ranges_total: int = 0  # edgesync_transfer_shared_ranges_total: of those, answered by another's read
+    sent_bytes_total: int = 0  # edgesync_transfer_sent_bytes_total: the bodies as sent (zstd frames where compressed)

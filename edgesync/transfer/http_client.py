@@ -1,7 +1,9 @@
 """The pulling side of the transfer protocol: `HttpSource`, a `DataSource`
 over HTTP, so `pump` copies from a remote site as from a local store.
 
-Every range is verified against its sha256 header; a corrupt range, a broken
+Ranges come zstd-compressed when the server offers it and a range is worth
+it (`compress=False` asks for them as they are). Every range is verified
+against its sha256 header; a corrupt range, a broken
 connection or a 5xx/429 is fetched again after a capped, jittered backoff,
 `max_attempts` times in all. What still fails is raised as a `TransferError`
 that says whether retrying the whole task later may help (`retryable`):
@@ -25,8 +27,19 @@ from edgesync.errors import ChunkDigestMismatch, TransferError
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent
 from edgesync.tls import is_certificate_error
+from edgesync.transfer import compression
 from edgesync.transfer.ratelimit import RateLimiter
-from edgesync.transfer.wire import AUTH_HEADER, CHUNK_DIGEST_HEADER, data_path, extents_path, sha256_hex
+from edgesync.transfer.wire import (
+    ACCEPT_ENCODING_HEADER,
+    AUTH_HEADER,
+    CHUNK_DIGEST_HEADER,
+    ENCODING_HEADER,
+    data_path,
+    extents_path,
+    manifest_path,
+    sha256_hex,
+    spans_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +61,10 @@ class ExtentMap:
 class HttpSource:
     """A published copy on another site, read over HTTP by range.
 
-    Counters: `bytes_fetched` (data bodies received, refetches and broken
-    bodies included; the small extent-map JSON is not counted), `refetches`
+    Counters: `bytes_fetched` (data bodies received as they came, zstd
+    frames where compressed, refetches and broken bodies included; the small
+    extent-map JSON is not counted), `data_bytes_fetched` (the data bytes
+    of the bodies received whole, decompressed), `refetches`
     (data ranges requested again) and `digest_mismatches`; `observer` is told
     the same as it happens (the daemons' metrics).
     """
@@ -66,6 +81,7 @@ class HttpSource:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
         observer: CopyObserver = NO_OBSERVER,
+        compress: bool = True,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -73,6 +89,8 @@ class HttpSource:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._headers = {AUTH_HEADER: token} if token else {}
+        if compress:
+            self._headers[ACCEPT_ENCODING_HEADER] = compression.NAME
         self._limiter = limiter
         self._max_attempts = max_attempts
         self._observer = observer
@@ -82,6 +100,7 @@ class HttpSource:
         self._map: ExtentMap | None = None
         self._map_lock = asyncio.Lock()
         self.bytes_fetched = 0
+        self.data_bytes_fetched = 0
         self.refetches = 0
         self.digest_mismatches = 0
 
@@ -102,6 +121,68 @@ class HttpSource:
             what=f"bytes {offset}+{length} of image {self.image_id}",
             on_retry=self._count_refetch,
         )
+
+    async def read_spans(self, spans: list[tuple[int, int]]) -> bytes:
+        """The bytes of `spans` (offset, length), one after the other, in one
+        request; unchecked: the caller checks them against the manifest."""
+        return await self._retrying(
+            lambda: self._fetch_spans(spans),
+            what=f"{len(spans)} spans from {spans[0][0]} of image {self.image_id}",
+            on_retry=self._count_refetch,
+        )
+
+    async def manifest(self) -> bytes | None:
+        """The copy's encoded chunk manifest, None if the server has none (404)."""
+        try:
+            return await self._retrying(self._fetch_manifest, what=f"the manifest of image {self.image_id}")
+        except TransferError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _fetch_manifest(self) -> bytes:
+        url = self._base_url + manifest_path(self.image_id)
+        try:
+            async with self._session.get(url, headers=self._headers, timeout=REQUEST_TIMEOUT) as resp:
+                if resp.status != 200:
+                    raise await _refusal(resp)
+                return await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _network_error(exc) from exc
+
+    async def _fetch_spans(self, spans: list[tuple[int, int]]) -> bytes:
+        length = sum(n for _, n in spans)
+        if self._limiter is not None:
+            await self._limiter.acquire(length)
+        url = self._base_url + spans_path(self.image_id)
+        try:
+            async with self._session.post(url, json={"spans": spans}, headers=self._headers,
+                                          timeout=REQUEST_TIMEOUT) as resp:
+                if resp.status != 200:
+                    raise await _refusal(resp)
+                return await self._read_data(resp, length)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _network_error(exc) from exc
+
+    async def _read_data(self, resp: aiohttp.ClientResponse, length: int) -> bytes:
+        """The `length` data bytes of a response, decompressed if it came compressed."""
+        encoding = resp.headers.get(ENCODING_HEADER, "")
+        if not encoding:
+            if resp.content_length is not None and resp.content_length != length:
+                raise TransferError(f"the server announced {resp.content_length} bytes")
+            data = await self._read_body(resp, length, exact=True)
+        elif encoding == compression.NAME:
+            frame = await self._read_body(resp, length, exact=False)
+            try:
+                data = await compression.decompress(frame, length)
+            except ChunkDigestMismatch:
+                self.digest_mismatches += 1
+                self._observer.digest_mismatch("chunk")
+                raise
+        else:
+            raise TransferError(f"the server sent an encoding it wasn't offered: {encoding!r}", retryable=False)
+        self.data_bytes_fetched += len(data)
+        return data
 
     # -- the extent map, fetched once
 
@@ -136,9 +217,7 @@ class HttpSource:
                 expected = resp.headers.get(CHUNK_DIGEST_HEADER)
                 if not expected:
                     raise TransferError(f"the answer has no {CHUNK_DIGEST_HEADER} header", retryable=False)
-                if resp.content_length is not None and resp.content_length != length:
-                    raise TransferError(f"the server announced {resp.content_length} bytes")
-                body = await self._read_body(resp, length)
+                body = await self._read_data(resp, length)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _network_error(exc) from exc
         if await sha256_hex(body) != expected.strip().lower():
@@ -147,9 +226,9 @@ class HttpSource:
             raise ChunkDigestMismatch("the bytes received don't match their sha256")
         return body
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, length: int) -> bytes:
-        """Exactly `length` bytes, counted as they arrive; a server sending
-        more is cut off rather than buffered."""
+    async def _read_body(self, resp: aiohttp.ClientResponse, length: int, *, exact: bool) -> bytes:
+        """Exactly `length` bytes (at most, unless `exact`), counted as they
+        arrive; a server sending more is cut off rather than buffered."""
         pieces: list[bytes] = []
         received = 0
         async for piece in resp.content.iter_any():
@@ -159,7 +238,7 @@ class HttpSource:
             if received > length:
                 raise TransferError(f"the server sent more than the {length} bytes asked for")
             pieces.append(piece)
-        if received != length:
+        if exact and received != length:
             raise TransferError(f"the body ended after {received} of {length} bytes")
         return b"".join(pieces)
 
@@ -197,7 +276,7 @@ def _about(exc: TransferError, message: str) -> TransferError:
 
 
 def _network_error(exc: BaseException) -> TransferError:
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return TransferError("the server went silent (timeout)")
     if is_certificate_error(exc):  # a wrong CA or certificate: retrying can't fix it
         return TransferError(f"the server's TLS certificate does not verify: {exc}", retryable=False)

@@ -13,6 +13,7 @@ the hub does, so a copy to N sites reads central's copy once, not N times.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -21,17 +22,24 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edgesync.errors import BadRequest, EdgesyncError, RangeNotSatisfiable, StoreError
+from edgesync.errors import BadRequest, EdgesyncError, NotFound, RangeNotSatisfiable, StoreError
 from edgesync.stores.base import ImageStore
+from edgesync.transfer import compression
 from edgesync.transfer.counters import ServedCounters
 from edgesync.transfer.shared import RangeKey, ReadRange, SharedRanges
 from edgesync.transfer.wire import (
+    ACCEPT_ENCODING_HEADER,
     CHUNK_DIGEST_HEADER,
     CORRUPT_CHUNKS_ENV,
+    ENCODING_HEADER,
     MAX_RANGE_BYTES,
+    MAX_SPANS,
+    MAX_SPANS_REQUEST_BYTES,
     data_path,
     extents_path,
+    manifest_path,
     sha256_hex,
+    spans_path,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ class ServedCopy:
 
 
 Lookup = Callable[[str], Awaitable[ImageStore | ServedCopy]]
+ManifestLookup = Callable[[str], Awaitable[bytes]]
 # (request, image_id): raises Unauthorized/Forbidden/NotFound unless the
 # caller may read that image's copy here.
 Authorize = Callable[[web.Request, str], Awaitable[None]]
@@ -87,12 +96,15 @@ class _RecentLookups:
 
 
 def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounters | None = None,
-                lookup_reuse_s: float = LOOKUP_REUSE_S) -> web.RouteTableDef:
-    """The two routes. `lookup(image_id)` returns the store holding the
+                lookup_reuse_s: float = LOOKUP_REUSE_S,
+                manifests: ManifestLookup | None = None) -> web.RouteTableDef:
+    """The routes. `lookup(image_id)` returns the store holding the
     published copy, or a ServedCopy (or raises NotFound/Conflict); the
     extent map always asks it, a data range may reuse an answer up to
     `lookup_reuse_s` old. `authorize(request, image_id)` runs first on every
     request and raises Unauthorized/Forbidden/NotFound.
+    `manifests(image_id)` answers a copy's encoded chunk manifest (or
+    raises NotFound); without it the manifest route answers 404.
     Ranges of copies with a content id are shared (SharedRanges). What was
     served is counted into `counters` (the daemon's, for its metrics)."""
     routes = web.RouteTableDef()
@@ -121,33 +133,108 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
         image_id = request.match_info["image_id"]
         await authorize(request, image_id)
         offset, length = _range_params(request.query)
+        encoding = _accepted_encoding(request)
         copy = await lookups.recent(image_id)
-        if copy.content_id is None:
-            answer = await _read_range(copy.store, image_id, offset, length)
-        else:
-            answer = await shared.get(RangeKey(copy.content_id, offset, length),
-                                      lambda: _read_range(copy.store, image_id, offset, length))
+
+        async def load() -> ReadRange:
+            body = await _read_span(copy.store, image_id, offset, length)
+            return ReadRange(body, await sha256_hex(body), await _compressed(body, encoding))
+
+        answer = await _shared_or_not(copy, RangeKey(copy.content_id or "", offset, length, encoding), load)
+        assert answer.sha256 is not None
+        return _answer(image_id, answer, length, {CHUNK_DIGEST_HEADER: answer.sha256})
+
+    @routes.get(manifest_path("{image_id}"))
+    @_json_errors
+    async def get_manifest(request: web.Request) -> web.StreamResponse:
+        image_id = request.match_info["image_id"]
+        await authorize(request, image_id)
+        if manifests is None:
+            raise NotFound(f"this server keeps no chunk manifests (image {image_id})")
+        return web.Response(body=await manifests(image_id), content_type="application/octet-stream")
+
+    @routes.post(spans_path("{image_id}"))
+    @_json_errors
+    async def post_spans(request: web.Request) -> web.StreamResponse:
+        image_id = request.match_info["image_id"]
+        await authorize(request, image_id)
+        spans = await _spans_params(request)
+        encoding = _accepted_encoding(request)
+        copy = await lookups.recent(image_id)
+        total = sum(length for _, length in spans)
+
+        async def load() -> ReadRange:
+            body = await _read_spans(copy.store, image_id, spans)
+            return ReadRange(body, None, await _compressed(body, encoding))
+
+        key = RangeKey(copy.content_id or "", spans[0][0], total, encoding, spans)
+        return _answer(image_id, await _shared_or_not(copy, key, load), total, {})
+
+    async def _shared_or_not(copy: ServedCopy, key: RangeKey, load: Callable[[], Awaitable[ReadRange]]) -> ReadRange:
+        return await (load() if copy.content_id is None else shared.get(key, load))
+
+    def _answer(image_id: str, answer: ReadRange, length: int, headers: dict[str, str]) -> web.Response:
+        body = answer.data if answer.zstd is None else answer.zstd
+        if answer.zstd is not None:
+            headers[ENCODING_HEADER] = compression.NAME
         counters.served_bytes_total += length
         counters.served_ranges_total += 1
-        return web.Response(
-            body=corrupt.apply(image_id, answer.data),
-            content_type="application/octet-stream",
-            headers={CHUNK_DIGEST_HEADER: answer.sha256},
-        )
+        counters.sent_bytes_total += len(body)
+        return web.Response(body=corrupt.apply(image_id, body), content_type="application/octet-stream",
+                            headers=headers)
 
     return routes
 
 
-async def _read_range(store: ImageStore, image_id: str, offset: int, length: int) -> ReadRange:
-    """The bytes and their sha256. Stores answer short past the end; only
-    then is the size asked for (one store call per range, not two)."""
+def _accepted_encoding(request: web.Request) -> str:
+    offered = request.headers.get(ACCEPT_ENCODING_HEADER, "")
+    return compression.NAME if compression.NAME in (e.strip() for e in offered.split(",")) else ""
+
+
+async def _compressed(body: bytes, encoding: str) -> bytes | None:
+    return await compression.compress(body) if encoding == compression.NAME else None
+
+
+async def _read_span(store: ImageStore, image_id: str, offset: int, length: int) -> bytes:
+    """The bytes. Stores answer short past the end; only then is the size
+    asked for (one store call per range, not two)."""
     body = await store.read(image_id, offset, length)
     if len(body) != length:
         size = await store.size(image_id)
         if offset + length > size:
             raise _past_the_end(offset, length, size)
         raise StoreError(f"store {store.name} returned {len(body)} of {length} bytes at {offset} of image {image_id}")
-    return ReadRange(body, await sha256_hex(body))
+    return body
+
+
+async def _read_spans(store: ImageStore, image_id: str, spans: tuple[tuple[int, int], ...]) -> bytes:
+    """The spans' bytes, one after the other. Spans close together (most of
+    the bytes between the first and the last wanted) are read as one range:
+    a store read costs far more than the bytes it skips."""
+    first, end = spans[0][0], max(o + n for o, n in spans)
+    wanted = sum(n for _, n in spans)
+    if len(spans) > 1 and wanted * 2 >= end - first and min(o for o, _ in spans) == first:
+        whole = await _read_span(store, image_id, first, end - first)
+        view = memoryview(whole)
+        return b"".join(view[o - first:o - first + n] for o, n in spans)
+    return b"".join([await _read_span(store, image_id, o, n) for o, n in spans])
+
+
+async def _spans_params(request: web.Request) -> tuple[tuple[int, int], ...]:
+    if request.content_length is not None and request.content_length > MAX_SPANS_REQUEST_BYTES:
+        raise BadRequest(f"a spans request may be at most {MAX_SPANS_REQUEST_BYTES} bytes")
+    try:
+        doc = json.loads(await request.content.read(MAX_SPANS_REQUEST_BYTES + 1))
+        spans = tuple((int(o), int(n)) for o, n in doc["spans"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadRequest(f'send {{"spans": [[offset, length], …]}} as JSON ({exc})') from exc
+    if not 0 < len(spans) <= MAX_SPANS:
+        raise BadRequest(f"give between 1 and {MAX_SPANS} spans, got {len(spans)}")
+    if any(o < 0 or n <= 0 for o, n in spans):
+        raise BadRequest("every span needs an offset >= 0 and a length > 0")
+    if sum(n for _, n in spans) > MAX_RANGE_BYTES:
+        raise BadRequest(f"the spans may hold at most {MAX_RANGE_BYTES} bytes in all")
+    return spans
 
 
 def _range_params(query: Mapping[str, str]) -> tuple[int, int]:

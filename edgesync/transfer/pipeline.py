@@ -30,6 +30,28 @@ BytesDoneFn = Callable[[int], Awaitable[None]]
 CopyProgressFn = Callable[[int, int], Awaitable[None]]
 
 
+class Digest(Protocol):
+    """What pump feeds every byte of the image to, in order (`ImageDigest`)."""
+
+    size: int
+
+    async def update(self, data: bytes | bytearray | memoryview) -> None: ...
+    async def update_zeros(self, count: int) -> None: ...
+
+
+class Counted:
+    """A Digest that hashes nothing: the source checked the bytes already."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    async def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += memoryview(data).nbytes
+
+    async def update_zeros(self, count: int) -> None:
+        self.size += count
+
+
 class DataSource(Protocol):
     """Something with a size, data extents, and ranged reads."""
 
@@ -128,10 +150,27 @@ async def pump(
     window: int = WINDOW,
     on_progress: BytesDoneFn | None = None,
     with_md5: bool = True,
+    with_manifest: bool = False,
 ) -> ImageDigest:
     """Copy every data extent of `source` into `writer`; return the digest of
-    the whole logical image (holes included as zeros)."""
-    digest = ImageDigest(with_md5=with_md5)
+    the whole logical image (holes included as zeros), with md5 and the
+    chunk manifest if asked."""
+    digest = ImageDigest(with_md5=with_md5, with_manifest=with_manifest)
+    await pump_into(digest, source, writer, size=size, window=window, on_progress=on_progress)
+    return digest
+
+
+async def pump_into(
+    digest: Digest,
+    source: DataSource,
+    writer: DataSink,
+    *,
+    size: int,
+    window: int = WINDOW,
+    on_progress: BytesDoneFn | None = None,
+) -> None:
+    """`pump`, feeding `digest` (an agent checking blocks against a manifest
+    gives one that only counts: `Counted`)."""
     chunks = list(chunked(await source.extents()))
     reads: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=window)
     writes: set[asyncio.Task[None]] = set()
@@ -174,7 +213,6 @@ async def pump(
             t.cancel()
         await _drain(reads)
         await asyncio.gather(reader, *writes, return_exceptions=True)
-    return digest
 
 
 def _reap(writes: set[asyncio.Task[None]]) -> None:

@@ -33,17 +33,25 @@ DEFAULT_TTL_S = 10.0
 
 @dataclass(frozen=True)
 class RangeKey:
+    """A range (`offset`, `length` bytes), or the `spans` of a spans request
+    (then `offset` is the first one's and `length` their sum), as sent
+    with `encoding` ("" for as it is)."""
+
     content_id: str
     offset: int
     length: int
+    encoding: str = ""
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
 class ReadRange:
-    """A range's bytes and their sha256 (hex)."""
+    """A range's bytes, their sha256 (hex; None where the client checks a
+    manifest instead) and, if it was asked for and worth it, their zstd frame."""
 
     data: bytes
-    sha256: str
+    sha256: str | None
+    zstd: bytes | None = None
 
 
 Loader = Callable[[], Awaitable[ReadRange]]

@@ -283,3 +283,38 @@ async def test_download_reads_a_configured_copy_when_central_is_gone_from_the_co
     await api.hub.catalog.remove_location(image["id"], "dcn0")
     async with api.p1.get(f"/v2/images/{image['id']}/file") as resp:
         await error_of(resp, 503, "retired", "no longer")
+
+
+# --- chunk manifests ---------------------------------------------------------------
+
+
+async def test_an_import_makes_the_chunk_manifest_in_the_same_pass_and_serves_it(api: Api) -> None:
+    from edgesync.transfer.manifest import BLOCK_BYTES, Manifest, block_hash
+
+    data = default_image()
+    image = await api.active_image(data)
+    manifest = await api.hub.catalog.current_manifest(image["id"], image["os_hash_value"])
+    assert manifest is not None and manifest.image_size == len(data)
+    # Every 4 KiB block holding data is listed with its BLAKE3, holes are not.
+    for block, digest in manifest.blocks():
+        assert digest == block_hash(data[block * BLOCK_BYTES:(block + 1) * BLOCK_BYTES])
+    assert manifest.block_count * BLOCK_BYTES <= data_bytes(data) + 64 * 1024
+    async with api.admin.get(f"/edgesync/v1/images/{image['id']}/manifest") as resp:
+        assert resp.status == 200
+        served = Manifest.decode(await resp.read())
+    assert served.digest == manifest.digest
+
+
+async def test_an_image_imported_before_manifests_gets_one_at_its_first_copy(api: Api) -> None:
+    data = default_image(seed=3)
+    image = await api.active_image(data)
+    made_at_import = await api.hub.catalog.current_manifest(image["id"], image["os_hash_value"])
+    async with api.hub.catalog._db.transaction() as tx:  # as an image imported by an older hub: no manifest
+        await tx.execute("DELETE FROM image_manifests")
+    assert await api.hub.catalog.current_manifest(image["id"], image["os_hash_value"]) is None
+    async with api.admin.get(f"/edgesync/v1/images/{image['id']}/manifest") as resp:
+        await error_of(resp, 404, "no chunk manifest")
+    record = await api.hub.catalog.require_image(image["id"])
+    assert made_at_import is not None and await api.hub.manifests.for_copy(record) == made_at_import.digest
+    # A manifest of other data (a stale row) is never used.
+    assert await api.hub.catalog.current_manifest(image["id"], "0" * 128) is None

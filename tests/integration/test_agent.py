@@ -71,6 +71,7 @@ class HubData:
     def __init__(self, store: FileStore) -> None:
         self.store = store
         self.bytes_served = 0
+        self.bytes_sent = 0
         self.data_requests = 0
         self.url = ""
         self.holding = asyncio.Event()
@@ -106,7 +107,10 @@ class HubData:
             await self._released.wait()
             raise web.HTTPServiceUnavailable(text="released without serving")
         response = await handler(request)
-        self.bytes_served += response.content_length or 0
+        # The range's data bytes, whether they went compressed or not, and
+        # what crossed the wire for them.
+        self.bytes_served += int(request.query["length"]) if response.status == 200 else 0
+        self.bytes_sent += response.content_length or 0
         return response
 
 
@@ -525,7 +529,7 @@ async def test_the_agent_metrics_follow_its_copies(tmp_path: Path, broker: LabBr
         done = await scrape(agent)
     assert done.value("edgesync_tasks_in_flight", site="dcn0") == done.value("edgesync_tasks_queued", site="dcn0") == 0
     assert done.value("edgesync_replicated_bytes_total", site="dcn0") == first.data_bytes + second.data_bytes
-    assert done.value("edgesync_transfer_bytes_total", site="dcn0") == hub_data.bytes_served
+    assert done.value("edgesync_transfer_bytes_total", site="dcn0") == hub_data.bytes_sent
     assert done.value("edgesync_store_free_bytes", store="dcn0")  # a file store: its filesystem's statvfs
     assert done.value("edgesync_api_requests_total", route="/metrics", method="GET", status="200")
 
@@ -543,7 +547,8 @@ async def test_the_agent_serves_its_published_copies_to_the_hub(
         async with await central.open_writer(image.image_id, image.size) as writer:
             digest = await pump(source, writer, size=image.size, with_md5=False)
             await writer.publish()
-        assert digest.os_hash_value == image.sha512 and source.bytes_fetched == image.data_bytes
+        assert digest.os_hash_value == image.sha512 and source.data_bytes_fetched == image.data_bytes
+        assert source.bytes_fetched <= image.data_bytes  # compressed where worth it, never more
         with pytest.raises(TransferError) as refused:
             await HttpSource(session, url, image.image_id, token="not-the-token").size()
         assert refused.value.status == 401

@@ -243,6 +243,7 @@ class Importer:
                 image.id, data, self.jobs.progress_recorder(task, self.central))
         finally:
             reader.close()
+        await self.catalog.put_manifest(image.id, digest.manifest())
         await self.catalog.update_image(image.id, fields={
             **fields, "size": digest.size, "checksum": digest.checksum,
             "os_hash_algo": "sha512", "os_hash_value": digest.os_hash_value,

@@ -10,7 +10,7 @@ edge-created image to central) go over HTTP to the agent's data endpoint.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -27,15 +27,24 @@ from edgesync.stores.ceph_conf import conf_fsid
 from edgesync.transfer.http import HttpSource, TransferError
 from edgesync.transfer.pipeline import CopyProgressFn, DataSource
 
+# The digest of the chunk manifest a copy of an image names (None: no manifest,
+# the agent verifies the whole image's sha512).
+ManifestForFn = Callable[[Image], Awaitable[str | None]]
+
+
+async def _no_manifest(_image: Image) -> str | None:
+    return None
+
 
 class AgentSite:
     copies_outlive_hub = True  # the agent goes on copying while the hub is away
 
     def __init__(self, site: SiteConfig, commands: AgentCommands, *, hub_url: str,
                  agent_url: str | None, agent_token: str | None,
-                 observer: CopyObserver = NO_OBSERVER,
+                 observer: CopyObserver = NO_OBSERVER, manifest_for: ManifestForFn = _no_manifest,
                  session_factory: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession) -> None:
         """`observer` counts what reads of this site's copies bring over HTTP;
+        `manifest_for(image)` names the manifest the agent checks a copy against;
         `session_factory` makes the HTTP session (the hub's: verifying agents'
         certificates against its CA bundle)."""
         self.name = site.name
@@ -48,6 +57,7 @@ class AgentSite:
         self._agent_url = agent_url
         self._agent_token = agent_token
         self._observer = observer
+        self._manifest_for = manifest_for
         self._session: aiohttp.ClientSession | None = None
         self._session_factory = session_factory
         # One HttpSource per image: it caches the extent map between reads.
@@ -64,8 +74,8 @@ class AgentSite:
         than sending the command again."""
         assert image.size is not None and image.os_hash_value
         done = await self._commands.call(self.name, CopyCommand(
-            task_id=job_id, image_id=image.id, size_bytes=image.size,
-            os_hash_value=image.os_hash_value, source_url=self._hub_url), on_progress, resume=resume)
+            task_id=job_id, image_id=image.id, size_bytes=image.size, os_hash_value=image.os_hash_value,
+            source_url=self._hub_url, manifest_digest=await self._manifest_for(image)), on_progress, resume=resume)
         if not done.location_url:
             raise StoreError(f"{self.name}: the agent reported a copy without a location")
         if not location_fits(self._site, image.id, done.location_url):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edgesync.errors import ChecksumMismatch, EdgesyncError, StoreImageExists
@@ -15,9 +16,13 @@ from edgesync.importer.hashing import ImageDigest
 from edgesync.model import Image
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import ImageStore, ImageWriter, Location, StoreCapacity
+from edgesync.transfer.manifest import Manifest
 from edgesync.transfer.pipeline import BytesDoneFn, CopyProgressFn, DataSource, MeasuredSource, StoreSource, pump
 
 log = logging.getLogger(__name__)
+
+# (image_id, manifest): keeps the chunk manifest of a copy this site was given.
+KeepManifestFn = Callable[[str, Manifest], Awaitable[None]]
 
 # A store that can't say how full it is within this is reported down, not waited for.
 CAPACITY_TIMEOUT_S = 5.0
@@ -26,14 +31,19 @@ CAPACITY_TIMEOUT_S = 5.0
 class LocalSite:
     copies_outlive_hub = False  # the hub's own work dies with it
 
-    def __init__(self, store: ImageStore, observer: CopyObserver = NO_OBSERVER) -> None:
-        """`observer` is told what copies into this site's store write."""
+    def __init__(self, store: ImageStore, observer: CopyObserver = NO_OBSERVER,
+                 *, keep_manifest: KeepManifestFn | None = None) -> None:
+        """`observer` is told what copies into this site's store write.
+        `keep_manifest` (central's): a copy into this site makes the image's
+        chunk manifest in its one pass (an image created at an edge) and
+        hands it there once published."""
         self.store = store
         self.name = store.name
         self.description = store.description
         self.read_only = store.read_only
         self.store_type = store.type
         self._observer = observer
+        self._keep_manifest = keep_manifest
 
     def online(self) -> bool:
         """Always: the hub operates the store itself (a failing store fails
@@ -48,14 +58,17 @@ class LocalSite:
         writer = await self._open_replacing_unrecorded(image.id, image.size)
         data = MeasuredSource(source.reader(image.id))
         async with writer:
-            digest = await pump(data, writer, size=image.size,
+            digest = await pump(data, writer, size=image.size, with_manifest=self._keep_manifest is not None,
                                 on_progress=_counting(data.reporting_to(on_progress), self._observer), with_md5=False)
             if digest.os_hash_value != image.os_hash_value:
                 self._observer.digest_mismatch("image")
                 raise ChecksumMismatch(
                     f"copy of {image.id} to {self.name} does not match os_hash_value; not published"
                 )
-            return await writer.publish()
+            location = await writer.publish()
+        if self._keep_manifest is not None:
+            await self._keep_manifest(image.id, digest.manifest())
+        return location
 
     async def _open_replacing_unrecorded(self, image_id: str, size_bytes: int) -> ImageWriter:
         try:
@@ -76,7 +89,9 @@ class LocalSite:
             await self.store.delete(image_id)
         size = await source.size()
         async with await self.store.open_writer(image_id, size) as writer:
-            digest = await pump(source, writer, size=size, on_progress=source.reporting_to(on_progress))
+            # The same pass makes the chunk manifest agents check their copies against.
+            digest = await pump(source, writer, size=size, with_manifest=True,
+                                on_progress=source.reporting_to(on_progress))
             return digest, await writer.publish()
 
     async def remove(self, image_id: str) -> None:

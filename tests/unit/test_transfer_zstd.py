@@ -1,0 +1,188 @@
+"""zstd on the wire: negotiated per request, per range, never making a range bigger;
+an older agent (no offer) and an older hub (no answer) still work uncompressed.
+The real data routes and HttpSource on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+import zstandard
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from edgesync.errors import ChunkDigestMismatch
+from edgesync.stores.file import FileStore
+from edgesync.transfer import compression
+from edgesync.transfer.http import CORRUPT_CHUNKS_ENV, HttpSource, ServedCounters, data_routes
+from edgesync.transfer.pipeline import pump
+from edgesync.transfer.wire import ACCEPT_ENCODING_HEADER, CHUNK_DIGEST_HEADER, ENCODING_HEADER, data_path, spans_path
+
+MiB = 1 << 20
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def anyone(request: web.Request, image_id: str) -> None:
+    """Every caller may read every image here (authorisation is tested in test_transfer_http)."""
+
+
+
+@pytest.fixture(autouse=True)
+def no_fault_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CORRUPT_CHUNKS_ENV, raising=False)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def text_like(size: int) -> bytes:
+    """Compressible, like the files of an OS image: words drawn at random."""
+    words = [os.urandom(3).hex().encode() for _ in range(300)]
+    rng = int.from_bytes(os.urandom(4), "big")
+    out = bytearray()
+    while len(out) < size:
+        rng = (rng * 1103515245 + 12345) & 0x7FFFFFFF
+        out += words[rng % len(words)] + b" "
+    return bytes(out[:size])
+
+
+async def publish(store: FileStore, content: bytes) -> str:
+    image_id = str(uuid.uuid4())
+    async with await store.open_writer(image_id, len(content)) as writer:
+        for at in range(0, len(content), 4 * MiB):
+            await writer.write(at, content[at:at + 4 * MiB])
+        await writer.publish()
+    return image_id
+
+
+@asynccontextmanager
+async def serving(store: FileStore, *middlewares: object) -> AsyncIterator[tuple[str, ServedCounters]]:
+    served = ServedCounters()
+
+    async def lookup(image_id: str) -> FileStore:
+        return store
+
+    app = web.Application(middlewares=list(middlewares))  # type: ignore[arg-type]
+    app.add_routes(data_routes(lookup, anyone, counters=served))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), served
+    finally:
+        await server.close()
+
+
+async def pull(session: aiohttp.ClientSession, url: str, image_id: str, dest: FileStore, **kw: object) -> HttpSource:
+    source = HttpSource(session, url, image_id, token=None, backoff_initial_s=0.01, backoff_max_s=0.02, **kw)  # type: ignore[arg-type]
+    size = await source.size()
+    async with await dest.open_writer(image_id, size) as writer:
+        await pump(source, writer, size=size, with_md5=False)
+        await writer.publish()
+    return source
+
+
+async def test_compressible_ranges_cross_compressed_and_arrive_identical(session, tmp_path: Path) -> None:
+    central, edge = FileStore("central", tmp_path / "c"), FileStore("dcn0", tmp_path / "e")
+    content = text_like(12 * MiB)
+    image_id = await publish(central, content)
+    async with serving(central) as (url, served):
+        source = await pull(session, url, image_id, edge)
+    assert await edge.read(image_id, 0, len(content)) == content
+    assert source.data_bytes_fetched == served.served_bytes_total == len(content)
+    assert source.bytes_fetched == served.sent_bytes_total < len(content) * 0.7
+
+
+async def test_ranges_that_dont_compress_are_sent_as_they_are(session, tmp_path: Path) -> None:
+    central = FileStore("central", tmp_path / "c")
+    image_id = await publish(central, os.urandom(4 * MiB))
+    async with serving(central) as (url, served), session.get(
+            url + data_path(image_id), params={"offset": "0", "length": str(4 * MiB)},
+            headers={ACCEPT_ENCODING_HEADER: "zstd"}) as resp:
+        body = await resp.read()
+    assert ENCODING_HEADER not in resp.headers and len(body) == 4 * MiB
+    assert served.sent_bytes_total == 4 * MiB
+
+
+async def test_an_older_agent_that_offers_nothing_gets_plain_bytes(session, tmp_path: Path) -> None:
+    central = FileStore("central", tmp_path / "c")
+    content = text_like(4 * MiB)
+    image_id = await publish(central, content)
+    # What an agent from before compression sends: no offer.
+    async with serving(central) as (url, _), session.get(
+            url + data_path(image_id), params={"offset": "0", "length": str(4 * MiB)}) as resp:
+        body = await resp.read()
+    assert ENCODING_HEADER not in resp.headers and body == content
+    assert resp.headers[CHUNK_DIGEST_HEADER] == hashlib.sha256(content).hexdigest()
+
+
+async def test_an_older_hub_that_ignores_the_offer_still_serves_a_new_agent(session, tmp_path: Path) -> None:
+    central, edge = FileStore("central", tmp_path / "c"), FileStore("dcn0", tmp_path / "e")
+    content = text_like(6 * MiB)
+    image_id = await publish(central, content)
+
+    @web.middleware
+    async def old_server(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # A hub from before compression: it never looks at the offer.
+        headers = request.headers.copy()
+        headers.pop(ACCEPT_ENCODING_HEADER, None)
+        return await handler(request.clone(headers=headers))
+
+    async with serving(central, old_server) as (url, served):
+        source = await pull(session, url, image_id, edge)
+    assert await edge.read(image_id, 0, len(content)) == content
+    assert source.bytes_fetched == served.sent_bytes_total == len(content)
+
+
+async def test_an_agent_can_ask_for_plain_bytes(session, tmp_path: Path) -> None:
+    central, edge = FileStore("central", tmp_path / "c"), FileStore("dcn0", tmp_path / "e")
+    image_id = await publish(central, text_like(4 * MiB))
+    async with serving(central) as (url, _):
+        source = await pull(session, url, image_id, edge, compress=False)
+    assert source.bytes_fetched == 4 * MiB
+
+
+async def test_a_corrupted_frame_is_caught_and_fetched_again(session, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(CORRUPT_CHUNKS_ENV, "2")
+    central, edge = FileStore("central", tmp_path / "c"), FileStore("dcn0", tmp_path / "e")
+    content = text_like(8 * MiB)
+    image_id = await publish(central, content)
+    async with serving(central) as (url, _):
+        source = await pull(session, url, image_id, edge)
+    assert await edge.read(image_id, 0, len(content)) == content
+    assert source.refetches == 2 and source.digest_mismatches == 2
+
+
+async def test_spans_answer_the_bytes_asked_for_in_order(session, tmp_path: Path) -> None:
+    central = FileStore("central", tmp_path / "c")
+    content = text_like(2 * MiB)
+    image_id = await publish(central, content)
+    spans = [[8192, 4096], [0, 100], [1 << 20, 5000]]
+    async with serving(central) as (url, _):
+        async with session.post(url + spans_path(image_id), json={"spans": spans},
+                                headers={ACCEPT_ENCODING_HEADER: "zstd"}) as resp:
+            body = await resp.read()
+            encoding = resp.headers.get(ENCODING_HEADER)
+        bad = []
+        for doc in ({"spans": []}, {"spans": [[0, 0]]}, {"spans": [[0, 17 * MiB]]}, {"nope": 1}, "x"):
+            async with session.post(url + spans_path(image_id), json=doc) as r:
+                bad.append((r.status, (await r.json())["error"]["message"]))
+    expected = b"".join(content[o:o + n] for o, n in spans)
+    assert encoding == "zstd" and zstandard.ZstdDecompressor().decompress(body) == expected
+    assert [status for status, _ in bad] == [400] * 5 and all(message for _, message in bad)
+
+
+async def test_a_frame_claiming_another_size_is_refused_before_it_is_decompressed() -> None:
+    frame = zstandard.ZstdCompressor().compress(bytes(10 * MiB))
+    with pytest.raises(ChunkDigestMismatch, match="says it holds"):
+        await compression.decompress(frame, 4096)
+    assert await compression.compress(os.urandom(MiB)) is None
+    assert await compression.compress(b"short") is None
