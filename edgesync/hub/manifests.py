@@ -1,7 +1,8 @@
 """The hub's side of chunk manifests: which manifest a copy to an agent names.
 
-A manifest is made at import (`Importer._write_central`) and when an image
-created at an edge is copied to central (`InHubReplicator`). An image
+A manifest is made at import (in `LocalSite.ingest`'s pass; the importer
+keeps it) and when an image created at an edge is copied to central
+(central's `LocalSite.replicate`, through its `keep_manifest`). An image
 imported before manifests existed gets its manifest lazily, the first time it
 is copied to an agent: one read of central's copy, which is also checked
 against os_hash_value, so a manifest only ever describes verified data. If

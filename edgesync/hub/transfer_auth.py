@@ -1,6 +1,6 @@
 """Who may pull an image over the hub's transfer routes.
 
-`/edgesync/v1/images/{id}/extents` and `/data` serve central's copy to the
+`/edgesync/v1/images/{id}/extents`, `/data`, `/manifest` and `/spans` serve central's copy to the
 agents that copy it, and to admins (the hub's own tools). An agent — known
 by its credential (`Caller.agent_site`), never by a name — reads an image
 only while a copy of it to the agent's own site is unfinished: the command
