@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ class Database:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             conn = await aiosqlite.connect(str(path), isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise schema.error(f"cannot open {schema.name} {path}: {exc}") from exc
@@ -203,3 +205,10 @@ def statements(script: str) -> list[str]:
     if pending.strip(" \t\n;"):
         found.append(pending.strip().rstrip(";"))
     return found
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 if it is new: it holds what callers sent
+    (SQLite creates the -wal and -shm files with the database's mode)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -18,6 +18,7 @@ from edgesync.catalog.glance_tasks import LEGACY_TYPE, GlanceTask, GlanceTasks
 from edgesync.errors import BadRequest, EdgesyncError
 from edgesync.hub.api.import_request import parse_import_request
 from edgesync.hub.auth import Caller
+from edgesync.importer.download import redact_uri
 
 if TYPE_CHECKING:
     from edgesync.hub.app import Hub
@@ -63,7 +64,8 @@ async def create_import_task(hub: Hub, caller: Caller, body: Any) -> GlanceTask:
         if task is None:  # a web-download always starts a task
             raise EdgesyncError(f"import of image {image.id} started no task")
         tasks = GlanceTasks(hub.catalog)
-        await tasks.record(task.id, task_type, task_input)
+        # The record keeps the source without its user:password (issue 11).
+        await tasks.record(task.id, task_type, {**task_input, "import_from": redact_uri(task_input["import_from"])})
     except BaseException:
         await _discard(hub, caller, image.id)
         raise

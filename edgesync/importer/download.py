@@ -230,8 +230,11 @@ def _too_large(uri: str, max_bytes: int, size: str = "") -> RequestTooLarge:
     )
 
 
-def _redact(uri: str) -> str:
-    """The URI without any user:password, fit for messages and logs."""
+REDACTED = "***"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without any user:password, fit for messages, logs and records."""
     try:
         parts = urlsplit(uri)
     except ValueError:
@@ -239,7 +242,10 @@ def _redact(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
+
+
+_redact = redact_uri
 
 
 # --- streaming to disk ---------------------------------------------------------

@@ -392,7 +392,7 @@ def _check_site_name(site: str) -> None:
 
 def _save_state(cluster: CephCluster) -> None:
     tmp = cluster.dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(cluster.to_json(), indent=2) + "\n")
+    procs.write_private(tmp, json.dumps(cluster.to_json(), indent=2) + "\n")
     os.replace(tmp, cluster.dir / STATE_FILE)
 
 

@@ -45,8 +45,9 @@ def read_info(directory: Path) -> dict[str, Any]:
 
 
 def save_info(directory: Path, info: dict[str, Any]) -> None:
+    # 0600: lab.json holds the admin and member tokens.
     tmp = directory / (LAB_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
+    procs.write_private(tmp, json.dumps(info, indent=2))
     tmp.replace(directory / LAB_FILE)
 
 

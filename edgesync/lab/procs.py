@@ -90,6 +90,7 @@ async def stop(pid: int | None, marker: str | Path, *, timeout_s: float, kill: b
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read (keys, passwords, tokens)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left from before keeps its mode otherwise
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
 

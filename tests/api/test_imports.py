@@ -4,6 +4,7 @@ status codes, against real file stores that really fail."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -685,3 +686,19 @@ async def test_a_store_that_breaks_before_rollback_does_not_leave_the_image_lock
     await api.p1.import_(image["id"], copy(["dcn0", "dcn1"]))
     await api.wait_idle()
     assert sorted((await api.p1.show(image["id"]))["stores"].split(",")) == ["central", "dcn0", "dcn1"]
+
+
+async def test_web_download_credentials_are_used_but_not_recorded(api: Api, source: Source) -> None:
+    source.files["private.raw"] = default_image()
+    image = await api.p1.create()
+    uri = f"http://user:s3cret@127.0.0.1:{source.port}/files/private.raw"
+    await api.p1.import_(image["id"], web(uri))
+    await api.wait_idle()
+    assert (await api.p1.show(image["id"]))["status"] == "active"
+    task = await api.last_task(image["id"])
+    assert "s3cret" not in json.dumps(task)
+    # Nor at rest: not in the catalog file or its write-ahead log.
+    for db in (api.dir / "state").rglob("*"):
+        if db.is_file():
+            assert b"s3cret" not in db.read_bytes(), db
+            assert db.stat().st_mode & 0o077 == 0, f"{db} is readable by others"

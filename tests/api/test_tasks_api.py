@@ -56,6 +56,19 @@ async def test_a_legacy_import_task_imports_into_central(api: Api, source: Sourc
     jsonschema.validate(task, await schema(api, "task"))
 
 
+async def test_a_legacy_task_records_its_source_without_credentials(api: Api, source: Source) -> None:
+    source.files["legacy-private.raw"] = default_image(seed=8)
+    uri = f"http://user:s3cret@127.0.0.1:{source.port}/files/legacy-private.raw"
+    async with api.admin.post("/v2/tasks", json=import_task(uri)) as resp:
+        assert resp.status == 201, await resp.text()
+        created = await resp.json()
+    assert created["input"]["import_from"] == f"http://***@127.0.0.1:{source.port}/files/legacy-private.raw"
+    await api.wait_idle()
+    async with api.admin.get(f"/v2/tasks/{created['id']}") as resp:
+        task = await resp.json()
+    assert task["status"] == "success" and "s3cret" not in str(task), task
+
+
 @pytest.mark.parametrize("body, fragment", [
     ([], "JSON object"),
     ({"input": {}}, "Task 'type' is required"),

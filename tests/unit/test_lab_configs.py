@@ -85,3 +85,19 @@ def test_an_rbd_site_names_its_cluster_and_user(tmp_path: Path) -> None:
     assert store == {"type": "rbd", "description": "dcn0 site store (rbd)",
                      "ceph_conf": str(tmp_path / "lab" / "ceph" / "ceph.conf"), "pool": "images",
                      "user": "edgesync-dcn0", "keyring": str(tmp_path / "lab" / "ceph" / "k.keyring")}
+
+
+def test_the_files_holding_tokens_and_keys_are_owner_only(tmp_path: Path) -> None:
+    from edgesync.lab.daemons import LAB_FILE, save_info
+
+    write_lab(tmp_path)
+    (tmp_path / LAB_FILE).write_text("{}")  # one left world-readable from before
+    (tmp_path / LAB_FILE).chmod(0o644)
+    save_info(tmp_path, {"admin_token": "adm"})
+    write_private(tmp_path / "secrets" / "old.key", "a")
+    (tmp_path / "secrets" / "old.key").chmod(0o644)
+    write_private(tmp_path / "secrets" / "old.key", "b")  # rewritten: private again
+    private = [tmp_path / LAB_FILE, tmp_path / "tokens.toml", *(tmp_path / "secrets").iterdir()]
+    assert len(private) >= 5
+    for path in private:
+        assert path.stat().st_mode & 0o777 == 0o600, path

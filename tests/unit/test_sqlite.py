@@ -155,3 +155,12 @@ async def test_transactions_of_concurrent_coroutines_do_not_interleave(db: Datab
 
     await asyncio.gather(*(add(n) for n in range(20)))
     assert sorted(r["n"] for r in await db.rows("SELECT n FROM things")) == list(range(20))
+
+
+async def test_a_new_database_file_is_readable_by_its_owner_only(db: Database) -> None:
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO things (id, n) VALUES ('a', 1)")
+    files = list(db.path.parent.iterdir())
+    assert db.path in files
+    for path in files:  # the database, its -wal and -shm
+        assert path.stat().st_mode & 0o777 == 0o600, path

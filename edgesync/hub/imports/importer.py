@@ -33,7 +33,7 @@ from edgesync.hub.imports.runner import TaskRunner
 from edgesync.hub.sites import Sites
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
-from edgesync.importer.download import download
+from edgesync.importer.download import REDACTED, download, redact_uri
 from edgesync.importer.inject import properties_to_inject
 from edgesync.importer.uri_filter import check_uri
 from edgesync.logs import context_field, task_context
@@ -83,6 +83,9 @@ class Importer:
         self.metrics = metrics or HubMetrics(sites=list(sites))
         self.jobs = JobBook(catalog)
         self.runner = TaskRunner(catalog, lock_ttl_s=config.lock_ttl_s, on_crash=self._crashed)
+        # Task id -> web-download URI with its user:password. Only here, in
+        # memory: the task record keeps the URI redacted.
+        self._source_credentials: dict[str, str] = {}
 
     # --- accepting requests ---------------------------------------------------
 
@@ -105,8 +108,11 @@ class Importer:
                 else "it must be queued (no data yet)"
             raise Conflict(f"Image {image.id} is {image.status.value}; for {req.method} {hint}")
         stores = self._targets_for_new(req)
-        source = {"uri": req.uri or "", "disk_format": image.disk_format or ""}
+        uri = req.uri or ""
+        source = {"uri": redact_uri(uri), "disk_format": image.disk_format or ""}
         task = self._new_task(image, caller, req, stores, source)
+        if source["uri"] != uri:
+            self._source_credentials[task.id] = uri
         await self.catalog.start_task(
             task, lock_ttl_s=self.config.lock_ttl_s, expect_status=[expected],
             image_fields={"status": ImageStatus.IMPORTING},
@@ -251,12 +257,23 @@ class Importer:
         await self.jobs.set(task, self.central, StoreJobState.DONE, bytes_done=data.data_bytes,
                             bytes_total=data.data_bytes, location=location)
 
+    def _source_uri(self, task: Task) -> str:
+        """The URI to download, with the credentials the record doesn't keep."""
+        uri = self._source_credentials.pop(task.id, None)
+        if uri is not None:
+            return uri
+        recorded = str(task.input["uri"])
+        if f"//{REDACTED}@" in recorded:
+            raise BadRequest(f"the credentials of {recorded} are not stored, so they did not survive a hub "
+                             "restart; import the image again")
+        return recorded
+
     async def _prepare_source(self, task: Task, image: Image) -> tuple[Path, dict[str, Any]]:
         """Fetch (web-download), inspect, vet and convert the staged data.
         Returns the RAW file to store and the image fields it implies."""
         staged = self.staging.path(image.id)
         if task.method == "web-download":
-            await download(task.input["uri"], staged, rules=self.config.uri_filter,
+            await download(self._source_uri(task), staged, rules=self.config.uri_filter,
                            max_bytes=self.config.max_image_size_bytes,
                            timeout_s=self.config.web_download_timeout_s)
         declared = image.disk_format or "raw"
