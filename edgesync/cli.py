@@ -66,7 +66,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
         info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents,
-                                  offline_deadline_s=args.offline_deadline_s, wan=args.wan))
+                                  offline_deadline_s=args.offline_deadline_s, wan=args.wan, auth=args.auth))
         print(json.dumps(info, indent=2))
     elif args.lab_command == "agent":
         if args.action == "stop":
@@ -81,6 +81,9 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             print("hub stopped")
         else:
             print(f"hub running (pid {asyncio.run(lab.start_hub(directory))})")
+    elif args.lab_command == "keystone":
+        asyncio.run(lab.stop_keystone(directory) if args.action == "stop" else lab.start_keystone(directory))
+        print("keystone stopped" if args.action == "stop" else "keystone started")
     elif args.lab_command == "broker":
         asyncio.run(lab.stop_broker(directory) if args.action == "stop" else lab.start_broker(directory))
         print(f"broker {'stopped' if args.action == 'stop' else 'running'}")
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--wan", metavar="RATE",
                     help="every site in a network namespace of its own, behind a link shaped to RATE "
                          "(e.g. 200mbit; central unshaped unless named: 200mbit,central=1gbit,dcn1=50mbit)")
+    up.add_argument("--auth", choices=["token", "keystone"], default="token",
+                    help="token: a tokens file (default); keystone: also start a real Keystone, "
+                         "write clouds.yaml, and the hub validates Keystone tokens")
     for name in ("down", "status"):
         lab_sub.add_parser(name, help=f"{name} the lab")
     agent = lab_sub.add_parser("agent", help="stop or start one site's agent")
@@ -146,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     wan_cmd = lab_sub.add_parser("wan", help="cut or heal one site's WAN link (a lab up with --wan)")
     wan_cmd.add_argument("action", choices=["cut", "heal"])
     wan_cmd.add_argument("site")
+    keystone_cmd = lab_sub.add_parser("keystone", help="stop or start the lab's Keystone (--auth keystone)")
+    keystone_cmd.add_argument("action", choices=["stop", "start"])
     for p in lab_sub.choices.values():
         p.add_argument("--dir", default=".lab", help="lab directory (default .lab)")
     lab.set_defaults(func=_cmd_lab)

@@ -25,6 +25,7 @@ STORE_TYPES = ("file", "rbd")
 DEFAULT_DISK_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso")
 CONTAINER_FORMATS = ("bare", "ovf", "ova", "aki", "ari", "ami", "docker", "compressed")
 IMPORT_METHODS = ("glance-direct", "web-download", "copy-image")
+AUTH_MODES = ("token", "keystone", "noauth")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,27 @@ class HubBusConfig:
 
 
 @dataclass(frozen=True)
+class KeystoneConfig:
+    """`[keystone]`: how the hub validates tokens with Keystone (auth = "keystone")."""
+
+    auth_url: str
+    username: str
+    password: str = field(repr=False)
+    project_name: str = "service"
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    timeout_s: float = 5.0
+    # A validation is reused this long at most (never past the token's
+    # expiry): the bound on how late a revoked token is still accepted.
+    cache_ttl_s: float = 60.0
+    cache_size: int = 10_000
+    # Roles that make an X-Service-Token's holder a service (Glance's service persona).
+    service_roles: tuple[str, ...] = ("service",)
+    # Keystone user or application-credential id -> the edge site whose agent it is.
+    agents: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class HubConfig:
     host: str
     port: int
@@ -121,11 +143,12 @@ class HubConfig:
     state_dir: Path
     sites: tuple[SiteConfig, ...]
     tokens_file: Path | None
-    auth: str = "token"  # "token" | "noauth"
+    auth: str = "token"  # "token" | "keystone" | "noauth"
     show_locations: bool = False
     policy_file: Path | None = None  # Glance's policy.yaml format; None: Glance's defaults
     imports: ImportConfig = field(default_factory=ImportConfig)
     bus: HubBusConfig | None = None
+    keystone: KeystoneConfig | None = None
     source: Path | None = None
     # Built by hand (tests) a HubConfig is plaintext; load_hub wants it said.
     tls: TlsConfig = PLAINTEXT
@@ -310,18 +333,19 @@ def load_hub(path: Path) -> HubConfig:
     if not host or not port_s.isdigit():
         raise ConfigError(f"{hub.where}: 'listen' must be HOST:PORT, got {listen!r}")
     auth = hub.get("auth", str, "token")
-    if auth not in ("token", "noauth"):
-        raise ConfigError(f"{hub.where}: 'auth' must be \"token\" or \"noauth\", got {auth!r}")
+    if auth not in AUTH_MODES:
+        raise ConfigError(f"{hub.where}: 'auth' must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
     tls = load_tls(hub, base)
     tokens = hub.path("tokens_file", base, None)
     if auth == "token" and tokens is None:
         raise ConfigError(f"{hub.where}: 'tokens_file' is required when auth = \"token\"")
+    sites = load_sites(hub.path("sites_dir", base))
+    keystone = _load_keystone(r, base, sites) if auth == "keystone" else None
     return HubConfig(
         host=host, port=int(port_s),
         public_url=hub.get("public_url", str, f"{tls.scheme}://{listen}").rstrip("/"),
         state_dir=hub.path("state_dir", base),
-        sites=load_sites(hub.path("sites_dir", base)),
-        tokens_file=tokens, auth=auth,
+        sites=sites, tokens_file=tokens, auth=auth, keystone=keystone,
         show_locations=hub.get("show_locations", bool, False),
         policy_file=hub.path("policy_file", base, None),
         imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path, tls=tls,
@@ -344,6 +368,42 @@ def load_tls(daemon: _Reader, base: Path) -> TlsConfig:
     if not plaintext and not (cert and key):
         raise ConfigError(f"{r.where}: 'cert_file' and 'key_file' are required (or plaintext = true)")
     return TlsConfig(cert_file=cert, key_file=key, ca_file=ca, plaintext=plaintext)
+
+
+def _load_keystone(root: _Reader, base: Path, sites: tuple[SiteConfig, ...]) -> KeystoneConfig:
+    if "keystone" not in root.table:
+        raise ConfigError(f"{root.where}: a [keystone] table is required when auth = \"keystone\"")
+    r = root.sub("keystone")
+    auth_url = r.get("auth_url", str).rstrip("/")
+    if not auth_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{r.where}: 'auth_url' must be Keystone's http(s) v3 URL, got {auth_url!r}")
+    password_file = r.path("password_file", base)
+    try:
+        password = password_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{r.where}: 'password_file' names {password_file}, which can't be read") from exc
+    edges = {s.name for s in sites if not s.is_central}
+    agents = r.sub("agents")  # site = "user or application credential id"
+    by_id: dict[str, str] = {}
+    for site, ident in agents.table.items():
+        if site not in edges:
+            raise ConfigError(f"{agents.where}: {site!r} is not an edge site ({', '.join(sorted(edges))})")
+        if not isinstance(ident, str) or not ident:
+            raise ConfigError(f"{agents.where}: '{site}' must be the agent's Keystone user or "
+                              "application credential id (a string)")
+        by_id[ident] = site
+    ttl = float(r.get("cache_ttl_s", (int, float), 60.0))
+    size = r.get("cache_size", int, 10_000)
+    if ttl < 0 or size < 1:
+        raise ConfigError(f"{r.where}: 'cache_ttl_s' must be ≥ 0 and 'cache_size' ≥ 1")
+    return KeystoneConfig(
+        auth_url=auth_url, username=r.get("username", str), password=password,
+        project_name=r.get("project_name", str, "service"),
+        user_domain_name=r.get("user_domain_name", str, "Default"),
+        project_domain_name=r.get("project_domain_name", str, "Default"),
+        timeout_s=float(r.get("timeout_s", (int, float), 5.0)), cache_ttl_s=ttl, cache_size=size,
+        service_roles=r.str_list("service_roles", ("service",)), agents=by_id,
+    )
 
 
 def _load_hub_bus(r: _Reader, base: Path) -> HubBusConfig | None:

@@ -115,6 +115,15 @@ class RangeNotSatisfiable(EdgesyncError):
     title = "Requested Range Not Satisfiable"
 
 
+class IdentityUnavailable(EdgesyncError):
+    """Keystone can't be asked now (down, slow, or refusing the hub's own
+    credentials): a 503, never a 401 that makes a client drop a good token."""
+
+    http_status = 503
+    title = "Service Unavailable"
+    retryable = True
+
+
 class ConfigError(EdgesyncError):
     """A configuration file is wrong; the daemon must not start."""
 

@@ -33,6 +33,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Keystone (PyPI `keystone`, for `lab up --auth keystone` and its tests) in a
+# venv of its own: its pins (SQLAlchemy, oslo.*, eventlet) are not the project's.
+# gunicorn serves its WSGI app.
+ks_stamp=.venv-keystone/.edgesync-installed
+if [ ! -f "$ks_stamp" ] || [ scripts/setup.sh -nt "$ks_stamp" ]; then
+  echo "setup: installing Keystone into .venv-keystone"
+  [ -x .venv-keystone/bin/python ] || "$PYTHON" -m venv .venv-keystone
+  .venv-keystone/bin/pip install -q --disable-pip-version-check 'keystone>=26,<31' 'gunicorn>=23,<28'
+  touch "$ks_stamp"
+fi
+
 # rados/rbd are not on PyPI: link only Debian's two extension modules into a
 # directory the venv reads through a .pth file (the whole dist-packages would
 # drag ~100 Debian modules into the venv).

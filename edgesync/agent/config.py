@@ -19,6 +19,11 @@
     key_file = "/etc/edgesync/tls/dcn0.key"
     ca_file = "/etc/edgesync/tls/ca.pem"      # verifies the hub (hub_url https://…)
 
+    [agent.keystone]                          # only for a hub with auth = "keystone"
+    auth_url = "https://keystone.example:5000/v3"
+    application_credential_id = "…"           # listed in the hub's [keystone.agents]
+    application_credential_secret_file = "/etc/edgesync/dcn0.appcred"
+
     [agent.broker]
     host = "central.example"
     port = 8883
@@ -72,6 +77,15 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True)
+class AgentKeystone:
+    """`[agent.keystone]`: the agent's application credential, for a hub with auth = "keystone"."""
+
+    auth_url: str
+    application_credential_id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     site: SiteConfig
     hub_url: str
@@ -86,6 +100,7 @@ class AgentConfig:
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     copy_retry_window_s: float = DEFAULT_COPY_RETRY_WINDOW_S
+    keystone: AgentKeystone | None = None
 
     @property
     def name(self) -> str:
@@ -130,7 +145,17 @@ def load_agent(path: Path) -> AgentConfig:
         heartbeat_interval_s=_positive(r, "heartbeat_interval_s", DEFAULT_HEARTBEAT_INTERVAL_S),
         shutdown_grace_s=_non_negative(r, "shutdown_grace_s", DEFAULT_SHUTDOWN_GRACE_S),
         copy_retry_window_s=_non_negative(r, "copy_retry_window_s", DEFAULT_COPY_RETRY_WINDOW_S),
+        keystone=_keystone(r, base),
     )
+
+
+def _keystone(agent: _Reader, base: Path) -> AgentKeystone | None:
+    if "keystone" not in agent.table:
+        return None
+    r = agent.sub("keystone")
+    return AgentKeystone(auth_url=_url(r, "auth_url"),
+                         application_credential_id=r.get("application_credential_id", str),
+                         secret=_secret(r, "application_credential_secret_file", base))
 
 
 def _check_site_name(path: Path, name: str) -> None:

@@ -43,6 +43,7 @@ from aiohttp import web
 from edgesync.agent.config import AgentConfig
 from edgesync.agent.dedup import AgentManifests, SiteCopies
 from edgesync.agent.events import EventOutbox
+from edgesync.agent.hub_token import HubToken
 from edgesync.agent.journal import Journal
 from edgesync.agent.tasks import SourceFactory, TaskRunner
 from edgesync.aio import cancel_and_wait
@@ -103,6 +104,7 @@ class Agent:
         self.site = config.name
         self._given_store = store
         self._sources = sources or self._http_source
+        self.hub_token = HubToken(config)
         self._reconnect_backoff = reconnect_backoff or Backoff(initial_s=0.5, max_s=30.0)
         self._rt: _Runtime | None = None
         self._http: web.AppRunner | None = None
@@ -141,6 +143,7 @@ class Agent:
             self._rt = _Runtime(store, journal, events, tasks, session, limiter)
             opened.callback(setattr, self, "_rt", None)
             self._http = await self._serve_http()
+            await self._first_hub_token()
             opened.pop_all()  # started: run() owns them now
         log.info("agent of site %s (AZ %s) started; store %s, data endpoint on %s:%s", self.site,
                  cfg.site.availability_zone, store.name, cfg.listen_host, self.http_port)
@@ -149,6 +152,7 @@ class Agent:
         """Work until stop() (or a fatal bus error), then shut down in stages."""
         rt = self._runtime()
         bus_task = asyncio.create_task(self._bus_forever(), name="bus")
+        token_task = asyncio.create_task(self.hub_token.refresh_forever(), name="hub-token")
         try:
             async with asyncio.TaskGroup() as work:
                 await rt.tasks.start(work)
@@ -161,7 +165,8 @@ class Agent:
             await self._leave_bus(bus_task)
         finally:
             bus_task.cancel()
-            await asyncio.gather(bus_task, return_exceptions=True)
+            token_task.cancel()
+            await asyncio.gather(bus_task, token_task, return_exceptions=True)
             await self._close()
         bus_failure = None if bus_task.cancelled() else bus_task.exception()
         if bus_failure is not None:
@@ -364,6 +369,13 @@ class Agent:
             return None
         return capacity.free_bytes if capacity is not None else None
 
+    async def _first_hub_token(self) -> None:
+        """With a Keystone credential: a token before resumed copies pull (Keystone down: they retry)."""
+        try:
+            await self.hub_token.refresh()
+        except EdgesyncError as exc:
+            log.warning("no Keystone token for the hub at start: %s", exc.message)
+
     def _http_source(self, command: CopyCommand) -> DataSource:
         # The token goes only to the hub this agent is configured with: a
         # command naming any other source (a forged or replayed message) fails.
@@ -371,7 +383,7 @@ class Agent:
             raise TransferError(f"copy {command.task_id}: source {command.source_url!r} is not this agent's hub "
                                 f"({self.config.hub_url}); refusing to send it the site's token", retryable=False)
         rt = self._runtime()
-        return HttpSource(rt.session, command.source_url, command.image_id, token=self.config.token,
+        return HttpSource(rt.session, command.source_url, command.image_id, token=self.hub_token.current,
                           limiter=rt.limiter, observer=self.metrics.copies)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from edgesync.agent.config import AgentConfig
+from edgesync.agent.hub_token import HubToken
 from edgesync.agent.replicator import digest_published
 from edgesync.errors import BadRequest, EdgesyncError, NotFound
 from edgesync.stores import open_store
@@ -116,7 +117,8 @@ async def _register_one(config: AgentConfig, store: ImageStore, session: aiohttp
 async def _post(session: aiohttp.ClientSession, config: AgentConfig, path: str, body: Any) -> Any:
     url = config.hub_url + path
     try:
-        async with session.post(url, json=body, headers={AUTH_HEADER: config.token}) as resp:
+        token = await HubToken(config).refresh()
+        async with session.post(url, json=body, headers={AUTH_HEADER: token}) as resp:
             answer = await resp.json(content_type=None)
             status = resp.status
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -23,7 +23,7 @@ from edgesync.hub.api import discovery, edge, images, metadefs, tasks
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
 from edgesync.hub.api.request_id import add_request_id_header, request_ids
-from edgesync.hub.auth import TokenTable
+from edgesync.hub.auth import Authenticator, TokenTable
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
@@ -190,9 +190,17 @@ class Hub:
         return {site.agent_token_file.read_text().strip(): site.name
                 for site in self.config.sites if site.agent_token_file is not None and not site.is_central}
 
+    def _authenticator(self) -> Authenticator | None:
+        if self.config.auth == "noauth":
+            return None
+        if self.config.auth == "keystone":
+            from edgesync.hub.keystone_auth import keystone_authenticator  # keystoneauth1 only when asked for
+
+            return keystone_authenticator(self.config)
+        return TokenTable.load(self._tokens_file(), self._agent_tokens())
+
     def app(self) -> web.Application:
-        tokens = None if self.config.auth == "noauth" else TokenTable.load(self._tokens_file(),
-                                                                               self._agent_tokens())
+        tokens = self._authenticator()
         # Metrics outermost: they see the status the client gets, errors included.
         # The request id next: error lines logged by json_errors carry it.
         middlewares = [http_middleware(self.metrics), request_ids, json_errors, auth_middleware(tokens)]

@@ -1,4 +1,5 @@
-"""Who is calling: `X-Auth-Token` checked against a tokens file.
+"""Who is calling: `X-Auth-Token` checked against a tokens file (or, with
+`auth = "keystone"`, against Keystone: hub/keystone_auth.py).
 
 The tokens file is TOML, one table per token:
 
@@ -22,6 +23,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from edgesync.errors import ConfigError, Forbidden, Unauthorized
 from edgesync.model import Image, Visibility
@@ -47,6 +49,13 @@ class Caller:
 NOAUTH_CALLER = Caller(user="admin", project="admin", roles=("admin",))
 
 
+class Authenticator(Protocol):
+    """Tokens to callers: the tokens file, or Keystone (hub/keystone_auth.py).
+    Raises Unauthorized for a bad token; anything else raised is answered as itself."""
+
+    async def authenticate(self, token: str | None, service_token: str | None) -> Caller: ...
+
+
 class TokenTable:
     def __init__(self, callers: dict[str, Caller]) -> None:
         self._callers = callers
@@ -69,6 +78,10 @@ class TokenTable:
             if token in callers:
                 callers[token] = replace(callers[token], agent_site=site)
         return cls(callers)
+
+    async def authenticate(self, token: str | None, service_token: str | None) -> Caller:
+        """The Authenticator interface; a tokens file knows no service tokens, so that header is ignored."""
+        return self.caller(token)
 
     def caller(self, token: str | None) -> Caller:
         if not token:
@@ -94,6 +107,17 @@ def can_see(caller: Caller, image: Image) -> bool:
 def require_owner_or_admin(caller: Caller, image: Image, action: str) -> None:
     if not (caller.is_admin or image.owner == caller.project):
         raise Forbidden(f"Only the image's owner or an admin may {action} (image {image.id})")
+    require_writer(caller, action)
+
+
+# Glance's personas that may change images (its secure-RBAC defaults: a
+# project reader only reads). Keystone tokens carry implied roles already.
+WRITER_ROLES = frozenset({"admin", "member"})
+
+
+def require_writer(caller: Caller, action: str) -> None:
+    if not WRITER_ROLES & set(caller.roles):
+        raise Forbidden(f"A project reader may not {action}: that needs the member role (or admin)")
 
 
 def require_admin(caller: Caller, action: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from edgesync.catalog import SORTABLE, Catalog, ImageQuery
 from edgesync.config import CONTAINER_FORMATS, HubConfig
 from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse, StoreUnavailable
-from edgesync.hub.auth import Caller, can_see, require_owner_or_admin
+from edgesync.hub.auth import Caller, can_see, require_owner_or_admin, require_writer
 from edgesync.hub.patch import (
     READ_ONLY,
     WRITABLE_CORE,
@@ -63,6 +63,7 @@ class ImageService:
     async def create(self, caller: Caller, body: Any) -> Image:
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object describing the image")
+        require_writer(caller, "create images")
         body = dict(body)
         image_id = body.pop("id", None) or str(uuid.uuid4())
         _check_uuid(image_id)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # imported when used: only an rbd lab needs Ceph, only agents
     from edgesync.lab.mosquitto import BrokerInfo
 
 __all__ = ["LabError", "down", "link_bytes", "read_info", "set_link", "start_agent", "start_broker", "start_hub",
-           "status", "stop_agent", "stop_broker", "stop_hub", "up"]
+           "start_keystone", "status", "stop_agent", "stop_broker", "stop_hub", "stop_keystone", "up"]
 
 HOST = "127.0.0.1"
 HUB_PORT = 9292  # in the WAN lab, where each site has a namespace (and its ports) to itself
@@ -45,7 +45,7 @@ status = read_info
 
 async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
              agents: bool = True, offline_deadline_s: float = OFFLINE_DEADLINE_S,
-             wan: str | None = None) -> dict[str, Any]:
+             wan: str | None = None, auth: str = "token") -> dict[str, Any]:
     """Start the lab and return its lab.json once the hub answers and (with
     `agents`, the default) every edge site's agent is up as the hub sees it.
     Without agents the hub writes every store itself (in-hub mode). With
@@ -56,6 +56,11 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     sites = sites or ["central", "dcn0", "dcn1"]
     if len(set(sites)) != len(sites) or not sites:
         raise LabError(f"--sites needs distinct site names, got {sites}")
+    if auth not in ("token", "keystone"):
+        raise LabError(f"--auth must be token or keystone, got {auth!r}")
+    if auth == "keystone" and wan:
+        # Keystone listens in the machine's namespace, where the sites' agents can't reach it.
+        raise LabError("--auth keystone can't be combined with --wan yet")
     if not offline_deadline_s > 0:
         raise LabError(f"--offline-deadline-s must be more than 0, got {offline_deadline_s:g}")
     links = wan_links.plan(directory, wan_links.parse_rates(wan, sites)) if wan else {}
@@ -73,6 +78,8 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
             edges = sites[1:] if agents else []
             socks = {name: [held.enter_context(s) for s in _sockets(name, sites, links)] for name in ["", *edges]}
             await _prepare(directory, store, sites, edges, socks, offline_deadline_s, links)
+            if auth == "keystone":
+                await _with_keystone(directory, edges)
             await daemons.start_hub(directory, socks.pop(""))
             await daemons.start_agents(directory, edges, socks)
     except BaseException as failed:  # cancelled (Ctrl-C) too: leave nothing running
@@ -141,6 +148,20 @@ def _link_info(link: wan_links.Link | None) -> dict[str, Any]:
     return {"netns": link.netns, "address": link.address, "rate": link.rate, "link": "up"}
 
 
+async def _with_keystone(directory: Path, edges: list[str]) -> None:
+    """A real Keystone (lab/keystone.py), and the lab's files pointed at it;
+    lab.json's tokens become Keystone tokens of the admin and the member."""
+    from edgesync.lab import keystone
+
+    info = read_info(directory)
+    ks = await keystone.up(directory, edges=edges, hub_url=info["hub_url"])
+    info["keystone"] = ks.info()
+    daemons.save_info(directory, info)  # its pid, for `down`, before anything else can fail
+    keystone.configure(ks, Path(info["hub_config"]), {site: daemons.agent_config(directory, site) for site in edges})
+    info.update(admin_token=ks.admin_token, member_token=await keystone.user_token(ks, "member"))
+    daemons.save_info(directory, info)
+
+
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"{host}:{port}"
@@ -157,6 +178,10 @@ async def down(directory: Path) -> None:
     directory = Path(directory).resolve()
     info = read_info(directory) if (directory / daemons.LAB_FILE).exists() else {}
     await daemons.stop_all(directory, info)
+    if info.get("keystone"):
+        from edgesync.lab import keystone
+
+        await keystone.stop(directory, info["keystone"])
     if (directory / "mosquitto").exists():
         from edgesync.lab import mosquitto
 
@@ -222,6 +247,31 @@ async def start_broker(directory: Path) -> None:
     from edgesync.lab import mosquitto
 
     await mosquitto.start(_broker_dir(Path(directory).resolve()))
+
+
+async def stop_keystone(directory: Path) -> None:
+    """Stop the lab's Keystone (`lab up --auth keystone`); the hub then answers 503."""
+    from edgesync.lab import keystone
+
+    directory = Path(directory).resolve()
+    await keystone.stop(directory, _keystone_info(directory))
+
+
+async def start_keystone(directory: Path) -> None:
+    """Start the lab's Keystone again, on the same port, database and keys."""
+    from edgesync.lab import keystone
+
+    directory = Path(directory).resolve()
+    info = read_info(directory)
+    info["keystone"]["pid"] = await keystone.start(directory, _keystone_info(directory))
+    daemons.save_info(directory, info)
+
+
+def _keystone_info(directory: Path) -> dict[str, Any]:
+    entry: dict[str, Any] | None = read_info(directory).get("keystone")
+    if not entry:
+        raise LabError(f"the lab in {directory} has no Keystone (it was started without --auth keystone)")
+    return entry
 
 
 def _broker_dir(directory: Path) -> Path:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from edgesync.errors import EdgesyncError, Unauthorized
-from edgesync.hub.auth import NOAUTH_CALLER, TokenTable
+from edgesync.hub.auth import NOAUTH_CALLER, Authenticator
 from edgesync.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(400, "Bad Request", f"The request body is not valid JSON: {exc}")
 
 
-def auth_middleware(tokens: TokenTable | None) -> Middleware:
-    """`tokens` None means the opt-in no-auth mode: everyone is an admin."""
+def auth_middleware(tokens: Authenticator | None) -> Middleware:
+    """`tokens` None means the opt-in no-auth mode: everyone is an admin.
+    Errors other than Unauthorized (Keystone unreachable: 503) go to json_errors."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -64,7 +65,8 @@ def auth_middleware(tokens: TokenTable | None) -> Middleware:
             request[CALLER_KEY] = NOAUTH_CALLER
         else:
             try:
-                request[CALLER_KEY] = tokens.caller(request.headers.get("X-Auth-Token"))
+                request[CALLER_KEY] = await tokens.authenticate(request.headers.get("X-Auth-Token"),
+                                                                request.headers.get("X-Service-Token"))
             except Unauthorized as exc:
                 return error_response(401, exc.title, exc.message)
         return await handler(request)
