@@ -2,6 +2,7 @@
 
 from tests.fixtures.broker import broker  # noqa: F401  (session fixture)
 from tests.fixtures.ceph import ceph_clusters  # noqa: F401  (session fixture)
+from tests.fixtures.keystone_lab import keystone_lab  # noqa: F401  (session fixture)
 from tests.fixtures.lab import file_lab, rbd_agents_lab, rbd_lab  # noqa: F401  (session fixtures)
 from tests.fixtures.systemd import systemd_ns  # noqa: F401  (session fixture)
 from tests.fixtures.systemd_site import edgesync_site  # noqa: F401  (session fixture)

@@ -40,6 +40,7 @@ from edgesync.keystone import ServiceCredentials, TokenInfo, TokenValidator
 Validate = Callable[[str], "TokenInfo | None"]
 SERVICE_ROLE = "service"
 AGENT_ROLE = "agent"
+AGENT_PREFIX = "agent-"  # what hub/images.py knows a site's agent by
 
 
 class ValidationCache:
@@ -129,6 +130,8 @@ def caller_from(user: TokenInfo, service: TokenInfo | None, config: KeystoneConf
     if site is not None:
         name = f"agent-{site}"
         roles.append(AGENT_ROLE)
+    elif name.startswith(AGENT_PREFIX):  # an id some identity backends take from a name: never an agent's
+        name = f"user:{name}"
     return Caller(user=name, project=user.project_id, roles=tuple(dict.fromkeys(roles)))
 
 

@@ -194,3 +194,28 @@ async def test_only_admin_may_set_another_owner(api: Api) -> None:
         assert (await resp.json())["owner"] == "p2"
     async with api.p1.get(f"/v2/images/{image['id']}") as resp:
         await error_of(resp, 404)
+
+
+# --- auth = "keystone" with Keystone unreachable ----------------------------------------
+
+
+async def test_keystone_unreachable_is_a_503_saying_so_not_a_401(tmp_path: Path, source: Source) -> None:
+    """The real keystoneauth1 path against a loopback port nobody listens on
+    (the e2e suite runs a real Keystone, stops it, and sees the same)."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago, now closed: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hub_toml = write_hub_files(tmp_path, source_port=source.port, auth="keystone")
+    (tmp_path / "hub.password").write_text("pw\n")
+    with hub_toml.open("a") as fh:
+        fh.write(f'\n[keystone]\nauth_url = "http://127.0.0.1:{port}/v3"\nusername = "edgesync-hub"\n'
+                 'password_file = "hub.password"\ntimeout_s = 2\n')
+    async with running_api(tmp_path) as api:
+        async with api.p1.get("/v2/images") as resp:
+            await error_of(resp, 503, "Keystone at http://127.0.0.1:", "can't be reached")
+        async with api.anon.get("/v2/images") as resp:
+            assert resp.status == 401  # no token at all: no need to ask Keystone
+        async with api.anon.get("/versions") as resp:
+            assert resp.status == 200
