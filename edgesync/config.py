@@ -339,12 +339,13 @@ def load_hub(path: Path) -> HubConfig:
     tokens = hub.path("tokens_file", base, None)
     if auth == "token" and tokens is None:
         raise ConfigError(f"{hub.where}: 'tokens_file' is required when auth = \"token\"")
+    state_dir = hub.path("state_dir", base)
     sites = load_sites(hub.path("sites_dir", base))
     keystone = _load_keystone(r, base, sites) if auth == "keystone" else None
     return HubConfig(
         host=host, port=int(port_s),
         public_url=hub.get("public_url", str, f"{tls.scheme}://{listen}").rstrip("/"),
-        state_dir=hub.path("state_dir", base),
+        state_dir=state_dir,
         sites=sites, tokens_file=tokens, auth=auth, keystone=keystone,
         show_locations=hub.get("show_locations", bool, False),
         policy_file=hub.path("policy_file", base, None),

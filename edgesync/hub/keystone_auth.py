@@ -31,6 +31,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from edgesync.config import HubConfig, KeystoneConfig
 from edgesync.errors import ConfigError, Forbidden, Unauthorized
@@ -40,6 +41,7 @@ from edgesync.keystone import ServiceCredentials, TokenInfo, TokenValidator
 Validate = Callable[[str], "TokenInfo | None"]
 SERVICE_ROLE = "service"
 AGENT_ROLE = "agent"
+VALIDATION_THREADS = 4
 AGENT_PREFIX = "agent-"  # what hub/images.py knows a site's agent by
 
 
@@ -80,6 +82,9 @@ class KeystoneAuthenticator:
         self._config, self._validate, self._clock = config, validate, clock
         self.cache = ValidationCache(config.cache_size, config.cache_ttl_s, clock)
         self._in_flight: dict[str, asyncio.Future[TokenInfo | None]] = {}
+        # Threads of their own: a slow Keystone holds these, not the loop's
+        # default pool (which store and policy file I/O share).
+        self._threads = ThreadPoolExecutor(VALIDATION_THREADS, thread_name_prefix="keystone")
 
     async def authenticate(self, token: str | None, service_token: str | None) -> Caller:
         if not token:
@@ -106,7 +111,7 @@ class KeystoneAuthenticator:
         future: asyncio.Future[TokenInfo | None] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            info = await asyncio.to_thread(self._validate, token)
+            info = await asyncio.get_running_loop().run_in_executor(self._threads, self._validate, token)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: nobody else may be waiting

@@ -98,11 +98,15 @@ async def up(directory: Path, *, edges: list[str], hub_url: str) -> KeystoneLab:
         _write_conf(root)
         await _bootstrap(root, auth_url, admin_password)
         pid = await _spawn(root, probe)
-    await _wait_ready(auth_url, pid, root)
-    secrets_dir = directory / "secrets"
-    secrets_dir.mkdir(exist_ok=True, mode=0o700)
-    async with _Admin(auth_url, admin_password) as admin:
-        return await _provision(admin, directory, secrets_dir, auth_url, pid, admin_password, edges, hub_url)
+    try:
+        await _wait_ready(auth_url, pid, root)
+        secrets_dir = directory / "secrets"
+        secrets_dir.mkdir(exist_ok=True, mode=0o700)
+        async with _Admin(auth_url, admin_password) as admin:
+            return await _provision(admin, directory, secrets_dir, auth_url, pid, admin_password, edges, hub_url)
+    except BaseException:  # not yet in lab.json: `down` would not find it
+        await procs.stop(pid, _gunicorn_conf(root), timeout_s=STOP_TIMEOUT_S)
+        raise
 
 
 async def start(directory: Path, info: dict[str, Any]) -> int:

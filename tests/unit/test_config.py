@@ -188,7 +188,8 @@ def test_noauth_needs_no_tokens_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("hub, rest, fragment", [
     ('listen = "9292"\n', "", "'listen' must be HOST:PORT"),
     ('listen = "host:port"\n', "", "'listen' must be HOST:PORT"),
-    ('auth = "keystone"\n', "", "'auth' must be \"token\" or \"noauth\""),
+    ('auth = "kerberos"\n', "", "'auth' must be one of token, keystone, noauth"),
+    ('auth = "keystone"\n', "", "a [keystone] table is required when auth = \"keystone\""),
     ("show_locations = 1\n", "", "'show_locations' must be true or false"),
     ("", '[import]\nenabled_methods = ["glance-download"]\n', "unknown import method 'glance-download'"),
     ("", "[import]\nlock_ttl_s = \"10\"\n", "'lock_ttl_s' must be int or float"),
