@@ -19,9 +19,8 @@ token's role names (Keystone already expands implied roles: admin ⇒ member
 member, project reader — and a valid `X-Service-Token` whose roles include a
 `service_roles` role adds `service` (the service persona: Nova or Cinder
 acting for a user). A token whose user or application credential id is listed
-in `[keystone.agents]` is that site's agent: user `agent-SITE`, as the tokens
-file names agents — ids, never names, so no user can make itself an agent by
-choosing a name.
+in `[keystone.agents]` is that site's agent (`agent_site`) — ids, never
+names, so no user can make itself an agent by choosing a name.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ Validate = Callable[[str], "TokenInfo | None"]
 SERVICE_ROLE = "service"
 AGENT_ROLE = "agent"
 VALIDATION_THREADS = 4
-AGENT_PREFIX = "agent-"  # what hub/images.py knows a site's agent by
 
 
 class ValidationCache:
@@ -130,14 +128,10 @@ def caller_from(user: TokenInfo, service: TokenInfo | None, config: KeystoneConf
     roles = list(dict.fromkeys(r.lower() for r in user.roles))
     if service is not None and {r.lower() for r in service.roles} & set(config.service_roles):
         roles.append(SERVICE_ROLE)
-    name = user.user_id
     site = config.agents.get(user.application_credential_id or "") or config.agents.get(user.user_id)
     if site is not None:
-        name = f"agent-{site}"
         roles.append(AGENT_ROLE)
-    elif name.startswith(AGENT_PREFIX):  # an id some identity backends take from a name: never an agent's
-        name = f"user:{name}"
-    return Caller(user=name, project=user.project_id, roles=tuple(dict.fromkeys(roles)))
+    return Caller(user=user.user_id, project=user.project_id, roles=tuple(dict.fromkeys(roles)), agent_site=site)
 
 
 def keystone_authenticator(config: HubConfig) -> KeystoneAuthenticator:

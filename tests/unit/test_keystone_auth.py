@@ -180,12 +180,12 @@ async def test_a_valid_service_token_with_the_service_role_adds_the_service_pers
 
 def test_agents_are_known_by_application_credential_or_user_id_never_by_name() -> None:
     by_cred = caller_from(info(user="someone", roles=("reader",), cred="cred-dcn0"), None, CONFIG)
-    assert by_cred.user == "agent-dcn0" and "agent" in by_cred.roles
+    assert by_cred.agent_site == "dcn0" and by_cred.is_agent_of("dcn0") and "agent" in by_cred.roles
     by_user = caller_from(info(user="user-dcn1"), None, CONFIG)
-    assert by_user.user == "agent-dcn1"
-    # a user whose id reads like an agent's (LDAP backends can take ids from names) is no agent
+    assert by_user.is_agent_of("dcn1") and not by_user.is_agent_of("dcn0")
+    # a user whose id reads like an agent's name is no agent
     impostor = caller_from(info(user="agent-dcn0"), None, CONFIG)
-    assert impostor.user == "user:agent-dcn0" and "agent" not in impostor.roles
+    assert impostor.agent_site is None and "agent" not in impostor.roles
 
 
 def test_a_token_scoped_to_no_project_is_refused() -> None:
