@@ -210,7 +210,7 @@ def _hub(tmp_path: Path, keystone: str) -> Path:
             f'[store]\ntype = "file"\npath = "{tmp_path / name}"\n')
     (tmp_path / "hub.password").write_text("s3cret\n")
     path = tmp_path / "hub.toml"
-    path.write_text(f'[hub]\nstate_dir = "{tmp_path / "state"}"\nsites_dir = "{sites}"\nauth = "keystone"\n'
+    path.write_text(f'[hub]\nstate_dir = "{tmp_path / "state"}"\nsites_dir = "{sites}"\nauth = "keystone"\ntls = {{ plaintext = true }}\n'
                     f"{keystone}")
     return path
 
