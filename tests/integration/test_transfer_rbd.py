@@ -26,11 +26,6 @@ MiB = 1 << 20
 STRIPE = 4 * MiB  # one RBD object
 
 
-async def anyone(request: web.Request, image_id: str) -> None:
-    """Every caller may read every image here (authorisation is tested in test_transfer_http)."""
-
-
-
 @pytest.fixture
 async def central_and_dcn0(ceph_clusters: dict[str, CephCluster]) -> AsyncIterator[tuple[RbdStore, RbdStore]]:
     central = RbdStore.from_config("central", ceph_clusters["central"].store_config())
