@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAB ?= .lab
 
-.PHONY: setup demo lint test test-fast bench lab-down clean
+.PHONY: setup demo lint test test-fast fuzz bench lab-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -21,6 +21,10 @@ test: lint
 
 test-fast: lint
 	$(PY) -m pytest -ra -m "not ceph and not e2e" $(PYTEST_ARGS)
+
+# The route fuzzer at 50x its make-test size (75,000 hub cases); another seed with EDGESYNC_FUZZ_SEED=N.
+fuzz: setup
+	EDGESYNC_FUZZ_CASES=$${EDGESYNC_FUZZ_CASES:-75000} $(PY) -m pytest -ra tests/api/test_fuzz_routes.py $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

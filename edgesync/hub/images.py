@@ -334,7 +334,12 @@ def _edge_image_fields(body: dict[str, Any], formats: dict[str, tuple[str, ...]]
 
 
 def _check_uuid(value: Any) -> None:
+    """Canonical spelling only: `{…}`, upper case or no hyphens would be a
+    second image with the same UUID."""
     try:
-        uuid.UUID(str(value))
-    except ValueError as exc:
-        raise BadRequest(f"Image id must be a UUID, got {value!r}") from exc
+        canonical = str(uuid.UUID(value)) if isinstance(value, str) and len(value) == 36 else None
+    except ValueError:
+        canonical = None
+    if canonical is None or canonical != value:
+        raise BadRequest(f"Image id must be a UUID in canonical form (lower-case 8-4-4-4-12 hex), "
+                         f"got {str(value)[:64]!r}")

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
     @routes.get(extents_path("{image_id}"))
     @_json_errors
     async def get_extents(request: web.Request) -> web.StreamResponse:
-        image_id = request.match_info["image_id"]
+        image_id = _canonical_uuid(request.match_info["image_id"])
         await authorize(request, image_id)
         store = (await lookups.fresh(image_id)).store
         size = await store.size(image_id)
@@ -130,7 +131,7 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
     @routes.get(data_path("{image_id}"))
     @_json_errors
     async def get_data(request: web.Request) -> web.StreamResponse:
-        image_id = request.match_info["image_id"]
+        image_id = _canonical_uuid(request.match_info["image_id"])
         await authorize(request, image_id)
         offset, length = _range_params(request.query)
         encoding = _accepted_encoding(request)
@@ -237,6 +238,17 @@ async def _spans_params(request: web.Request) -> tuple[tuple[int, int], ...]:
     return spans
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _canonical_uuid(image_id: str) -> str:
+    """Image ids are canonical UUIDs (lower case, hyphenated): anything
+    else names no image, and never reaches a store as a file or RBD name."""
+    if not _UUID.fullmatch(image_id):
+        raise BadRequest(f"the image id must be a canonical UUID (8-4-4-4-12 lower-case hex), got {image_id[:64]!r}")
+    return image_id
+
+
 def _range_params(query: Mapping[str, str]) -> tuple[int, int]:
     offset = _non_negative_int(query, "offset")
     length = _non_negative_int(query, "length")
@@ -249,8 +261,9 @@ def _non_negative_int(query: Mapping[str, str], name: str) -> int:
     raw = query.get(name)
     if raw is None:
         raise BadRequest(f"the query parameter {name} is required")
-    if not raw.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
+    # ASCII digits only (str.isdigit takes '١٢'), and no more than 2^63 can hold.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) >= 1 << 63:
+        raise BadRequest(f"{name} must be a non-negative integer below 2^63, got {raw[:40]!r}")
     return int(raw)
 
 

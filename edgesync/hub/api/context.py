@@ -30,6 +30,15 @@ async def json_body(request: web.Request) -> Any:
     if not raw:
         raise BadRequest("This request needs a JSON body")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw)
+        # A lone surrogate ("\ud800") is valid JSON but no text SQLite can store.
+        json.dumps(body, ensure_ascii=False).encode()
+        return body
+    except UnicodeEncodeError as exc:
+        raise BadRequest("The request body holds a lone UTF-16 surrogate (e.g. \\ud800); "
+                         "send valid Unicode text") from exc
+    except ValueError as exc:  # malformed, not UTF-8, or an integer over Python's 4,300 digits
         raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("The request body nests JSON arrays or objects too deeply; "
+                         "no Glance request needs more than a few levels") from exc

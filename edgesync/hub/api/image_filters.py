@@ -109,10 +109,16 @@ def _iso_time(value: str) -> datetime | None:
 
 
 def _integer(raw: str, message: str) -> int:
+    """ASCII digits (int() takes '١٢' too), and what SQLite's INTEGER holds."""
     try:
-        return int(raw)
+        if not raw.isascii() or len(raw) > 20:
+            raise ValueError(raw)
+        value = int(raw)
     except ValueError as exc:
         raise BadRequest(message) from exc
+    if not -(1 << 63) <= value < 1 << 63:
+        raise BadRequest(f"{message} (a value must be within ±2^63)")
+    return value
 
 
 def _bool(raw: str | None, name: str) -> bool | None:
