@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from edgesync.errors import BadRequest, RequestTooLarge
+from edgesync.errors import BadRequest, EdgesyncError, RequestTooLarge
 from edgesync.importer.sparsefile import SparseFile, copy_stream
 
 
@@ -46,9 +46,19 @@ class Staging:
         """Stream an upload into the staging file; check its size; on any
         failure (including a client that goes away) remove it."""
         sink = await SparseFile.create(self.partial_path(image_id))
+        # Stop reading at the first byte past the declared size (or the limit), not at the body's end.
+        declared = expected_size is not None and expected_size < max_bytes
+        limit = expected_size if declared and expected_size is not None else max_bytes
+
+        def too_large() -> EdgesyncError:
+            if declared:
+                return BadRequest(f"Uploaded more than {expected_size} bytes but x-openstack-image-size said "
+                                  f"{expected_size}; send the whole file with its real size")
+            return RequestTooLarge(f"Image data exceeds the hub's limit of {max_bytes} bytes "
+                                   "(import.max_image_size_bytes)")
+
         try:
-            size = await copy_stream(chunks, sink, max_bytes=max_bytes, too_large=lambda: RequestTooLarge(
-                f"Image data exceeds the hub's limit of {max_bytes} bytes (import.max_image_size_bytes)"))
+            size = await copy_stream(chunks, sink, max_bytes=limit, too_large=too_large)
             await sink.finish(size)
         except BaseException:
             await sink.discard()

@@ -51,3 +51,28 @@ async def test_a_lone_surrogate_is_a_400_not_a_database_error(api: Api) -> None:
 async def test_list_filters_past_sqlites_integers_are_a_400(api: Api, value: str) -> None:
     async with api.p1.get("/v2/images", params={"size_min": value}) as resp:
         await error_of(resp, 400)
+
+
+async def test_an_upload_longer_than_declared_is_cut_off_at_the_declared_size(api: Api) -> None:
+    image = await api.p1.create()
+    read = 0
+
+    async def body():  # type: ignore[no-untyped-def]
+        nonlocal read
+        for _ in range(64):
+            read += 1
+            yield bytes(1 << 20)
+
+    headers = {"Content-Type": "application/octet-stream", "x-openstack-image-size": str(1 << 20)}
+    async with api.p1.put(f"/v2/images/{image['id']}/file", data=body(), headers=headers) as resp:
+        await error_of(resp, 400, "Uploaded more than", "said")
+    assert read < 64, "the whole body was read before the 400"
+    assert (await api.p1.show(image["id"]))["status"] == "queued"
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0662", "9" * 30, str(1 << 63)])
+async def test_size_headers_outside_ascii_and_2_63_are_a_400(api: Api, value: str) -> None:
+    image = await api.p1.create()
+    headers = {"Content-Type": "application/octet-stream", "x-openstack-image-size": value}
+    async with api.p1.put(f"/v2/images/{image['id']}/stage", data=b"x", headers=headers) as resp:
+        await error_of(resp, 400, "x-openstack-image-size")

@@ -47,7 +47,9 @@ async def test_stage_with_a_size_that_does_not_match_is_400_and_leaves_nothing(a
     image = await api.p1.create()
     async with api.p1.put(f"/v2/images/{image['id']}/stage", data=chunks(data),
                           headers={"x-openstack-image-size": str(size)}) as resp:
-        await error_of(resp, 400, f"Uploaded {len(data)} bytes", f"x-openstack-image-size said {size}")
+        # A body longer than declared is cut off at the declared size (issue 11): its length isn't known.
+        uploaded = f"Uploaded more than {size} bytes" if size < len(data) else f"Uploaded {len(data)} bytes"
+        await error_of(resp, 400, uploaded, f"x-openstack-image-size said {size}")
     assert api.staging_files() == []
     assert (await api.p1.show(image["id"]))["status"] == "queued"
     # and the client can simply try again

@@ -38,8 +38,9 @@ def _size_header(request: web.Request, name: str) -> int | None:
     raw = request.headers.get(name)
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
+    # ASCII digits only (str.isdigit takes '١٢'), below 2^63.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) >= 1 << 63:
+        raise BadRequest(f"{name} must be a non-negative integer below 2^63, got {raw[:40]!r}")
     return int(raw)
 
 
