@@ -227,7 +227,7 @@ async def _spans_params(request: web.Request) -> tuple[tuple[int, int], ...]:
     try:
         doc = json.loads(await request.content.read(MAX_SPANS_REQUEST_BYTES + 1))
         spans = tuple((int(o), int(n)) for o, n in doc["spans"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f'send {{"spans": [[offset, length], …]}} as JSON ({exc})') from exc
     if not 0 < len(spans) <= MAX_SPANS:
         raise BadRequest(f"give between 1 and {MAX_SPANS} spans, got {len(spans)}")
