@@ -47,9 +47,11 @@ WAIT_OFFLINE_S = WAN_OFFLINE_DEADLINE_S + WAIT_S
 CUT_SHORT_S = 7.0  # longer than the hub's 5 s heartbeat staleness, shorter than the offline deadline
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> ImageFile:
-    return make_striped_raw(tmp_path_factory.mktemp("wan-images") / "wan.raw", stripes=STRIPES)
+@pytest.fixture
+def source(tmp_path: Path) -> ImageFile:
+    """Fresh random data for each test: an edge dedups blocks it already holds,
+    so a copy of data an earlier test left at the site would cross no link."""
+    return make_striped_raw(tmp_path / "wan.raw", stripes=STRIPES)
 
 
 @pytest.fixture
