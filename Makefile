@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAB ?= .lab
 
-.PHONY: setup demo lint test test-fast fuzz bench lab-down clean
+.PHONY: setup demo lint test test-wan test-fast fuzz bench lab-down clean
 
 setup:
 	bash scripts/setup.sh
@@ -17,7 +17,10 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -m "not wan" $(PYTEST_ARGS)
+
+test-wan: setup
+	$(PY) -m pytest -ra -m wan $(PYTEST_ARGS)
 
 test-fast: lint
 	$(PY) -m pytest -ra -m "not ceph and not e2e" $(PYTEST_ARGS)
