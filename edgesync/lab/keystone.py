@@ -12,10 +12,13 @@ tokens under gunicorn, and is bootstrapped once per `lab up`:
   the hub's service user `edgesync-hub` (service role: it may validate
   tokens) and one user per edge site `agent-SITE`, each with an application
   credential (the agent's Keystone credential; the hub maps its id to the
-  site); service `image` with the hub as its public and internal endpoint.
+  site); the service users `nova` and `cinder` (service role in `service`:
+  what Nova and Cinder send as `X-Service-Token` beside a user's token);
+  service `image` with the hub as its public and internal endpoint.
 
 It writes `clouds.yaml` (clouds `edgesync-admin`, `edgesync-member`,
-`edgesync-reader`) and the secrets under `secrets/`.
+`edgesync-reader`, `edgesync-nova`, `edgesync-cinder`; lab.json's persona
+`service` names Nova's) and the secrets under `secrets/`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ from edgesync.lab.ports import listening_socket
 
 REGION = "RegionOne"
 DOMAIN = "Default"
-CLOUDS = {"admin": "edgesync-admin", "member": "edgesync-member", "reader": "edgesync-reader"}
+CLOUDS = {"admin": "edgesync-admin", "member": "edgesync-member", "reader": "edgesync-reader",
+          "nova": "edgesync-nova", "cinder": "edgesync-cinder", "service": "edgesync-nova"}
+# The services that call the image API for users, each a user with the service role in the service project.
+SERVICE_USERS = ("nova", "cinder")
 HUB_USER = "edgesync-hub"
 SERVICE_PROJECT = "service"
 DEMO_PROJECT = "demo"
@@ -278,6 +284,8 @@ async def _provision(admin: _Admin, directory: Path, secrets_dir: Path, auth_url
     await user("demo-member", demo, "member")
     await user("demo-reader", demo, "reader")
     await user(HUB_USER, service, "service")
+    for name in SERVICE_USERS:
+        await user(name, service, "service")
     image = await admin.create("service", type="image", name="glance", description="edgesync hub")
     for interface in ("public", "internal"):
         await admin.create("endpoint", service_id=image, interface=interface, url=hub_url, region_id=REGION)
@@ -303,7 +311,7 @@ async def _provision(admin: _Admin, directory: Path, secrets_dir: Path, auth_url
 def _clouds_yaml(auth_url: str, passwords: dict[str, str]) -> str:
     """clouds.yaml (JSON is YAML): one cloud per persona, password auth, the catalog for endpoints."""
     users = {"admin": ("admin", "admin"), "member": ("demo-member", DEMO_PROJECT),
-             "reader": ("demo-reader", DEMO_PROJECT)}
+             "reader": ("demo-reader", DEMO_PROJECT), **{name: (name, SERVICE_PROJECT) for name in SERVICE_USERS}}
     clouds = {CLOUDS[persona]: {
         "auth": {"auth_url": auth_url, "username": user, "password": passwords[user], "project_name": project,
                  "user_domain_name": DOMAIN, "project_domain_name": DOMAIN},

@@ -72,10 +72,12 @@ def member_image(keystone_lab: Lab, raw_image: ImageFile) -> Iterator[dict[str, 
             api(keystone_lab, "DELETE", f"/v2/images/{shown['id']}")
 
 
-def test_lab_json_names_keystone_and_clouds_yaml_has_the_three_personas(keystone_lab: Lab) -> None:
+def test_lab_json_names_keystone_and_clouds_yaml_has_the_personas(keystone_lab: Lab) -> None:
     ks = keystone_lab["keystone"]
     assert ks["auth_url"].endswith("/v3") and ks["region"] == "RegionOne"
-    assert set(ks["clouds"]) == {"admin", "member", "reader"}
+    # the three users' personas, and the services (Nova's is also "service") that send X-Service-Token
+    assert set(ks["clouds"]) == {"admin", "member", "reader", "nova", "cinder", "service"}
+    assert ks["clouds"]["service"] == ks["clouds"]["nova"]
     clouds = json.loads(Path(ks["clouds_yaml"]).read_text())["clouds"]
     assert set(clouds) == set(ks["clouds"].values())
     # the hub is the catalog's image service, public and internal, in the lab's region
