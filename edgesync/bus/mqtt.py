@@ -19,6 +19,15 @@ packet id a publish got. That needs the paho client behind aiomqtt, which
 aiomqtt keeps in `_client`: the one private attribute this module touches.
 The integration tests publish on a forbidden topic and expect a refusal, so
 an aiomqtt upgrade that changes this fails there, not silently.
+
+Identities. Over TLS the client certificate is the identity: a Mosquitto
+listener with `use_identity_as_username` and `use_username_as_clientid`
+takes its CN as the user name and the client id, so `username` and
+`client_id` here only name the connection in our logs. A broker that refuses
+the certificate (none, or not from its CA) closes the connection with a TLS
+alert before CONNACK; aiomqtt 2.5 would wait out its whole timeout and say
+"timed out", so `_EarlyClose` watches paho's log and disconnect callback and
+ends the wait at once with the alert's text.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +146,9 @@ class BusClient:
             raise BusError("this BusClient is already connected", retryable=False)
         client = self._new_aiomqtt_client()
         pubacks = _PubackReasons(client)
+        early_close = _EarlyClose(client)
         try:
-            await client.__aenter__()
+            await early_close.connect()
         except aiomqtt.MqttError as exc:
             raise self._connect_error(exc) from exc
         self._client, self._pubacks = client, pubacks
@@ -163,6 +174,8 @@ class BusClient:
         # whatever clean_start says, and messages sent meanwhile are lost.
         connect_properties.SessionExpiryInterval = s.session_expiry_s
         tls_context = client_context(s.ca_file, cert_file=s.cert_file, key_file=s.key_file) if s.tls else None
+        if tls_context is not None:
+            tls_context.sslsocket_class = _SocketClosedOnFailedHandshake
         return aiomqtt.Client(
             s.host, s.port, username=s.username, password=s.password, tls_context=tls_context,
             identifier=s.identifier, protocol=aiomqtt.ProtocolVersion.V5,
@@ -183,6 +196,9 @@ class BusClient:
             if code in _CREDENTIAL_REFUSALS:
                 what = f"it refused the credentials of user {self.settings.username!r} ({code})"
             return BusError(f"broker {where} refused the connection: {what}", retryable=False)
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # aiomqtt keeps only the text of ssl's error
+            return BusError(f"the broker at {where} is not who it should be: its certificate did not "
+                            f"verify against ca_file {self.settings.ca_file}: {exc}", retryable=False)
         return BusError(f"cannot connect to the broker at {where}: {exc}", retryable=True)
 
     def _connected(self) -> tuple[aiomqtt.Client, _PubackReasons]:
@@ -325,6 +341,75 @@ class _PubackReasons:
         if reason_code.is_failure:
             self._refused[mid] = reason_code
         self._aiomqtt_on_publish(client, userdata, mid, reason_code, properties)
+
+
+class _SocketClosedOnFailedHandshake(ssl.SSLSocket):
+    """paho 2.2 leaves the socket open when the TLS handshake fails (a broker
+    whose certificate doesn't verify): close it there, not at garbage collection."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+# --- connections closed before CONNACK ---------------------------------------------
+
+
+class _EarlyClose:
+    """Ends the wait for CONNACK when paho loses the connection first (see the module docstring)."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        paho = client._client  # private, as in _PubackReasons
+        self._closed = asyncio.Event()
+        self._errors: list[str] = []
+        self._connack = False
+        self._aiomqtt_on_disconnect = paho.on_disconnect
+        self._aiomqtt_on_connect = paho.on_connect
+        self._loop = asyncio.get_running_loop()
+        paho.on_log = self._on_log
+        paho.on_disconnect = self._on_disconnect
+        paho.on_connect = self._on_connect
+
+    async def connect(self) -> None:
+        """aiomqtt's connect, or BusError at once if the connection closed before CONNACK."""
+        entering = asyncio.ensure_future(self._client.__aenter__())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({entering, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if entering.done():
+            entering.result()
+            return
+        entering.cancel()  # this aiomqtt client is dropped: BusClient makes a new one per connection
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await entering
+        why = self._errors[-1] if self._errors else "no reason given"
+        # A TLS alert is the broker refusing our certificate: retrying with the same files can't help.
+        alert = "alert" in why.lower()
+        hint = (" (a TLS alert: the broker wants a client certificate its CA issued; check cert_file, "
+                "key_file and ca_file)") if alert else ""
+        raise BusError(f"the broker closed the connection before accepting it: {why}{hint}",
+                       retryable=not alert)
+
+    def _on_log(self, client: paho_client.Client, userdata: Any, level: int, buf: str) -> None:
+        if level == paho_client.MQTT_LOG_ERR and not self._connack:
+            self._errors.append(buf)
+
+    def _on_connect(self, *args: Any) -> None:
+        self._connack = True
+        if self._aiomqtt_on_connect is not None:
+            self._aiomqtt_on_connect(*args)
+
+    def _on_disconnect(self, *args: Any) -> None:
+        if not self._connack:
+            self._loop.call_soon_threadsafe(self._closed.set)
+        if self._aiomqtt_on_disconnect is not None:
+            self._aiomqtt_on_disconnect(*args)
 
 
 # --- reconnect loop --------------------------------------------------------------

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgesync.lab.errors import LabError
 from edgesync.lab.procs import write_private
 
 # Long enough for any lab, short enough that a leaked lab key expires.
@@ -57,6 +58,18 @@ class LabCA:
         ca.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_private(directory / "ca.key", _key_pem(key))
         return ca
+
+    @classmethod
+    def load(cls, directory: Path) -> LabCA:
+        """The CA `create()` made in `directory`, to issue more certificates."""
+        try:
+            cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+            key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise LabError(f"no usable lab CA in {directory}: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise LabError(f"{directory / 'ca.key'} is not the EC key a lab CA has")
+        return cls(directory, key, cert)
 
     def issue(self, name: str, *, hosts: tuple[str, ...] = (), client: bool = False) -> Issued:
         """`name`.crt/.key: CN `name`; a server certificate for `hosts` (names
