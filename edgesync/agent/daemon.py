@@ -59,6 +59,7 @@ from edgesync.bus import (
     SiteRefused,
     SiteState,
     SiteStatus,
+    VerifyCommand,
     run_forever,
     topics,
 )
@@ -333,6 +334,8 @@ class Agent:
                 self._on_refused(message)
             elif isinstance(message, CheckDeletableCommand):
                 self._runtime().tasks.probe(message)
+            elif isinstance(message, VerifyCommand):
+                self._runtime().tasks.verify(message)
             else:
                 log.warning("ignored a %s message on the command topic", message.TYPE)
 

@@ -51,11 +51,10 @@ from edgesync.errors import (
     StoreImageNotFound,
     failure_code,
 )
-from edgesync.importer.hashing import ImageDigest
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Extent, ImageStore, Location, ResumableStore, ResumableWriter
 from edgesync.transfer.manifest import InvalidManifest, Manifest
-from edgesync.transfer.pipeline import Counted, DataSource, chunked, pump, pump_into
+from edgesync.transfer.pipeline import Counted, DataSource, digest_published, pump, pump_into
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +153,6 @@ async def _existing_copy(command: CopyCommand, store: ImageStore) -> Location:
             f"({digest.size} bytes, sha512 {digest.os_hash_value[:16]}…); not replacing it")
     log.info("task %s: store %s already holds image %s", command.task_id, store.name, command.image_id)
     return Location(store.name, store.location_url(command.image_id))
-
-
-async def digest_published(store: ImageStore, image_id: str, *, with_md5: bool = False) -> ImageDigest:
-    """The sha512 (and md5, if asked) of a published copy, holes hashed as
-    zeros without being read."""
-    digest = ImageDigest(with_md5=with_md5)
-    size = await store.size(image_id)
-    for chunk in chunked(await store.extents(image_id)):
-        await digest.update_zeros(chunk.offset - digest.size)
-        await digest.update(await store.read(image_id, chunk.offset, chunk.length))
-    await digest.update_zeros(size - digest.size)
-    return digest
 
 
 @dataclass

@@ -8,7 +8,10 @@ running one is left alone.
 
 A probe (`CheckDeletableCommand`: could this copy be deleted now?) is not a
 task: it changes nothing, so it is neither journaled nor queued behind the
-image's tasks; it is answered at once and the answer is not kept.
+image's tasks; it is answered at once and the answer is not kept. Nor is a
+verify (`VerifyCommand`: check and hash a copy someone else made here), but
+it takes as long as hashing the image, so it is listed in flight meanwhile
+(the hub would otherwise send it again) and waits for its image's turn.
 
 Tasks run in the daemon's TaskGroup. Copies are bounded by
 `max_concurrent_copies`; tasks on one image run one at a time, in arrival
@@ -26,12 +29,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from edgesync.agent import replicator
+from edgesync.agent import replicator, verify
 from edgesync.agent.dedup import SiteCopies
 from edgesync.agent.events import EventOutbox
 from edgesync.agent.journal import Command, Journal, Result, TaskState
 from edgesync.backoff import Backoff
-from edgesync.bus import CheckDeletableCommand, CopyCommand, DeleteCommand, DoneEvent, FailedEvent
+from edgesync.bus import CheckDeletableCommand, CopyCommand, DeleteCommand, DoneEvent, FailedEvent, VerifyCommand
 from edgesync.errors import EdgesyncError
 from edgesync.logs import log_context, task_context
 from edgesync.observer import NO_OBSERVER, CopyObserver
@@ -150,6 +153,29 @@ class TaskRunner:
             result = replicator.failure_event(command.task_id, exc)
         log.info("probe %s: image %s %s", command.task_id, command.image_id,
                  "can be deleted" if isinstance(result, DoneEvent) else f"can't be deleted: {result.reason}")
+        self.events.reply(result)
+
+    def verify(self, command: VerifyCommand) -> None:
+        """Check and hash a published copy someone else made here; a resend
+        while the check runs is left to it."""
+        if self._group is None or self.draining or command.task_id in self._in_flight:
+            return  # stopping: the hub sees the site go offline and stops waiting
+        self._in_flight.add(command.task_id)
+        self._group.create_task(self._verify(command), name=f"verify-{command.task_id}",
+                                context=task_context(task_id=command.task_id, image_id=command.image_id))
+
+    async def _verify(self, command: VerifyCommand) -> None:
+        result: DoneEvent | FailedEvent
+        try:
+            async with self._images.hold(command.image_id):
+                result = await verify.verify(command, self.store, self.site_copies)
+        except Exception as exc:
+            if not isinstance(exc, EdgesyncError):
+                log.exception("verify %s failed", command.task_id)
+            result = replicator.failure_event(command.task_id, exc)
+            log.warning("verify %s: image %s: %s", command.task_id, command.image_id, result.reason)
+        finally:
+            self._in_flight.discard(command.task_id)
         self.events.reply(result)
 
     def _spawn(self, command: Command) -> None:

@@ -23,6 +23,7 @@ from edgesync.bus.messages import (
     SiteRefused,
     SiteState,
     SiteStatus,
+    VerifyCommand,
     decode,
     decode_delivery,
     encode,
@@ -33,6 +34,6 @@ from edgesync.bus.topics import Channel, SiteTopic
 __all__ = [
     "BusClient", "BusError", "BusSettings", "Channel", "CheckDeletableCommand", "CopyCommand",
     "DeleteCommand", "Delivery", "DoneEvent", "FailedEvent", "Heartbeat", "InvalidMessage", "Inventory", "LastWill",
-    "Message", "ProgressEvent", "SiteRefused", "SiteState", "SiteStatus", "SiteTopic", "decode", "decode_delivery",
-    "encode", "run_forever", "topics",
+    "Message", "ProgressEvent", "SiteRefused", "SiteState", "SiteStatus", "SiteTopic", "VerifyCommand", "decode",
+    "decode_delivery", "encode", "run_forever", "topics",
 ]

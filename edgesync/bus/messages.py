@@ -129,6 +129,20 @@ class CheckDeletableCommand(Message):
     image_id: str
 
 
+@_register("verify", Channel.CMD)
+@dataclass(frozen=True, kw_only=True)
+class VerifyCommand(Message):
+    """Check and hash the site's published copy of `image_id` (RBD image
+    `<uuid>` with protected snapshot `snap`), made there by someone else (a
+    Nova snapshot whose location was added to a queued image). Read-only:
+    answered by a Done carrying the copy's location, size, md5 and sha512,
+    or by Failed (code "not_found" if there is no such published copy). A
+    type of its own: an older agent drops it rather than misreading it."""
+
+    task_id: str
+    image_id: str
+
+
 # --- events: agent → hub -------------------------------------------------------
 
 
@@ -143,11 +157,16 @@ class ProgressEvent(Message):
 @_register("done", Channel.EVENT)
 @dataclass(frozen=True, kw_only=True)
 class DoneEvent(Message):
-    """The task finished; for a copy, `location_url` is the new location (None for a delete)."""
+    """The task finished; for a copy, `location_url` is the new location (None
+    for a delete). For a verify, `location_url` is the copy's location and
+    `size_bytes`, `checksum` (md5) and `os_hash_value` (sha512) its digest."""
 
     task_id: str
     image_id: str
     location_url: str | None = None
+    size_bytes: int | None = None
+    checksum: str | None = None
+    os_hash_value: str | None = None
 
 
 @_register("failed", Channel.EVENT)

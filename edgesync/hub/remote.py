@@ -41,6 +41,7 @@ from edgesync.bus import (
     Message,
     ProgressEvent,
     SiteRefused,
+    VerifyCommand,
     topics,
 )
 from edgesync.bus.messages import new_message_id
@@ -52,7 +53,7 @@ from edgesync.transfer.pipeline import CopyProgressFn
 
 log = logging.getLogger(__name__)
 
-Command = CopyCommand | DeleteCommand | CheckDeletableCommand
+Command = CopyCommand | DeleteCommand | CheckDeletableCommand | VerifyCommand
 WAIT_SLICE_S = 1.0
 # An agent that is up answers a probe in milliseconds; one that doesn't in
 # this long is stuck, and the caller gets a 503 to try again.
@@ -158,6 +159,22 @@ class AgentCommands:
         finally:
             self._pending.pop(command.task_id, None)
         _answer(site, answer)
+
+    async def verify(self, site: str, image_id: str, task_id: str) -> DoneEvent:
+        """Have `site`'s agent check and hash its published copy of `image_id`
+        (one made there by someone else): its Done carries the digest. No
+        deadline (hashing takes as long as the image is big), but the site
+        must stay up: SiteOffline once it isn't. The agent lists the task in
+        its heartbeats while it hashes, so it is not sent again meanwhile."""
+        if not self.registry.is_up(site):
+            raise SiteOffline(f"the agent of site {site} is offline; it can't check its copy of image {image_id}")
+        pending = self._register(site, VerifyCommand(task_id=task_id, image_id=image_id))
+        try:
+            await self._send(pending)
+            answer = await self._wait_while_up(pending, f"the check of its copy of image {image_id}")
+        finally:
+            self._pending.pop(task_id, None)
+        return _answer(site, answer)
 
     async def delete(self, site: str, image_id: str) -> None:
         """Tell `site`'s agent to remove its copy, as a pending delete, and wait

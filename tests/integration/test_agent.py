@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 import socket
 import sys
@@ -43,6 +44,7 @@ from edgesync.bus import (
     SiteRefused,
     SiteState,
     SiteStatus,
+    VerifyCommand,
     topics,
 )
 from edgesync.errors import StoreImageInUse, Unauthorized
@@ -403,6 +405,28 @@ async def test_a_probe_says_whether_the_copy_could_be_deleted_and_changes_nothin
         assert await journal.get(in_use.task_id) is None and await journal.unreported() == []
     finally:
         await journal.close()
+
+
+async def test_a_verify_hashes_a_copy_made_at_the_site_and_refuses_one_that_is_not_there(
+        broker: LabBroker, hub_data: HubData, config: AgentConfig) -> None:
+    store = edge_store(config)
+    image = await publish_image(store, "DZZD")  # written there by someone else (Nova's snapshot)
+    present = VerifyCommand(task_id=unique_id("verify"), image_id=image.image_id)
+    absent = VerifyCommand(task_id=unique_id("verify"), image_id=str(uuid.uuid4()))
+    async with hub_bus(broker, "dcn0") as (hub, inbox), running(config):
+        await inbox.wait_for(live_status(SiteState.ONLINE))
+        await hub.publish(topics.cmd("dcn0"), present)
+        done = (await inbox.wait_for(for_task(present.task_id, DoneEvent))).message
+        await hub.publish(topics.cmd("dcn0"), absent)
+        failed = (await inbox.wait_for(for_task(absent.task_id, FailedEvent))).message
+    assert isinstance(done, DoneEvent) and isinstance(failed, FailedEvent)
+    assert (done.size_bytes, done.os_hash_value, done.checksum) == (
+        image.size, image.sha512, hashlib.md5(image.data).hexdigest())
+    assert done.location_url == store.location_url(image.image_id)
+    assert failed.code == "store_image_not_found" and "no published copy" in failed.reason
+    # its manifest is kept like those of the site's own copies (dedup takes blocks from it)
+    assert (config.state_dir / "manifests" / f"{image.image_id}.manifest").is_file()
+    assert await read_image(store, image.image_id) == image.data  # read-only
 
 
 async def test_a_copy_in_use_is_not_deleted(broker: LabBroker, hub_data: HubData, config: AgentConfig) -> None:

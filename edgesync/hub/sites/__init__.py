@@ -4,7 +4,7 @@ agent does), and the registry of what the agents report (`registry`)."""
 
 from __future__ import annotations
 
-from edgesync.hub.sites.base import CentralSite, Site, Sites
+from edgesync.hub.sites.base import CentralSite, Site, Sites, VerifiedCopy
 from edgesync.hub.sites.registry import SiteRegistry, SiteView
 
-__all__ = ["CentralSite", "Site", "SiteRegistry", "SiteView", "Sites"]
+__all__ = ["CentralSite", "Site", "SiteRegistry", "SiteView", "Sites", "VerifiedCopy"]

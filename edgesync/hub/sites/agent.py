@@ -19,7 +19,7 @@ from edgesync.bus import CopyCommand
 from edgesync.config import SiteConfig
 from edgesync.errors import BadRequest, StoreError
 from edgesync.hub.remote import AgentCommands
-from edgesync.hub.sites.base import Site
+from edgesync.hub.sites.base import Site, VerifiedCopy
 from edgesync.model import Image
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import Location, StoreCapacity
@@ -100,6 +100,17 @@ class AgentSite:
                 return False
             raise
         return True
+
+    async def verify(self, image_id: str, *, job_id: str) -> VerifiedCopy:
+        """The agent hashes its copy where it is (no image data crosses the
+        WAN for it); what it reports must be its store's own location form."""
+        done = await self._commands.verify(self.name, image_id, job_id)
+        if done.size_bytes is None or not done.checksum or not done.os_hash_value or not done.location_url:
+            raise StoreError(f"{self.name}: the agent's answer to the check of image {image_id} lacks its "
+                             "digest (an agent older than the location API?)")
+        if not location_fits(self._site, image_id, done.location_url):
+            raise StoreError(f"{self.name}: the agent reported a location outside its store: {done.location_url!r}")
+        return VerifiedCopy(done.location_url, done.size_bytes, done.checksum, done.os_hash_value)
 
     def registered_location(self, image_id: str, reported: Any) -> Any:
         """The agent reports the locations of its copies (the hub can't know

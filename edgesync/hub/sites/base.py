@@ -15,12 +15,25 @@ A store driver (`ImageStore`, stores/base.py) is the narrow interface below a
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edgesync.importer.hashing import ImageDigest
 from edgesync.model import Image
 from edgesync.stores.base import ImageStore, Location, StoreCapacity
+from edgesync.transfer.manifest import Manifest
 from edgesync.transfer.pipeline import CopyProgressFn, DataSource, MeasuredSource
+
+
+@dataclass(frozen=True)
+class VerifiedCopy:
+    """A published copy someone else made at a site, checked and hashed there."""
+
+    location_url: str
+    size: int
+    checksum: str  # md5, as Glance's `checksum`
+    os_hash_value: str  # sha512
+    manifest: Manifest | None = None  # where the site made it in the same pass (a store the hub runs)
 
 
 class Site(Protocol):
@@ -55,6 +68,12 @@ class Site(Protocol):
 
     async def holds(self, image_id: str) -> bool:
         """Whether the site has a published copy of `image_id`."""
+
+    async def verify(self, image_id: str, *, job_id: str) -> VerifiedCopy:
+        """Check that the site holds a published copy of `image_id` (RBD:
+        image `<uuid>` with protected snapshot `snap`) and hash it where it
+        is (StoreImageNotFound if there is none; SiteOffline if the site
+        can't be asked). `job_id` names the check."""
 
     def registered_location(self, image_id: str, reported: Any) -> Any:
         """The location URL of a copy created at the site (a Nova snapshot),

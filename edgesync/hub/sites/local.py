@@ -10,14 +10,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edgesync.errors import ChecksumMismatch, EdgesyncError, StoreImageExists
-from edgesync.hub.sites.base import Site
+from edgesync.errors import ChecksumMismatch, EdgesyncError, StoreImageExists, StoreImageNotFound
+from edgesync.hub.sites.base import Site, VerifiedCopy
 from edgesync.importer.hashing import ImageDigest
 from edgesync.model import Image
 from edgesync.observer import NO_OBSERVER, CopyObserver
 from edgesync.stores.base import ImageStore, ImageWriter, Location, StoreCapacity
 from edgesync.transfer.manifest import Manifest
-from edgesync.transfer.pipeline import BytesDoneFn, CopyProgressFn, DataSource, MeasuredSource, StoreSource, pump
+from edgesync.transfer.pipeline import (
+    BytesDoneFn,
+    CopyProgressFn,
+    DataSource,
+    MeasuredSource,
+    StoreSource,
+    digest_published,
+    pump,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,16 @@ class LocalSite:
 
     async def holds(self, image_id: str) -> bool:
         return await self.store.exists(image_id)
+
+    async def verify(self, image_id: str, *, job_id: str) -> VerifiedCopy:
+        """Hashed through the store, off the event loop as every store read
+        is; the chunk manifest in the same pass."""
+        if not await self.store.exists(image_id):
+            raise StoreImageNotFound(f"store {self.name} holds no published copy of image {image_id} "
+                                     f"(for rbd: RBD image {image_id} with protected snapshot 'snap')")
+        digest = await digest_published(self.store, image_id, with_md5=True, with_manifest=True)
+        return VerifiedCopy(self.store.location_url(image_id), digest.size, digest.checksum,
+                            digest.os_hash_value, digest.manifest())
 
     def registered_location(self, image_id: str, reported: Any) -> Any:
         """The hub knows where its store keeps a copy; what was reported doesn't matter."""
