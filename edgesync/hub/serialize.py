@@ -37,7 +37,7 @@ def task_json(task: Task) -> dict[str, Any]:
     """A task as `GET /v2/images/{id}/tasks` lists it, plus per-store detail."""
     return {
         "id": task.id,
-        "type": "api_image_import",
+        "type": "location_import" if task.method == "location-import" else "api_image_import",
         "status": task.status.value,
         "owner": task.owner,
         "user_id": task.user_id,

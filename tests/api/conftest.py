@@ -44,6 +44,8 @@ TOKENS = {
     "agent1": ("tok-agent-dcn1", "agent-dcn1", "edgesync-agents", ["agent"]),
     # a member whose user merely has an agent's name
     "impostor": ("tok-impostor", "agent-dcn0", "p1", ["member"]),
+    # Nova acting for a member of p1: the user's roles plus the service token's
+    "nova": ("tok-nova-p1", "alice", "p1", ["member", "service"]),
 }
 AGENT_TOKENS = {"dcn0": "agent0", "dcn1": "agent1"}
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"

@@ -13,6 +13,7 @@ from edgesync.hub.api.context import caller_of, hub_of, json_body
 from edgesync.hub.api.image_filters import query_from
 from edgesync.hub.api.import_request import parse_import_request
 from edgesync.hub.api.middleware import error_response
+from edgesync.hub.locations import LocationService, split_location_ops
 from edgesync.hub.patch import DIALECTS
 from edgesync.hub.serialize import image_json, task_json
 from edgesync.model import Image
@@ -109,8 +110,13 @@ async def update_image(request: web.Request) -> web.Response:
                                   f"Image PATCH expects Content-Type one of: {allowed} (got {request.content_type!r})")
         response.headers["Accept-Patch"] = allowed
         return response
-    image = await hub_of(request).images.update(
-        caller_of(request), request.match_info["image_id"], await json_body(request), dialect=dialect)
+    hub, caller, image_id = hub_of(request), caller_of(request), request.match_info["image_id"]
+    rest, location_ops = split_location_ops(await json_body(request), dialect)
+    image = await hub.images.update(caller, image_id, rest, dialect=dialect) if rest or not location_ops else None
+    if location_ops:  # Nova's older way to add a snapshot's location
+        await LocationService(hub).patch(caller, image_id, location_ops)
+        image = await hub.images.get(caller, image_id)
+    assert image is not None
     return web.json_response(_image_body(request, image))
 
 

@@ -24,13 +24,13 @@ from typing import Any
 
 from edgesync.catalog import Catalog
 from edgesync.config import ImportConfig
-from edgesync.errors import BadRequest, Conflict, EdgesyncError, failure_reason
+from edgesync.errors import BadRequest, ChecksumMismatch, Conflict, EdgesyncError, failure_reason
 from edgesync.hub.auth import Caller, require_owner_or_admin
 from edgesync.hub.imports import outcome
 from edgesync.hub.imports.jobs import JobBook, job_reason, progress_properties
 from edgesync.hub.imports.recovery import Recovery
 from edgesync.hub.imports.runner import TaskRunner
-from edgesync.hub.sites import Sites
+from edgesync.hub.sites import Sites, VerifiedCopy
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
 from edgesync.importer.download import REDACTED, download, redact_uri
@@ -49,6 +49,7 @@ from edgesync.model import (
     Task,
     TaskStatus,
 )
+from edgesync.stores.base import Location
 from edgesync.transfer.pipeline import FileSource, MeasuredSource
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,19 @@ class ImportRequest:
     stores: list[str] | None
     all_stores: bool
     must_succeed: bool
+
+
+def check_against_request(task: Task, checked: VerifiedCopy) -> None:
+    """The checked copy is the one the location names, and matches the
+    validation data given with it (`task.input`)."""
+    # The store reports its own form; only the fsid's case may differ.
+    if checked.location_url.lower() != task.input.get("location_url", "").lower():
+        raise BadRequest(f"the store reports its copy at {checked.location_url}, not at the location given")
+    for key, computed in (("os_hash_value", checked.os_hash_value), ("checksum", checked.checksum)):
+        given = task.input.get(key)
+        if given and given.lower() != computed:
+            raise ChecksumMismatch(f"{key} {given} given in validation_data does not match the copy's "
+                                   f"actual {key} {computed}")
 
 
 def require_formats(image: Image) -> None:
@@ -166,6 +180,23 @@ class Importer:
         self.runner.spawn(task, self._run_copy(task))
         return task
 
+    async def request_location_import(self, image: Image, caller: Caller, store: str, url: str,
+                                      expected: dict[str, str]) -> Task:
+        """A location added to a queued image (`POST /v2/images/{id}/locations`,
+        or PATCH add `/locations/-`): the copy it names is checked and hashed
+        where it is (`expected`: validation data it must match), then the
+        image is active in `store`; an edge store's copy goes on to central by
+        itself (hub first). Conflict unless the image is queued and free."""
+        req = ImportRequest(outcome.LOCATION_IMPORT, None, [store], False, True)
+        task = self._new_task(image, caller, req, [store], {"location_url": url, **expected})
+        await self.catalog.start_task(
+            task, lock_ttl_s=self.config.lock_ttl_s, expect_status=[ImageStatus.QUEUED],
+            image_fields={"status": ImageStatus.IMPORTING},
+            image_properties={**progress_properties(task), IMPORT_TASK: task.id},
+        )
+        self.runner.spawn(task, self._run_location_import(task))
+        return task
+
     async def upload(self, image: Image, caller: Caller, chunks: AsyncIterator[bytes],
                      *, store: str | None, expected_size: int | None) -> None:
         """`PUT /v2/images/{id}/file`: data straight in, no conversion; the
@@ -227,6 +258,38 @@ class Importer:
         image = await self.catalog.require_image(task.image_id)
         await self._copy_to(task, image, task.stores)
         await self._finalize(task.id)
+
+    async def _run_location_import(self, task: Task) -> None:
+        store = task.stores[0]
+        await self.jobs.set(task, store, StoreJobState.RUNNING)
+        try:
+            checked = await self.sites[store].verify(task.image_id, job_id=f"{task.id}-{store}")
+            check_against_request(task, checked)
+        except Exception as exc:  # any failure fails the location, never the hub
+            reason = job_reason(exc)
+            log.warning("location of image %s in %s refused: %s", task.image_id, store, reason,
+                        exc_info=not isinstance(exc, EdgesyncError))
+            await self.jobs.set(task, store, StoreJobState.FAILED, reason=reason)
+        else:
+            await self.catalog.update_image(task.image_id, fields={
+                "size": checked.size, "virtual_size": checked.size, "checksum": checked.checksum,
+                "os_hash_algo": "sha512", "os_hash_value": checked.os_hash_value})
+            if checked.manifest is not None:
+                await self.catalog.put_manifest(task.image_id, checked.manifest)
+            await self.jobs.set(task, store, StoreJobState.DONE, location=Location(store, checked.location_url))
+        await self._finalize(task.id)
+
+    async def _then_to_central(self, task: Task) -> None:
+        """Hub first: an image that became active in an edge store through its
+        location is copied to central at once (also when recovery finished it)."""
+        image = await self.catalog.get_image(task.image_id)
+        if image is None or self.central in image.stores:
+            return
+        source = task.stores[0]
+        try:
+            await self.copy_to_central(image, Caller(task.user_id or "", task.owner or "", ()), source)
+        except EdgesyncError as exc:
+            log.error("image %s: its copy from %s to central could not start: %s", image.id, source, exc.message)
 
     async def _resume(self, task: Task, stores: list[str]) -> None:
         """A task recovery found under way at sites whose copies outlive the hub."""
@@ -332,6 +395,8 @@ class Importer:
             remove_properties=[IMPORT_TASK],
         )
         log.info("task %s on image %s: %s", task.id, task.image_id, decided.message)
+        if outcome.is_location_import(task) and decided.succeeded:
+            await self._then_to_central(task)
 
     async def _roll_back(self, task: Task, stores: list[str]) -> None:
         """Remove every copy this task wrote (must-succeed failed, or a new

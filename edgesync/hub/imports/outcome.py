@@ -12,6 +12,10 @@ finishes a task a dead hub left open, so the rules live in one place:
   listed, and a new import is active as soon as central has it.
 * A new import that fails leaves the image `queued` with no data, its
   original disk format restored: ready to be imported again.
+* A location import (a copy someone else made in a store, whose location
+  was added to a queued image) makes the image active in that store once
+  the copy checked out, and leaves it `queued` with no location otherwise.
+  Nothing is rolled back: the copy is its maker's, not the hub's.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 from edgesync.model import Image, ImageStatus, StoreJobState, Task, TaskStatus
 
 NEW_IMPORT_METHODS = ("glance-direct", "web-download", "upload")
+LOCATION_IMPORT = "location-import"  # Glance's task type `location_import`
 ROLLED_BACK_REASON = "rolled back: another store failed"
 HASH_FIELDS_CLEARED: dict[str, Any] = {
     "size": None, "virtual_size": None, "checksum": None,
@@ -47,6 +52,10 @@ def is_new_import(task: Task) -> bool:
     return task.method in NEW_IMPORT_METHODS
 
 
+def is_location_import(task: Task) -> bool:
+    return task.method == LOCATION_IMPORT
+
+
 def active_once_central_has_it(task: Task) -> bool:
     """allow-failure: a new import is usable as soon as its first store, central, has it."""
     return not task.all_stores_must_succeed
@@ -57,6 +66,8 @@ def decide(task: Task, image: Image | None, *, central: str) -> Outcome:
     image as the catalog has it now (None if it was deleted meanwhile)."""
     failed = task.stores_in(StoreJobState.FAILED)
     succeeded = task.stores_in(StoreJobState.DONE)
+    if is_location_import(task):
+        return _location_outcome(task, image, ok=bool(succeeded) and not failed, failed=failed)
     ok = succeeded_overall(task, succeeded=succeeded, failed=failed, central=central)
     return Outcome(
         succeeded=ok, failed=failed,
@@ -64,6 +75,19 @@ def decide(task: Task, image: Image | None, *, central: str) -> Outcome:
         message=outcome_message(task, ok, failed),
         image_fields=final_image_fields(task, image, ok) if is_new_import(task) else {},
     )
+
+
+def _location_outcome(task: Task, image: Image | None, *, ok: bool, failed: list[str]) -> Outcome:
+    url = task.input.get("location_url", "")
+    if ok:
+        message = f"location {url} checked: the image is active in store {task.stores[0]}"
+        fields: dict[str, Any] = {"status": ImageStatus.ACTIVE}
+    else:
+        reasons = "; ".join(f"{j.store}: {j.reason}" for j in task.jobs if j.store in failed)
+        message = f"location {url} refused: {reasons or 'not checked'}; the image is queued again, with no location"
+        fields = {"status": ImageStatus.QUEUED, **HASH_FIELDS_CLEARED}
+    return Outcome(succeeded=ok, failed=failed, roll_back=[], message=message,
+                   image_fields=fields if image is not None else {})
 
 
 def succeeded_overall(task: Task, *, succeeded: list[str], failed: list[str], central: str) -> bool:

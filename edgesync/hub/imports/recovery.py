@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from edgesync.catalog import Catalog, ImageQuery
 from edgesync.hub.imports.jobs import JobBook, job_reason
+from edgesync.hub.imports.outcome import is_location_import
 from edgesync.hub.sites import Sites
 from edgesync.hub.staging import Staging
 from edgesync.model import ImageStatus, StoreJobState, Task
@@ -54,6 +55,13 @@ class Recovery:
         await self._clean_staging()
 
     async def _recover_task(self, task: Task, *, finish: Finish, go_on: GoOn) -> None:
+        if is_location_import(task):
+            # A check that died with the hub is failed (the image goes back to
+            # queued), one that finished is finished; the copy it checked is
+            # its maker's, so nothing at the site is cleaned.
+            await self.jobs.fail_all(task, INTERRUPTED)
+            await finish(task.id)
+            return
         await self._clean_leftovers(task)
         resumable = resumable_stores(task, central=self.sites.central.name, outlives_hub=self._outlives_hub)
         await self.jobs.fail_all(task, INTERRUPTED, keep=resumable)
