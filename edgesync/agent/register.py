@@ -23,12 +23,12 @@ import aiohttp
 
 from edgesync.agent.config import AgentConfig
 from edgesync.agent.hub_token import HubToken
-from edgesync.agent.replicator import digest_published
 from edgesync.errors import BadRequest, EdgesyncError, NotFound
 from edgesync.stores import open_store
 from edgesync.stores.base import ImageStore
 from edgesync.tls import http_session
 from edgesync.transfer.http import AUTH_HEADER
+from edgesync.transfer.pipeline import digest_published
 
 PUBLISHED_SNAPSHOT = "snap"  # what Nova's RBD snapshots and edgesync's copies carry
 HUB_TIMEOUT = aiohttp.ClientTimeout(total=60)

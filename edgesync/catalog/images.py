@@ -49,11 +49,15 @@ class ImageTables(Tables):
         remove_properties: Iterable[str] = (),
         tags: list[str] | None = None,
         expect_status: Iterable[ImageStatus] | None = None,
+        location: Location | None = None,
     ) -> Image:
-        """Change an image in one transaction. With `expect_status`, the change
-        only happens if the image is in one of those states (else Conflict)."""
+        """Change an image in one transaction (a `location` recorded with the
+        change). With `expect_status`, the change only happens if the image is
+        in one of those states (else Conflict)."""
         async with self._db.transaction() as tx:
             await check_status(tx, image_id, expect_status)
+            if location is not None:
+                await put_location(tx, image_id, location)
             await write_fields(tx, image_id, fields or {})
             await write_properties(tx, image_id, set_properties or {}, remove_properties)
             if tags is not None:

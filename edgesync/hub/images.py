@@ -94,7 +94,9 @@ class ImageService:
     async def register_edge_image(self, caller: Caller, site: str, body: Any) -> Image:
         """Record an image whose data was created at an edge site (e.g. a Nova
         snapshot written into that site's pool): active, located at that site
-        only, until the copy to central (started by the caller) lands."""
+        only, until the copy to central (started by the caller) lands. A
+        queued record of that id (Nova creates one before it snapshots) is
+        completed rather than refused."""
         site_cfg = self.config.site(site)
         if site_cfg is None or site_cfg.is_central:
             raise NotFound(f"No edge site named {site!r}")
@@ -109,8 +111,9 @@ class ImageService:
             raise Forbidden("An agent registers images private or shared; an admin may widen visibility after")
         image_id = fields.pop("id")
         _check_uuid(image_id)
-        if await self.catalog.get_image(image_id) is not None:
-            raise Conflict(f"An image with id {image_id} already exists")
+        existing = await self.catalog.get_image(image_id)
+        if existing is not None:
+            await self._check_queued_record(existing)
         where = self.sites[site]
         if not await where.holds(image_id):
             raise NotFound(f"Store '{site}' holds no published copy of {image_id} (RBD image with "
@@ -118,11 +121,26 @@ class ImageService:
         location_url = where.registered_location(image_id, body.get("location_url"))
         if not isinstance(location_url, str) or image_id not in location_url:
             raise BadRequest("location_url must be the copy's location in that store, naming the image id")
+        location = Location(site, location_url)
+        if existing is not None:
+            # The record its maker created (Nova, before its snapshot) keeps its
+            # owner, name and formats; the copy brings the data.
+            data = {k: fields[k] for k in ("size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value")}
+            return await self.catalog.update_image(image_id, fields={**data, "status": ImageStatus.ACTIVE},
+                                                   expect_status=[ImageStatus.QUEUED], location=location)
         image = Image(id=image_id, owner=owner,
                       status=ImageStatus.ACTIVE, **fields)
         await self.catalog.insert_image(image)
-        await self.catalog.add_location(image_id, Location(site, location_url))
+        await self.catalog.add_location(image_id, location)
         return await self.catalog.require_image(image_id)
+
+    async def _check_queued_record(self, image: Image) -> None:
+        """An edge copy may complete a record that waits for its data (queued,
+        no location, no task on it), never replace an image that has some."""
+        if image.status != ImageStatus.QUEUED or image.locations:
+            raise Conflict(f"An image with id {image.id} already exists and is {image.status.value}; "
+                           "only a queued image with no data can take a copy registered at a site")
+        await self._refuse_if_locked(image.id, "registered")
 
     async def update(self, caller: Caller, image_id: str, ops: Any, *, dialect: str = "v2.1") -> Image:
         image = await self.get(caller, image_id)

@@ -204,3 +204,20 @@ async def _tasks(caller: Caller, **params: Any) -> list[dict[str, Any]]:
     async with caller.get("/edgesync/v1/tasks", params={k: str(v) for k, v in params.items()}) as resp:
         assert resp.status == 200, await resp.text()
         return (await resp.json())["tasks"]
+
+
+async def test_registration_completes_a_queued_record_of_that_id_and_refuses_one_with_data(api: Api) -> None:
+    queued = await api.p1.create(name="nova-made-this")  # as Nova does before its snapshot
+    data = default_image(seed=11)
+    (api.store_dir("dcn0") / queued["id"]).write_bytes(data)
+    async with api.agent0.post("/edgesync/v1/sites/dcn0/images", json=_registration(queued["id"], data)) as resp:
+        assert resp.status == 201, await resp.text()
+        body = (await resp.json())["image"]
+    assert body["status"] == "active" and body["stores"] == "dcn0"
+    assert body["name"] == "nova-made-this" and body["owner"] == "p1"  # the record keeps its maker's fields
+    await api.wait_idle()
+    image = await api.p1.show(queued["id"])
+    assert image["stores"] == "central,dcn0" and image["os_hash_value"] == sha512(data)
+    # now it has data: a second registration is refused, nothing changes
+    async with api.agent0.post("/edgesync/v1/sites/dcn0/images", json=_registration(queued["id"], data)) as resp:
+        await error_of(resp, 409, "active")

@@ -8,7 +8,9 @@
   202 with the copy's progress to poll; without `copy`, 404.
 * `POST /edgesync/v1/sites/{site}/images`: register an image created at an
   edge site (its agent or an admin); it is copied to central at once, and a
-  copy to any other edge is refused (409, hub first) until that lands.
+  copy to any other edge is refused (409, hub first) until that lands. An
+  id whose record is queued with no data (Nova's, made before its snapshot)
+  is completed with the copy; any other existing id is a 409.
 * `GET /edgesync/v1/sites`: each site, its AZ, role, store, whether it is up,
   work in flight and free space: what its agent last said (heartbeat age
   included), or for a store the hub operates itself, what the store says now;
