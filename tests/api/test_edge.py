@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ from tests.api.conftest import Api, Caller, MiB, copy, default_image, error_of, 
 
 async def test_boot_location_answers_only_the_azs_own_store(api: Api) -> None:
     image = await api.active_image(default_image(), stores=("central", "dcn0"))
-    async with api.p1.get("/edgesync/v1/boot-location",
+    async with api.admin.get("/edgesync/v1/boot-location",
                           params={"availability_zone": "dcn0", "image_id": image["id"]}) as resp:
         assert resp.status == 200
         body = await resp.json()
@@ -25,6 +26,23 @@ async def test_boot_location_answers_only_the_azs_own_store(api: Api) -> None:
                           params={"availability_zone": "dcn1", "image_id": image["id"]}) as resp:
         message = await error_of(resp, 404, "dcn1", "copy=true")
     assert "dcn0" not in message.split("(")[0]
+
+
+async def test_boot_location_hides_the_stores_url_from_non_admins(api: Api) -> None:
+    """As image JSON hides `locations` and `direct_url` from members, so does
+    boot-location: a member learns that dcn0 has a copy, not where it lies."""
+    image = await api.active_image(default_image(), stores=("central", "dcn0"))
+    params = {"availability_zone": "dcn0", "image_id": image["id"]}
+    async with api.p1.get("/edgesync/v1/boot-location", params=params) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    body = json.loads(text)
+    assert body["store"] == "dcn0" and body["status"] == "available"
+    assert "location" not in body
+    assert "/dcn0/" not in text and "file://" not in text and "rbd://" not in text
+    assert "locations" not in (await api.p1.show(image["id"]))  # the rule it follows
+    async with api.admin.get("/edgesync/v1/boot-location", params=params) as resp:
+        assert (await resp.json())["location"]["url"].endswith(image["id"])
 
 
 async def test_boot_location_with_copy_starts_the_copy_to_that_site_only(api: Api) -> None:

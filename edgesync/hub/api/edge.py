@@ -57,8 +57,13 @@ async def boot_location(request: web.Request) -> web.Response:
     image = await hub.images.get(caller, image_id)
     location = image.location_in(site.name)
     if location is not None:
-        return web.json_response({"image_id": image.id, "availability_zone": az, "store": site.name,
-                                  "status": "available", "location": location.as_glance()})
+        body: dict[str, Any] = {"image_id": image.id, "availability_zone": az, "store": site.name,
+                                "status": "available"}
+        # As image JSON: a store's paths and URLs only for admins (Nova's service
+        # user is one), and for them only with show_locations.
+        if hub.config.show_locations and caller.is_admin:
+            body["location"] = location.as_glance()
+        return web.json_response(body)
     if request.query.get("copy", "false").lower() not in ("true", "1", "yes"):
         raise NotFound(
             f"Image {image.id} has no copy in store '{site.name}' (availability zone {az}); "
