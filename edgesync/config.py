@@ -136,6 +136,24 @@ class KeystoneConfig:
 
 
 @dataclass(frozen=True)
+class ReadTimeouts:
+    """`[hub.http]` / `[agent.http]`: seconds a server waits for slow clients (edgesync.http_limits)."""
+
+    header_s: float = 20.0  # header_timeout_s
+    body_s: float = 60.0  # body_timeout_s
+    idle_s: float = 75.0  # idle_timeout_s
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    """`[hub.quota]`: Glance's image_size_total per project, in MiB as in
+    Keystone's unified limits; -1 is unlimited (edgesync.hub.quota)."""
+
+    image_size_total_mib: int = -1
+    projects: dict[str, int] = field(default_factory=dict)  # project id -> its own limit
+
+
+@dataclass(frozen=True)
 class HubConfig:
     host: str
     port: int
@@ -152,6 +170,8 @@ class HubConfig:
     source: Path | None = None
     # Built by hand (tests) a HubConfig is plaintext; load_hub wants it said.
     tls: TlsConfig = PLAINTEXT
+    read_timeouts: ReadTimeouts = field(default_factory=ReadTimeouts)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
 
     @property
     def catalog_path(self) -> Path:
@@ -350,7 +370,27 @@ def load_hub(path: Path) -> HubConfig:
         show_locations=hub.get("show_locations", bool, False),
         policy_file=hub.path("policy_file", base, None),
         imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path, tls=tls,
+        read_timeouts=load_read_timeouts(hub), quota=_load_quota(hub.sub("quota")),
     )
+
+
+def load_read_timeouts(daemon: _Reader) -> ReadTimeouts:
+    """A daemon's [http] table (the hub's, an agent's)."""
+    r, default = daemon.sub("http"), ReadTimeouts()
+    values = [float(r.get(f"{what}_timeout_s", (int, float), getattr(default, f"{what}_s")))
+              for what in ("header", "body", "idle")]
+    if min(values) <= 0:
+        raise ConfigError(f"{r.where}: header_timeout_s, body_timeout_s and idle_timeout_s must be > 0")
+    return ReadTimeouts(*values)
+
+
+def _load_quota(r: _Reader) -> QuotaConfig:
+    projects = r.sub("projects")
+    limits = {"image_size_total": r.get("image_size_total", int, -1)} | projects.table
+    for key, value in limits.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+            raise ConfigError(f"{r.where}: '{key}' must be a limit in MiB (an integer >= 0, or -1: unlimited)")
+    return QuotaConfig(limits["image_size_total"], dict(projects.table))
 
 
 def load_tls(daemon: _Reader, base: Path) -> TlsConfig:

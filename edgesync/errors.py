@@ -105,6 +105,17 @@ class RequestTooLarge(EdgesyncError):
     title = "Request Entity Too Large"
 
 
+class RequestTimeout(EdgesyncError):
+    """A client stopped sending the body it started (see edgesync.http_limits)."""
+
+    http_status = 408
+    title = "Request Timeout"
+
+
+class QuotaExceeded(RequestTooLarge):
+    """A project over its quota (Glance answers LimitExceeded with 413)."""
+
+
 class UnsupportedMediaType(EdgesyncError):
     http_status = 415
     title = "Unsupported Media Type"

@@ -19,6 +19,11 @@
     key_file = "/etc/edgesync/tls/dcn0.key"
     ca_file = "/etc/edgesync/tls/ca.pem"      # verifies the hub (hub_url https://…)
 
+    [agent.http]                              # slow clients of the data endpoint (edgesync.http_limits)
+    header_timeout_s = 20
+    body_timeout_s = 60
+    idle_timeout_s = 75
+
     [agent.keystone]                          # only for a hub with auth = "keystone"
     auth_url = "https://keystone.example:5000/v3"
     application_credential_id = "…"           # listed in the hub's [keystone.agents]
@@ -45,7 +50,7 @@ from pathlib import Path
 
 from edgesync.bus import BusSettings, topics
 from edgesync.bus.errors import BusError
-from edgesync.config import SiteConfig, _load_toml, _Reader, load_site, load_tls
+from edgesync.config import ReadTimeouts, SiteConfig, _load_toml, _Reader, load_read_timeouts, load_site, load_tls
 from edgesync.errors import ConfigError
 from edgesync.tls import TlsConfig
 
@@ -101,6 +106,7 @@ class AgentConfig:
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     copy_retry_window_s: float = DEFAULT_COPY_RETRY_WINDOW_S
     keystone: AgentKeystone | None = None
+    read_timeouts: ReadTimeouts = field(default_factory=ReadTimeouts)  # [agent.http]
 
     @property
     def name(self) -> str:
@@ -145,7 +151,7 @@ def load_agent(path: Path) -> AgentConfig:
         heartbeat_interval_s=_positive(r, "heartbeat_interval_s", DEFAULT_HEARTBEAT_INTERVAL_S),
         shutdown_grace_s=_non_negative(r, "shutdown_grace_s", DEFAULT_SHUTDOWN_GRACE_S),
         copy_retry_window_s=_non_negative(r, "copy_retry_window_s", DEFAULT_COPY_RETRY_WINDOW_S),
-        keystone=_keystone(r, base),
+        keystone=_keystone(r, base), read_timeouts=load_read_timeouts(r),
     )
 
 

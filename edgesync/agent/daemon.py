@@ -64,6 +64,7 @@ from edgesync.bus import (
     topics,
 )
 from edgesync.errors import ConfigError, EdgesyncError, NotFound, TransferError, Unauthorized
+from edgesync.http_limits import guarded_runner
 from edgesync.listen import start_site
 from edgesync.logs import log_context
 from edgesync.metrics import METRICS_PATH, AgentFigures, AgentMetrics, http_middleware
@@ -228,7 +229,7 @@ class Agent:
         app.add_routes(data_routes(self._published_store, self._authorize, counters=self.served))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get(METRICS_PATH, self.metrics.handle_scrape)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = guarded_runner(app, self.config.read_timeouts, access_log=None, handle_signals=False)
         await runner.setup()
         try:
             await start_site(runner, self.config.listen_host, self.config.listen_port,

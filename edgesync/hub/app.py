@@ -19,6 +19,7 @@ from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
 from edgesync.errors import ConfigError, Conflict
+from edgesync.http_limits import guarded_runner
 from edgesync.hub.api import discovery, edge, images, locations, metadefs, tasks
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import auth_middleware, json_errors
@@ -226,8 +227,8 @@ class Hub:
             await self._start_bus()
             if self.config.policy_file is not None:
                 self._policy_task = asyncio.create_task(self._watch_policy(), name="hub-policy")
-            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                                   shutdown_timeout=HTTP_DRAIN_S)
+            runner = guarded_runner(self.app(), self.config.read_timeouts, access_log=None,
+                                    handle_signals=False, shutdown_timeout=HTTP_DRAIN_S)
             await runner.setup()
             self.runner = runner
             await start_site(runner, self.config.host, self.config.port, serving_context(self.config.tls))

@@ -18,6 +18,20 @@ from edgesync.errors import BadRequest, EdgesyncError, RequestTooLarge
 from edgesync.importer.sparsefile import SparseFile, copy_stream
 
 
+def refuse_declared_overrun(content_length: int | None, expected_size: int | None, max_bytes: int) -> None:
+    """A body whose Content-Length already says it is larger than its
+    x-openstack-image-size or the hub's limit is refused before a byte of it
+    is read (the client may stop sending at once)."""
+    if content_length is None:
+        return
+    if expected_size is not None and content_length > expected_size:
+        raise BadRequest(f"Content-Length {content_length} is more than x-openstack-image-size "
+                         f"{expected_size}; send the whole file with its real size")
+    if content_length > max_bytes:
+        raise RequestTooLarge(f"Image data of {content_length} bytes (Content-Length) exceeds the hub's limit "
+                              f"of {max_bytes} bytes (import.max_image_size_bytes)")
+
+
 class Staging:
     def __init__(self, root: Path) -> None:
         self.root = root

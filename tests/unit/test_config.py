@@ -221,3 +221,24 @@ def test_missing_state_and_sites_settings(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
     path.write_text('[hub]\nsites_dir = "sites"\nauth = "noauth"\ntls = { plaintext = true }\n')
     assert "'state_dir' is required" in refused(load_hub, path)
+
+
+def test_read_timeouts_and_quota_default_and_are_read(tmp_path: Path) -> None:
+    cfg = load_hub(hub_toml(tmp_path))
+    assert (cfg.read_timeouts.header_s, cfg.read_timeouts.body_s, cfg.read_timeouts.idle_s) == (20, 60, 75)
+    assert cfg.quota.image_size_total_mib == -1 and cfg.quota.projects == {}
+    cfg = load_hub(hub_toml(tmp_path / "set", "", '[hub.http]\nheader_timeout_s = 2.5\nbody_timeout_s = 7\n'
+                            '[hub.quota]\nimage_size_total = 1024\n[hub.quota.projects]\nbig = -1\nsmall = 0\n'))
+    assert (cfg.read_timeouts.header_s, cfg.read_timeouts.body_s, cfg.read_timeouts.idle_s) == (2.5, 7, 75)
+    assert cfg.quota.image_size_total_mib == 1024 and cfg.quota.projects == {"big": -1, "small": 0}
+
+
+@pytest.mark.parametrize("rest, fragment", [
+    ("[hub.http]\nbody_timeout_s = 0\n", "must be > 0"),
+    ("[hub.http]\nidle_timeout_s = \"75\"\n", "'idle_timeout_s' must be int or float"),
+    ("[hub.quota]\nimage_size_total = -2\n", "'image_size_total' must be a limit in MiB"),
+    ("[hub.quota.projects]\np = \"1G\"\n", "'p' must be a limit in MiB"),
+])
+def test_read_timeout_and_quota_mistakes(tmp_path: Path, rest: str, fragment: str) -> None:
+    path = hub_toml(tmp_path, "", rest)
+    assert fragment in refused(load_hub, path)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from edgesync.errors import BadRequest
+from edgesync.errors import BadRequest, RequestTooLarge
 from edgesync.hub.api.middleware import CALLER_KEY
 from edgesync.hub.auth import Caller
 
@@ -26,6 +26,10 @@ def caller_of(request: web.Request) -> Caller:
 
 
 async def json_body(request: web.Request) -> Any:
+    limit = request.client_max_size
+    if request.content_length is not None and request.content_length > limit:  # refused unread
+        raise RequestTooLarge(f"The request body of {request.content_length} bytes is over the "
+                              f"{limit} bytes a JSON body may have")
     raw = await request.read()
     if not raw:
         raise BadRequest("This request needs a JSON body")

@@ -16,6 +16,7 @@ from edgesync.hub.api.middleware import error_response
 from edgesync.hub.locations import LocationService, split_location_ops
 from edgesync.hub.patch import DIALECTS
 from edgesync.hub.serialize import image_json, task_json
+from edgesync.hub.staging import refuse_declared_overrun
 from edgesync.model import Image
 
 routes = web.RouteTableDef()
@@ -31,6 +32,8 @@ def _image_body(request: web.Request, image: Image) -> dict[str, Any]:
 
 
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    refuse_declared_overrun(request.content_length, _size_header(request, "x-openstack-image-size"),
+                            hub_of(request).config.imports.max_image_size_bytes)
     async for chunk in request.content.iter_chunked(1024 * 1024):
         yield chunk
 
