@@ -130,6 +130,13 @@ class ImageTables(Tables):
         rows = await self._db.rows("SELECT store, COUNT(*) AS copies FROM locations GROUP BY store")
         return {r["store"]: int(r["copies"]) for r in rows}
 
+    async def stored_bytes(self, owner: str) -> int:
+        """What `owner`'s images hold: each image's size once per location (Glance's storage usage)."""
+        rows = await self._db.rows(
+            "SELECT COALESCE(SUM(i.size), 0) AS used FROM images i JOIN locations l ON l.image_id = i.id "
+            "WHERE i.owner = ? AND i.size IS NOT NULL", (owner,))
+        return int(rows[0]["used"])
+
     async def remove_location(self, image_id: str, store: str) -> None:
         async with self._db.transaction() as tx:
             await drop_location(tx, image_id, store)

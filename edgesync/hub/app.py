@@ -103,7 +103,7 @@ class Hub:
             self.manifests = HubManifests(self.catalog, central.store)
             self.images = ImageService(catalog=self.catalog, sites=self.sites, config=cfg, staging=staging)
             self.importer = Importer(catalog=self.catalog, sites=self.sites, staging=staging,
-                                     config=cfg.imports, metrics=self.metrics)
+                                     config=cfg.imports, metrics=self.metrics, quota=self.images.quota)
             await self.importer.recover()
         except BaseException:
             # Release what was opened: an open catalog's thread would keep a

@@ -20,6 +20,7 @@ from edgesync.hub.patch import (
     check_extra_property,
     plan_patch,
 )
+from edgesync.hub.quota import StoredBytesQuota
 from edgesync.hub.remote import SiteOffline
 from edgesync.hub.sites import Site, Sites
 from edgesync.hub.staging import Staging
@@ -38,6 +39,7 @@ class ImageService:
         self.config = config
         self.central = config.central.name
         self.staging = staging
+        self.quota = StoredBytesQuota(catalog, config.quota)  # the importer's too; /v2/info/usage's numbers
 
     def _formats(self) -> dict[str, tuple[str, ...]]:
         return {"disk_formats": self.config.imports.disk_formats, "container_formats": CONTAINER_FORMATS}
@@ -274,6 +276,7 @@ class ImageService:
                     expected_size: int | None) -> None:
         image = await self.get(caller, image_id)
         require_owner_or_admin(caller, image, "stage data for it")
+        await self.quota.enforce(image.owner, adding_bytes=expected_size or 0)
         # queued → uploading atomically: a second concurrent stage gets 409.
         await self.catalog.update_image(image_id, fields={"status": ImageStatus.UPLOADING},
                                         expect_status=[ImageStatus.QUEUED])

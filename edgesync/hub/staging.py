@@ -46,6 +46,13 @@ class Staging:
     def partial_path(self, image_id: str) -> Path:
         return self.root / f"{image_id}.partial"
 
+    def staged_bytes(self, image_id: str) -> int:
+        """The staged data's length (0 while none is whole)."""
+        try:
+            return self.path(image_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def has(self, image_id: str) -> bool:
         return self.path(image_id).exists()
 

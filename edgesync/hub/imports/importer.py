@@ -30,6 +30,7 @@ from edgesync.hub.imports import outcome
 from edgesync.hub.imports.jobs import JobBook, job_reason, progress_properties
 from edgesync.hub.imports.recovery import Recovery
 from edgesync.hub.imports.runner import TaskRunner
+from edgesync.hub.quota import StoredBytesQuota
 from edgesync.hub.sites import Sites, VerifiedCopy
 from edgesync.hub.staging import Staging
 from edgesync.importer import qemu
@@ -88,8 +89,9 @@ def require_formats(image: Image) -> None:
 
 class Importer:
     def __init__(self, *, catalog: Catalog, sites: Sites, staging: Staging, config: ImportConfig,
-                 metrics: HubMetrics | None = None) -> None:
+                 metrics: HubMetrics | None = None, quota: StoredBytesQuota | None = None) -> None:
         self.catalog = catalog
+        self.quota = quota  # None: no quota
         self.sites = sites
         self.central = sites.central.name
         self.staging = staging
@@ -122,6 +124,8 @@ class Importer:
                 else "it must be queued (no data yet)"
             raise Conflict(f"Image {image.id} is {image.status.value}; for {req.method} {hint}")
         stores = self._targets_for_new(req)
+        staged = self.staging.staged_bytes(image.id) if req.method == "glance-direct" else 0
+        await self._enforce_quota(image, staged * len(stores))
         uri = req.uri or ""
         source = {"uri": redact_uri(uri), "disk_format": image.disk_format or ""}
         task = self._new_task(image, caller, req, stores, source)
@@ -162,7 +166,12 @@ class Importer:
             for name in stores:
                 if name in image.stores:
                     raise BadRequest(f"Image is already present at store '{name}'")
+        await self._enforce_quota(image, (image.size or 0) * len(stores))
         return await self._start_copy(image, caller, req, stores, {})
+
+    async def _enforce_quota(self, image: Image, adding_bytes: int) -> None:
+        if self.quota is not None:
+            await self.quota.enforce(image.owner, adding_bytes=adding_bytes)
 
     async def copy_to_central(self, image: Image, caller: Caller, source: str) -> Task:
         """An image created at an edge (registered with its copy in `source`)
@@ -206,7 +215,9 @@ class Importer:
         if store is not None and store not in self.sites:
             raise Conflict(f"Unknown store '{store}'; known stores: {', '.join(self.sites)}")
         req = ImportRequest("upload", None, [store] if store else None, False, True)
-        task = self._new_task(image, caller, req, self._targets_for_new(req), {"disk_format": image.disk_format or ""})
+        targets = self._targets_for_new(req)
+        await self._enforce_quota(image, (expected_size or 0) * len(targets))
+        task = self._new_task(image, caller, req, targets, {"disk_format": image.disk_format or ""})
         await self.catalog.start_task(
             task, lock_ttl_s=self.config.lock_ttl_s, expect_status=[ImageStatus.QUEUED],
             image_fields={"status": ImageStatus.SAVING}, image_properties={IMPORT_TASK: task.id},
