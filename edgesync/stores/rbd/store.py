@@ -276,6 +276,13 @@ class RbdStore(ResumableStore):
         image.set_snap(SNAP)
         try:
             children = list(image.list_children2())
+        except rbd.PermissionError as exc:
+            # librbd names each clone, which takes read access to the clone's
+            # pool. A store user confined to its own pool (as Glance's is)
+            # gets EPERM exactly when clones live elsewhere: Nova's vms or
+            # Cinder's volumes pool. Clones that can't be named still block.
+            raise StoreImageInUse(f"store {self.name}: image {image_id} has COW clones in pools its Ceph user "
+                                  "can't read (Nova's or Cinder's); not deleting it") from exc
         finally:
             image.set_snap(None)
         if children:
