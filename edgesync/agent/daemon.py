@@ -275,7 +275,9 @@ class Agent:
     # --- the broker ---------------------------------------------------------------------
 
     def _status(self, state: SiteState) -> SiteStatus:
-        return SiteStatus(site=self.site, state=state, availability_zone=self.config.site.availability_zone)
+        fsid = self._rt.store.properties().get("fsid") if self._rt is not None else None
+        return SiteStatus(site=self.site, state=state, availability_zone=self.config.site.availability_zone,
+                          store_fsid=str(fsid) if fsid else None)
 
     async def _bus_forever(self) -> None:
         will = LastWill(topics.status(self.site), self._status(SiteState.OFFLINE))

@@ -30,8 +30,8 @@ async def verify(command: VerifyCommand, store: ImageStore, site: SiteCopies) ->
     image_id = command.image_id
     if not await store.exists(image_id):
         raise StoreImageNotFound(
-            f"store {store.name} holds no published copy of image {image_id}: for rbd, RBD image "
-            f"{image_id} with a protected snapshot 'snap' in the site's pool (create, snap and protect it first)")
+            f"no published copy of image {image_id}: {await store.why_unpublished(image_id)} (a copy is "
+            f"RBD image <image id> with protected snapshot 'snap' in the site's pool)")
     digest = await digest_published(store, image_id, with_md5=True, with_manifest=True)
     await site.keep(image_id, digest.manifest())
     log.info("task %s: image %s checked in store %s: %d bytes, sha512 %s…", command.task_id, image_id,

@@ -215,6 +215,9 @@ class SiteStatus(Message):
     site: str
     state: SiteState
     availability_zone: str | None = None
+    # The fsid of the site's Ceph cluster (rbd stores): the hub matches RBD
+    # locations to stores by it, and may have no ceph.conf of the site's.
+    store_fsid: str | None = None
 
 
 # --- wire format ---------------------------------------------------------------

@@ -146,6 +146,11 @@ class ImageStore(abc.ABC):
     async def exists(self, image_id: str) -> bool:
         """Whether a published copy exists."""
 
+    async def why_unpublished(self, image_id: str) -> str:
+        """What is missing for `image_id` to be a published copy here (for a
+        message to whoever made it there: Nova, an operator)."""
+        return f"store {self.name} holds no published copy of image {image_id}"
+
     @abc.abstractmethod
     async def delete(self, image_id: str) -> None:
         """Remove a published copy. StoreImageInUse if something depends on it."""

@@ -24,13 +24,15 @@ from edgesync.bus import (
     ProgressEvent,
     SiteState,
     SiteStatus,
+    VerifyCommand,
     topics,
 )
 from edgesync.catalog import Catalog
 from edgesync.config import ImportConfig, SiteConfig, StoreConfig
+from edgesync.errors import StoreError
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.imports import Importer
-from edgesync.hub.remote import RESEND_AFTER_BEATS, AgentCommands
+from edgesync.hub.remote import RESEND_AFTER_BEATS, AgentCommands, SiteOffline
 from edgesync.hub.sites import Site, SiteRegistry, Sites
 from edgesync.hub.sites.agent import AgentSite
 from edgesync.hub.sites.local import LocalSite
@@ -257,3 +259,66 @@ async def test_a_reattached_copy_that_fails_rolls_back_the_other_edge_as_on_the_
     assert {j.store: j.state for j in final.jobs} == {"dcn0": StoreJobState.ROLLED_BACK,
                                                        "dcn1": StoreJobState.FAILED}
     assert (await hub.catalog.require_image(image.id)).stores == ["central"]
+
+
+# --- verify: a copy made at the site, checked there --------------------------------------
+
+
+async def test_a_verify_listed_in_flight_is_not_sent_again_and_its_done_carries_the_digest(hub: Hub) -> None:
+    hub.online("dcn0")
+    task_id = str(uuid.uuid4())
+    call = asyncio.create_task(hub.commands.verify("dcn0", "img", task_id), name=task_id)
+    await until(lambda: _has_rows(hub, task_id, 1), "the verify in the outbox")
+    [sent] = await hub.publish()
+    assert isinstance(sent, VerifyCommand) and sent.image_id == "img"
+    await beats_handled(hub, call, 2 * RESEND_AFTER_BEATS, task_id)  # hashing a big image takes a while
+    assert len(await hub.sent_for(task_id)) == 1
+    done = DoneEvent(task_id=task_id, image_id="img", location_url="file:///x", size_bytes=7,
+                     checksum="cd" * 16, os_hash_value="ab" * 64)
+    await hub.commands.on_event("dcn0", done)
+    assert await asyncio.wait_for(call, WAIT_S) == done
+
+
+async def test_a_verify_is_not_asked_of_a_site_that_is_down_nor_waited_for_once_it_goes(hub: Hub) -> None:
+    with pytest.raises(SiteOffline, match="offline"):
+        await hub.commands.verify("dcn0", "img", str(uuid.uuid4()))
+    hub.online("dcn0")
+    task_id = str(uuid.uuid4())
+    call = asyncio.create_task(hub.commands.verify("dcn0", "img", task_id), name=task_id)
+    await until(lambda: _has_rows(hub, task_id, 1), "the verify in the outbox")
+    hub.registry.on_status("dcn0", SiteStatus(site="dcn0", state=SiteState.OFFLINE))
+    with pytest.raises(SiteOffline, match="went offline"):
+        await asyncio.wait_for(call, WAIT_S)
+
+
+def _rbd_site(name: str) -> SiteConfig:
+    return SiteConfig(name, "edge", name, name, name, StoreConfig(type="rbd", pool="images", user="dcn0"))
+
+
+async def test_an_agent_sites_fsid_is_what_its_agent_announced_when_the_hub_has_no_ceph_conf(hub: Hub) -> None:
+    agent_site = AgentSite(_rbd_site("dcn0"), hub.commands, hub_url="http://hub.invalid", agent_url=None,
+                           agent_token=None)
+    assert agent_site.store_properties().get("fsid") is None
+    fsid = str(uuid.uuid4())
+    hub.registry.on_status("dcn0", SiteStatus(site="dcn0", state=SiteState.ONLINE, availability_zone="dcn0",
+                                              store_fsid=fsid))
+    assert agent_site.store_properties()["fsid"] == fsid and agent_site.store_properties()["pool"] == "images"
+
+
+@pytest.mark.parametrize("answer, fragment", [
+    ({"location_url": "rbd://%s/images/img/snap"}, "lacks its digest"),
+    ({"location_url": "rbd://%s/volumes/img/snap", "size_bytes": 1, "checksum": "c", "os_hash_value": "h"},
+     "outside its store"),
+])
+async def test_an_agents_verify_answer_must_be_complete_and_in_its_store(
+        hub: Hub, answer: dict[str, Any], fragment: str) -> None:
+    agent_site = AgentSite(_rbd_site("dcn0"), hub.commands, hub_url="http://hub.invalid", agent_url=None,
+                           agent_token=None)
+    hub.online("dcn0")
+    fsid = str(uuid.uuid4())
+    answer = {**answer, "location_url": answer["location_url"] % fsid}
+    check = asyncio.create_task(agent_site.verify("img", job_id="job-1"))
+    await until(lambda: _has_rows(hub, "job-1", 1), "the verify in the outbox")
+    await hub.commands.on_event("dcn0", DoneEvent(task_id="job-1", image_id="img", **answer))
+    with pytest.raises(StoreError, match=fragment):
+        await asyncio.wait_for(check, WAIT_S)

@@ -155,6 +155,9 @@ class AgentSite:
             props.update(pool=cfg.pool, chunk_size=4, user=cfg.user)
             if cfg.ceph_conf is not None and cfg.ceph_conf.is_file():
                 props["fsid"] = conf_fsid(cfg.ceph_conf)
+            if not props.get("fsid") and self.name in self._commands.registry:
+                # The hub has no ceph.conf of the site's: what its agent announced.
+                props["fsid"] = self._commands.registry.view(self.name).store_fsid
         return props
 
     async def clean_after_crash(self, image_id: str, *, recorded: bool) -> None:

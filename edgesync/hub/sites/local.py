@@ -115,8 +115,9 @@ class LocalSite:
         """Hashed through the store, off the event loop as every store read
         is; the chunk manifest in the same pass."""
         if not await self.store.exists(image_id):
-            raise StoreImageNotFound(f"store {self.name} holds no published copy of image {image_id} "
-                                     f"(for rbd: RBD image {image_id} with protected snapshot 'snap')")
+            raise StoreImageNotFound(
+                f"no published copy of image {image_id}: {await self.store.why_unpublished(image_id)} (a copy "
+                f"is RBD image <image id> with protected snapshot 'snap' in the site's pool)")
         digest = await digest_published(self.store, image_id, with_md5=True, with_manifest=True)
         return VerifiedCopy(self.store.location_url(image_id), digest.size, digest.checksum,
                             digest.os_hash_value, digest.manifest())

@@ -33,6 +33,7 @@ class SiteView:
     queued: tuple[str, ...] = ()
     heartbeats: int = 0  # how many arrived: lets a waiter tell a new one from the last
     free_bytes: int | None = None
+    store_fsid: str | None = None  # as the agent announced its cluster's
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def heartbeat_age_s(self, now: float) -> float | None:
@@ -63,6 +64,8 @@ class SiteRegistry:
         if status.availability_zone is not None:
             view.announced_az = status.availability_zone
             view.problem = self._az_problem(view, status.availability_zone)
+        if status.store_fsid:
+            view.store_fsid = status.store_fsid
         if view.online:
             view.last_heartbeat = self._clock()
         self._notify(view)

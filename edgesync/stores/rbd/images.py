@@ -45,6 +45,20 @@ def image_exists(ioctx: rados.Ioctx, name: str) -> bool:
     return True
 
 
+def why_unpublished(ioctx: rados.Ioctx, image_id: str) -> str:
+    """What `is_published` lacks: the image, its snapshot, or the protection."""
+    try:
+        image = rbd.Image(ioctx, image_id, read_only=True)
+    except rbd.ImageNotFound:
+        return f"there is no RBD image {image_id}"
+    with image:
+        if SNAP not in {s["name"] for s in image.list_snaps()}:
+            return f"RBD image {image_id} has no snapshot {SNAP!r}"
+        if not image.is_protected_snap(SNAP):
+            return f"the snapshot {image_id}@{SNAP} is not protected (rbd snap protect)"
+    return f"RBD image {image_id} is published"
+
+
 def is_published(ioctx: rados.Ioctx, image_id: str) -> bool:
     try:
         image = rbd.Image(ioctx, image_id, read_only=True)

@@ -36,6 +36,7 @@ from edgesync.stores.rbd.images import (
     partial_name,
     qemu_escape,
     reopen_partial,
+    why_unpublished,
 )
 from edgesync.stores.rbd.writer import RbdWriter
 
@@ -159,6 +160,11 @@ class RbdStore(ResumableStore):
     async def exists(self, image_id: str) -> bool:
         check_id(image_id)
         return await self._cluster.run(is_published, image_id, what=f"looking up image {image_id}")
+
+    async def why_unpublished(self, image_id: str) -> str:
+        check_id(image_id)
+        why = await self._cluster.run(why_unpublished, image_id, what=f"looking up image {image_id}")
+        return f"store {self.name} (pool {self.pool}): {why}"
 
     async def size(self, image_id: str) -> int:
         return await self._with_snapshot(image_id, lambda image: image.size(), "reading the size of")
