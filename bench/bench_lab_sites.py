@@ -1,12 +1,15 @@
-"""Many edge sites: `edgesync lab up --store file` with N edges (an agent each),
-then one image copied from central to all of them.
+"""Many edge sites: `edgesync lab up --store file` with N edges (an agent
+instance each, `--agents-per-process` of them sharing a process so that what
+is measured is the hub), then one image copied from central to all of them.
 
 Prints how long `lab up` took, the import into central, the copy to every
-edge, the hub's CPU time and peak RSS over the copy, and a reference measured
-in the same run: `cp --sparse=always` of the image to N directories, all at
-once (+ sync) — what the copy would cost without any protocol at all.
+edge, the hub's CPU time and peak RSS over the copy, the API's latency while
+the copy runs (GET /v2/images/{id} and GET /v2/images, p50/p99/max, against
+the same calls on the idle hub just before), and a reference measured in the
+same run: `cp --sparse=always` of the image to N directories, all at once
+(+ sync) — what the copy would cost without any protocol at all.
 
-    .venv/bin/python bench/bench_lab_sites.py [--edges 100] [--size-mib 64] [--keep]
+    .venv/bin/python bench/bench_lab_sites.py [--edges 200] [--agents-per-process 25] [--size-mib 64] [--keep]
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import HubClient, MiB, allocated_bytes, make_half_zero_image, peak_rss_bytes, settled, timed
+from latency import ApiProbe
 
 from edgesync import lab
 
@@ -37,15 +42,32 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def lab_up(directory: Path, sites: list[str]) -> float:
+def lab_up(directory: Path, sites: list[str], per_process: int) -> float:
     """`edgesync lab up` as a user runs it; its wall time."""
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "edgesync", "lab", "up", "--dir", str(directory),
-                           "--store", "file", "--sites", ",".join(sites)],
+                           "--store", "file", "--sites", ",".join(sites),
+                           "--agents-per-process", str(per_process)],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"lab up failed:\n{done.stderr[-3000:]}")
     return time.monotonic() - start
+
+
+async def copy(client: HubClient, image_id: str, edges: list[str]) -> dict[str, Any]:
+    await client.import_(image_id, "copy-image", edges)
+    return await client.wait(image_id, settled, timeout_s=3600, poll_s=0.5)
+
+
+def agent_pids(info: dict[str, Any]) -> set[int]:
+    return {entry["agent_pid"] for entry in info["sites"].values() if entry.get("agent_pid")}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 async def reference_cp(src: Path, work: Path, count: int) -> float:
@@ -76,7 +98,8 @@ def check_copies(lab_dir: Path, edges: list[str], image_id: str, size: int) -> i
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--edges", type=int, default=100)
+    ap.add_argument("--edges", type=int, default=200)
+    ap.add_argument("--agents-per-process", type=int, default=25)
     ap.add_argument("--size-mib", type=int, default=64, help="image size (half of it data)")
     ap.add_argument("--keep", action="store_true", help="leave the lab running")
     args = ap.parse_args()
@@ -86,7 +109,7 @@ async def main() -> None:
     src = make_half_zero_image(work / "half-zeros.raw", args.size_mib * MiB)
     t: dict[str, float] = {}
     try:
-        t["up"] = lab_up(lab_dir, ["central", *edges])
+        t["up"] = lab_up(lab_dir, ["central", *edges], args.agents_per_process)
         info = lab.read_info(lab_dir)
         hub = info["hub_pid"]
         client = HubClient(info["hub_url"], info["admin_token"])
@@ -96,13 +119,16 @@ async def main() -> None:
             with timed(t, "import"):
                 await client.import_(image_id, "glance-direct", ["central"])
                 await client.wait(image_id, settled)
+            idle = ApiProbe(info["hub_url"], info["admin_token"], image_id)
+            await idle.during(asyncio.sleep(3))
             cpu_before = cpu_s(hub)
             with timed(t, "copy"):
-                await client.import_(image_id, "copy-image", edges)
-                image = await client.wait(image_id, settled, timeout_s=1800, poll_s=0.5)
+                busy_probe = ApiProbe(info["hub_url"], info["admin_token"], image_id)
+                image = await busy_probe.during(copy(client, image_id, edges))
                 subprocess.run(["sync"], check=True)
             hub_cpu = cpu_s(hub) - cpu_before
             rss = peak_rss_bytes(hub)
+            agents_rss = sum(rss_bytes(pid) for pid in agent_pids(lab.read_info(lab_dir)))
         finally:
             await client.close()
         stores = set(image["stores"].split(","))
@@ -115,8 +141,9 @@ async def main() -> None:
             await lab.down(lab_dir)
     ref = await reference_cp(src, work, args.edges)
     data = allocated_bytes(src)
-    print(f"{args.edges} edge sites (file stores, one agent each); image {args.size_mib} MiB RAW, "
-          f"{data / MiB:.0f} MiB of data; {os.cpu_count()} cores")
+    processes = -(-args.edges // args.agents_per_process)
+    print(f"{args.edges} edge sites (file stores, one agent instance each, {processes} agent processes); "
+          f"image {args.size_mib} MiB RAW, {data / MiB:.0f} MiB of data; {os.cpu_count()} cores")
     print(f"lab up (hub, Mosquitto, {args.edges} agents)   {t['up']:7.1f} s")
     print(f"import into central                {t['import']:7.1f} s")
     print(f"copy to all {args.edges} edges              {t['copy']:7.1f} s   "
@@ -125,7 +152,11 @@ async def main() -> None:
           f"ratio copy/reference = {t['copy'] / ref:.2f}")
     print(f"allocated at the edges             {allocated / MiB:7.0f} MiB "
           f"({allocated / args.edges / MiB:.0f} per edge)")
-    print(f"hub during the copy: {hub_cpu:.1f} CPU s, peak RSS {rss / MiB:.0f} MiB")
+    print(f"hub during the copy: {hub_cpu:.1f} CPU s, peak RSS {rss / MiB:.0f} MiB; "
+          f"the agent processes' RSS at the end: {agents_rss / MiB:.0f} MiB in all")
+    for name in ApiProbe.CALLS:
+        print(f"API {name:22s} idle {idle.summary(name)}")
+        print(f"{'':26s} during the copy {busy_probe.summary(name)}")
     if not args.keep:
         shutil.rmtree(work)
 

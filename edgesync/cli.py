@@ -36,8 +36,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
     if not args.config:
         raise ConfigError("the agent needs --config sites/<site>.toml (the site file with its [agent] table)")
+    configs = [load_agent(Path(path)) for path in args.config]
     limit_malloc_arenas()
-    asyncio.run(serve(load_agent(Path(args.config))))
+    if len(configs) == 1:
+        asyncio.run(serve(configs[0]))
+    else:  # a lab's agents sharing a process (see agent/shared_process.py)
+        from edgesync.agent.shared_process import serve_many
+
+        asyncio.run(serve_many(configs))
     return 0
 
 
@@ -66,7 +72,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
         info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents,
-                                  offline_deadline_s=args.offline_deadline_s, wan=args.wan, auth=args.auth))
+                                  offline_deadline_s=args.offline_deadline_s, wan=args.wan, auth=args.auth,
+                                  agents_per_process=args.agents_per_process))
         print(json.dumps(info, indent=2))
     elif args.lab_command == "agent":
         if args.action == "stop":
@@ -115,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     hub.set_defaults(func=_cmd_hub)
 
     agent = sub.add_parser("agent", help="run an edge site's agent (its store, commands over MQTT)")
-    agent.add_argument("--config", help="path to the site's file (sites/<site>.toml) with its [agent] table")
+    agent.add_argument("--config", action="append",
+                       help="path to the site's file (sites/<site>.toml) with its [agent] table; given "
+                            "several times, one agent per site in this process (for labs)")
     _add_log_format(agent)
     agent.set_defaults(func=_cmd_agent)
     _add_agent_register(agent.add_subparsers(dest="agent_command", metavar="[register]"))
@@ -132,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--offline-deadline-s", type=float, default=300.0, metavar="SECONDS",
                     help="with agents: a copy to a site down this long fails with 'site offline' "
                          "(default 300)")
+    up.add_argument("--agents-per-process", type=int, default=1, metavar="N",
+                    help="run N edges' agents in each agent process (one agent instance per site, "
+                         "as many processes as needed): labs of hundreds of sites; default 1")
     up.add_argument("--wan", metavar="RATE",
                     help="every site in a network namespace of its own, behind a link shaped to RATE "
                          "(e.g. 200mbit; central unshaped unless named: 200mbit,central=1gbit,dcn1=50mbit)")

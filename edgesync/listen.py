@@ -9,6 +9,11 @@ address, so the config stays the truth about where the daemon serves; any
 others are more ways in (the WAN lab's hub, in central's network namespace,
 also gets a socket of the machine's own namespace, where operators' clients
 run).
+
+A process running several daemons (the lab's agents sharing processes) is
+handed one group of sockets per daemon, groups separated by ';'
+(`EDGESYNC_LISTEN_FD=5;6;7`): each daemon takes the group holding a socket
+bound where its own config says.
 """
 
 from __future__ import annotations
@@ -37,25 +42,54 @@ async def start_site(runner: web.AppRunner, host: str, port: int,
 
 
 def _handed_over(host: str, port: int) -> list[socket.socket]:
+    groups = _groups()
+    if not groups:
+        return []
+    for i, socks in enumerate(groups):
+        if (host, port) in (sock.getsockname()[:2] for sock in socks):
+            del groups[i]
+            return socks
+    where = "; ".join(", ".join(f"{h}:{p}" for h, p in (s.getsockname()[:2] for s in socks)) for socks in groups)
+    _close_all()
+    raise ConfigError(f"the sockets in {LISTEN_FD_ENV} are bound to {where}, "
+                      f"but the config says to listen on {host}:{port}")
+
+
+_handed: list[list[socket.socket]] | None = None  # the groups not taken yet, once read
+
+
+def _groups() -> list[list[socket.socket]]:
+    """The handed-over sockets by daemon, read from the environment once."""
+    global _handed
     # Popped: processes this daemon starts (qemu-img, …) must not take them as theirs.
     value = os.environ.pop(LISTEN_FD_ENV, None)
-    if value is None:
-        return []
-    socks = []
+    if value is not None:
+        _handed = _parse(value)
+    return _handed or []
+
+
+def _close_all() -> None:
+    global _handed
+    for sock in (s for g in _handed or [] for s in g):
+        sock.close()
+    _handed = None
+
+
+def _parse(value: str) -> list[list[socket.socket]]:
+    groups: list[list[socket.socket]] = []
     try:
-        for fd in value.split(","):
-            socks.append(socket.socket(fileno=int(fd)))
+        for group in value.split(";"):
+            groups.append([])
+            for fd in group.split(","):
+                groups[-1].append(socket.socket(fileno=int(fd)))
     except (ValueError, OSError) as exc:
-        for sock in socks:
+        for sock in (s for g in groups for s in g):
             sock.close()
         raise ConfigError(f"{LISTEN_FD_ENV}={value!r} is not a list of socket descriptors ({exc})") from None
-    bound = [sock.getsockname()[:2] for sock in socks]
-    if (host, port) not in bound or any(sock.type != socket.SOCK_STREAM for sock in socks):
-        for sock in socks:
+    if any(sock.type != socket.SOCK_STREAM for g in groups for sock in g):
+        for sock in (s for g in groups for s in g):
             sock.close()
-        where = ", ".join(f"{h}:{p}" for h, p in bound)
-        raise ConfigError(f"the sockets in {LISTEN_FD_ENV} are bound to {where}, "
-                          f"but the config says to listen on {host}:{port}")
-    for sock in socks:
+        raise ConfigError(f"{LISTEN_FD_ENV}={value!r} names a socket that is not a TCP stream")
+    for sock in (s for g in groups for s in g):
         sock.set_inheritable(False)
-    return socks
+    return groups

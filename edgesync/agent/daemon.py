@@ -184,6 +184,10 @@ class Agent:
         return (f"data endpoint on port {self.http_port}, broker {broker}, "
                 f"{len(self._rt.tasks.in_flight)} task(s) in flight")
 
+    @property
+    def broker_connected(self) -> bool:
+        return self._bus is not None
+
     def stop(self) -> None:
         """Ask run() to shut down (safe from a signal handler)."""
         self._stopping.set()

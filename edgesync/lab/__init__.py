@@ -45,13 +45,15 @@ status = read_info
 
 async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
              agents: bool = True, offline_deadline_s: float = OFFLINE_DEADLINE_S,
-             wan: str | None = None, auth: str = "token") -> dict[str, Any]:
+             wan: str | None = None, auth: str = "token", agents_per_process: int = 1) -> dict[str, Any]:
     """Start the lab and return its lab.json once the hub answers and (with
     `agents`, the default) every edge site's agent is up as the hub sees it.
     Without agents the hub writes every store itself (in-hub mode). With
     `wan` (a rate, see `wan.parse_rates`) every site gets a network namespace
-    and a shaped link of its own. If any step fails, everything started
-    before it is stopped again."""
+    and a shaped link of its own. `agents_per_process` > 1 runs that many
+    edges' agents in each agent process (the real agent, one instance per
+    site: a lab of hundreds of sites on a small machine). If any step
+    fails, everything started before it is stopped again."""
     directory = Path(directory).resolve()
     sites = sites or ["central", "dcn0", "dcn1"]
     if len(set(sites)) != len(sites) or not sites:
@@ -61,6 +63,11 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
     if auth == "keystone" and wan:
         # Keystone listens in the machine's namespace, where the sites' agents can't reach it.
         raise LabError("--auth keystone can't be combined with --wan yet")
+    if agents_per_process < 1:
+        raise LabError(f"--agents-per-process must be at least 1, got {agents_per_process}")
+    if agents_per_process > 1 and wan:
+        # Each WAN site's agent lives in its site's namespace: a process can't be in two.
+        raise LabError("--agents-per-process can't be combined with --wan (each site's agent is in its namespace)")
     if not offline_deadline_s > 0:
         raise LabError(f"--offline-deadline-s must be more than 0, got {offline_deadline_s:g}")
     links = wan_links.plan(directory, wan_links.parse_rates(wan, sites)) if wan else {}
@@ -78,6 +85,9 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
             edges = sites[1:] if agents else []
             socks = {name: [held.enter_context(s) for s in _sockets(name, sites, links)] for name in ["", *edges]}
             await _prepare(directory, store, sites, edges, socks, offline_deadline_s, links)
+            if agents_per_process > 1:
+                daemons.save_info(directory, {**read_info(directory),
+                                              "agent_groups": daemons.agent_groups(edges, agents_per_process)})
             if auth == "keystone":
                 await _with_keystone(directory, edges)
             await daemons.start_hub(directory, socks.pop(""))

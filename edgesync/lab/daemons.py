@@ -81,7 +81,7 @@ async def start_hub(directory: Path, socks: list[socket.socket] | None = None) -
         return int(info["hub_pid"])
     central = next(iter(info["sites"].values()))
     socks = socks or _hub_sockets_again(info, central.get("netns"))
-    pid = await _spawn(directory, "hub", ["hub", "--config", info["hub_config"]], socks, central.get("netns"))
+    pid = await _spawn(directory, "hub", ["hub", "--config", info["hub_config"]], [socks], central.get("netns"))
     info["hub_pid"] = pid
     save_info(directory, info)
     log_path = directory / "logs" / "hub.log"
@@ -109,26 +109,32 @@ async def start_agents(directory: Path, sites: Iterable[str],
                        socks: dict[str, list[socket.socket]] | None = None) -> dict[str, int]:
     """Start these sites' agents (those not running), each on its socket from
     `socks` (else its recorded port bound again), and wait until the hub sees
-    them all up."""
+    them all up. In a lab whose agents share processes (`agents_per_process`)
+    a site's whole process is started: every site of its group not running."""
     socks = dict(socks or {})
     info = read_info(directory)
     started: dict[str, int] = {}
     try:
-        for site in sites:
+        wanted = list(sites)
+        for site in wanted:
             entry = info["sites"].get(site)
             if entry is None or entry.get("agent_url") is None:
                 raise LabError(f"site {site!r} has no agent in the lab in {directory}")
-            own = socks.pop(site, None)
-            if agent_running(directory, site, entry):
-                for sock in own or []:
-                    sock.close()
-                started[site] = int(entry["agent_pid"])
-                continue
-            own = own or [_bind_again(entry["agent_url"], entry.get("netns"))]
-            entry["agent_pid"] = await _spawn(directory, f"agent-{site}",
-                                              ["agent", "--config", str(agent_config(directory, site))],
-                                              own, entry.get("netns"))
-            started[site] = entry["agent_pid"]
+        for group in _groups_to_start(info, wanted):
+            to_start = []
+            for site in group:
+                entry = info["sites"][site]
+                own = socks.pop(site, None)
+                if agent_running(directory, site, entry):
+                    for sock in own or []:
+                        sock.close()
+                    started[site] = int(entry["agent_pid"])
+                else:
+                    to_start.append((site, own or [_bind_again(entry["agent_url"], entry.get("netns"))]))
+            if to_start:
+                pid = await _spawn_agents(directory, to_start, info["sites"][to_start[0][0]].get("netns"))
+                for site, _ in to_start:
+                    info["sites"][site]["agent_pid"] = started[site] = pid
     finally:
         for leftover in socks.values():
             for sock in leftover:
@@ -138,13 +144,52 @@ async def start_agents(directory: Path, sites: Iterable[str],
     return started
 
 
+def agent_groups(edges: list[str], per_process: int) -> list[list[str]]:
+    """The edges in processes of `per_process` agents each, in order."""
+    return [edges[i:i + per_process] for i in range(0, len(edges), per_process)]
+
+
+def _groups_to_start(info: dict[str, Any], sites: list[str]) -> list[list[str]]:
+    """The groups (from lab.json's `agent_groups`, one site each if it has
+    none) holding these sites, each once, in the order the sites came."""
+    groups: list[list[str]] = info.get("agent_groups") or []
+    group_of = {site: group for group in groups for site in group}
+    chosen: list[list[str]] = []
+    for site in sites:
+        group = group_of.get(site, [site])
+        if group not in chosen:
+            chosen.append(group)
+    return chosen
+
+
+async def _spawn_agents(directory: Path, sites: list[tuple[str, list[socket.socket]]], netns: str | None) -> int:
+    """One process serving these sites' agents, each on its own sockets.
+    Its log is the first site's; the others' log names link to it."""
+    configs = [arg for site, _ in sites for arg in ("--config", str(agent_config(directory, site)))]
+    first = sites[0][0]
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    log_path = logs / f"agent-{first}.log"
+    if log_path.is_symlink():  # it was another site's process's log before
+        log_path.unlink()
+    for site, _ in sites[1:]:
+        link = logs / f"agent-{site}.log"
+        link.unlink(missing_ok=True)
+        link.symlink_to(log_path.name)
+    return await _spawn(directory, f"agent-{first}", ["agent", *configs], [own for _, own in sites], netns)
+
+
 async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:
     """SIGTERM (a clean stop), or SIGKILL with `kill`."""
     info = read_info(directory)
     entry = info["sites"].get(site)
     if entry is None:
         raise LabError(f"no site {site!r} in the lab in {directory}")
-    await procs.stop(entry.get("agent_pid"), agent_config(directory, site), timeout_s=STOP_TIMEOUT_S, kill=kill)
+    pid = entry.get("agent_pid")
+    await procs.stop(pid, agent_config(directory, site), timeout_s=STOP_TIMEOUT_S, kill=kill)
+    for other in info["sites"].values():  # the sites sharing its process stopped with it
+        if pid and other.get("agent_pid") == pid:
+            other["agent_pid"] = None
     entry["agent_pid"] = None
     save_info(directory, info)
 
@@ -152,8 +197,9 @@ async def stop_agent(directory: Path, site: str, *, kill: bool = False) -> None:
 async def stop_all(directory: Path, info: dict[str, Any]) -> None:
     """Every agent (together), then the hub; their pids cleared in `info`."""
     sites = info.get("sites", {})
-    await asyncio.gather(*(procs.stop(entry.get("agent_pid"), agent_config(directory, site),
-                                      timeout_s=STOP_TIMEOUT_S) for site, entry in sites.items()))
+    by_pid = {entry.get("agent_pid"): site for site, entry in sites.items() if entry.get("agent_pid")}
+    await asyncio.gather(*(procs.stop(pid, agent_config(directory, site), timeout_s=STOP_TIMEOUT_S)
+                           for pid, site in by_pid.items()))  # once per process
     for entry in sites.values():
         entry["agent_pid"] = None
     if "hub_config" in info:
@@ -181,16 +227,17 @@ def _hub_sockets_again(info: dict[str, Any], netns: str | None) -> list[socket.s
     return socks
 
 
-async def _spawn(directory: Path, name: str, args: list[str], socks: list[socket.socket],
+async def _spawn(directory: Path, name: str, args: list[str], groups: list[list[socket.socket]],
                  netns: str | None) -> int:
     """Start `edgesync ARGS` detached (its own session: it outlives `lab up`),
-    in network namespace `netns` if given, serving on `socks`, its output in
-    `logs/NAME.log`."""
+    in network namespace `netns` if given, serving on the sockets of `groups`
+    (one group per daemon in the process), its output in `logs/NAME.log`."""
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
     argv = [*(["ip", "netns", "exec", netns] if netns else []), sys.executable, "-m", "edgesync", *args]
     executable = shutil.which(argv[0]) or argv[0]
-    fds = ",".join(str(sock.fileno()) for sock in socks)
+    fds = ";".join(",".join(str(sock.fileno()) for sock in group) for group in groups)
+    socks = [sock for group in groups for sock in group]
     try:
         for sock in socks:
             sock.set_inheritable(True)
