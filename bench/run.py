@@ -15,7 +15,7 @@ BENCHES = [
     ["bench_rbd_write.py"],
     ["bench_transfer_http.py"],
     ["bench_agents.py"],
-    ["bench_lab_sites.py", "--edges", "100"],
+    ["bench_lab_sites.py", "--edges", "200", "--agents-per-process", "25"],
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any, overload
 
 from edgesync.errors import ConfigError
 from edgesync.tls import PLAINTEXT, TlsConfig
+from edgesync.transfer.limits import TransferLimits
 
 ROLES = ("central", "edge")
 STORE_TYPES = ("file", "rbd")
@@ -167,6 +168,7 @@ class HubConfig:
     imports: ImportConfig = field(default_factory=ImportConfig)
     bus: HubBusConfig | None = None
     keystone: KeystoneConfig | None = None
+    transfers: TransferLimits = field(default_factory=TransferLimits)
     source: Path | None = None
     # Built by hand (tests) a HubConfig is plaintext; load_hub wants it said.
     tls: TlsConfig = PLAINTEXT
@@ -371,6 +373,7 @@ def load_hub(path: Path) -> HubConfig:
         policy_file=hub.path("policy_file", base, None),
         imports=_load_imports(r.sub("import")), bus=_load_hub_bus(r, base), source=path, tls=tls,
         read_timeouts=load_read_timeouts(hub), quota=_load_quota(hub.sub("quota")),
+        transfers=TransferLimits.parse(r.sub("transfers").table, f"{r.where} [transfers]"),
     )
 
 

@@ -8,7 +8,7 @@ lock's release: one transaction each, so a crash never leaves half of one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edgesync.catalog import images
@@ -126,14 +126,19 @@ class TaskTables(Tables):
                 if row is not None and await images.image_exists(tx, row["image_id"]):
                     await images.write_properties(tx, row["image_id"], image_properties, ())
 
-    async def record_progress(self, task_id: str, store: str, bytes_done: int, bytes_total: int) -> None:
-        """Cheap progress update (no state change)."""
+    async def record_progress(self, progress: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+        """Cheap progress updates, (task id, store) -> (bytes done, bytes total),
+        in one transaction; no state change, and none to a finished job (a late
+        report must not undo the figures its end wrote)."""
+        now = utcnow()
         async with self._db.transaction() as tx:
-            await tx.execute(
-                "UPDATE store_jobs SET bytes_done = ?, bytes_total = ?, updated_at = ? "
-                "WHERE task_id = ? AND store = ?",
-                (bytes_done, bytes_total, utcnow(), task_id, store),
-            )
+            for (task_id, store), (bytes_done, bytes_total) in progress.items():
+                await tx.execute(
+                    "UPDATE store_jobs SET bytes_done = ?, bytes_total = ?, updated_at = ? "
+                    "WHERE task_id = ? AND store = ? AND state IN (?, ?)",
+                    (bytes_done, bytes_total, now, task_id, store,
+                     StoreJobState.PENDING.value, StoreJobState.RUNNING.value),
+                )
 
     async def get_task(self, task_id: str) -> Task | None:
         rows = await self._db.rows("SELECT * FROM tasks WHERE id = ?", (task_id,))

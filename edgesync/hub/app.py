@@ -22,9 +22,9 @@ from edgesync.errors import ConfigError, Conflict
 from edgesync.http_limits import guarded_runner
 from edgesync.hub.api import discovery, edge, images, locations, metadefs, tasks
 from edgesync.hub.api.context import HUB_KEY
-from edgesync.hub.api.middleware import auth_middleware, json_errors
+from edgesync.hub.api.middleware import CALLER_KEY, auth_middleware, json_errors
 from edgesync.hub.api.request_id import add_request_id_header, request_ids
-from edgesync.hub.auth import Authenticator, TokenTable
+from edgesync.hub.auth import Authenticator, Caller, TokenTable
 from edgesync.hub.bus_bridge import EventRouter, OutboxPublisher, run_hub_bus
 from edgesync.hub.images import ImageService
 from edgesync.hub.imports import Importer
@@ -45,6 +45,7 @@ from edgesync.stores.base import ImageStore
 from edgesync.tls import http_session, serving_context, warn_plaintext
 from edgesync.transfer.http import ServedCopy, ServedCounters, data_routes
 from edgesync.transfer.manifest import Manifest
+from edgesync.transfer.serving_limits import ServingLimits
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Hub:
     metrics: HubMetrics = field(init=False)
     policy: Policy = field(init=False)
     served: ServedCounters = field(init=False, default_factory=ServedCounters)  # what agents pulled from central
+    serving_limits: ServingLimits = field(init=False)  # [transfers]: per site and egress
     _bus_task: asyncio.Task[None] | None = field(init=False, default=None)
     _policy_task: asyncio.Task[None] | None = field(init=False, default=None)
 
@@ -85,6 +87,7 @@ class Hub:
         """Everything but the HTTP server (tests drive `app()` directly)."""
         cfg = self.config
         self.metrics = HubMetrics(sites=[site.name for site in cfg.sites])
+        self.serving_limits = ServingLimits(cfg.transfers.per_site_concurrency, cfg.transfers.egress_bytes_per_s)
         self.policy = await asyncio.to_thread(Policy, cfg.policy_file)  # a bad file stops the start
         self.catalog = await Catalog.open(cfg.catalog_path)
         self.stores = {}
@@ -148,6 +151,7 @@ class Hub:
         reports its own)."""
         self.metrics.watch_catalog(self.catalog, list(self.sites))
         self.metrics.watch_served(self.served)
+        self.metrics.watch_serving_limits(self.serving_limits)
         if self.registry is not None:
             self.metrics.watch_sites(self.registry)
         for name, site in self.sites.items():
@@ -218,7 +222,8 @@ class Hub:
         # Agents pull central's copies here: each only the images it is
         # copying (the auth middleware has checked the token itself).
         app.add_routes(data_routes(self._central_copy, TransferAuthorizer(self.catalog), counters=self.served,
-                                   manifests=self.manifests.body))
+                                   manifests=self.manifests.body, limits=self.serving_limits,
+                                   requester=_agent_site))
         return app
 
     async def start(self) -> None:
@@ -258,6 +263,12 @@ class Hub:
             except Exception as exc:  # noqa: BLE001 — the catalog must still be closed
                 log.error("closing site %s failed: %s", site.name, exc)
         await self.catalog.close()
+
+
+def _agent_site(request: web.Request) -> str | None:
+    """The site whose agent sent `request` (None: not an agent), for the serving limits."""
+    caller = request.get(CALLER_KEY)
+    return caller.agent_site if isinstance(caller, Caller) else None
 
 
 async def serve(config: HubConfig) -> None:

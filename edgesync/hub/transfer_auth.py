@@ -8,10 +8,14 @@ it was sent is the only reason it has to read. Everyone else is refused,
 members included (they download through `/v2/images/{id}/file`, which
 checks visibility).
 
-A copy asks range after range, so "is a copy to this site open?" is
-remembered for a second per (site, image): one catalog look-up per second
-of a copy, not one per 4 MiB. A copy that ends meanwhile may be served for
-at most that second more, by the agent that was making it.
+A copy asks range after range, so the sites an image's open copy goes to
+are remembered for a second per image: one catalog look-up per second of a
+copy, however many sites it goes to (per site and image, a copy to a
+thousand sites cost a thousand look-ups of its thousand store jobs every
+second). A site missing from what is remembered is looked up afresh (its
+copy may have started within that second), so only a yes is ever reused:
+a copy that ends meanwhile may be served for at most that second more, by
+the agents that were making it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class TransferAuthorizer:
     def __init__(self, catalog: Catalog, reuse_s: float = ANSWER_REUSE_S) -> None:
         self._catalog = catalog
         self._reuse_s = reuse_s
-        self._open: dict[tuple[str, str], float] = {}  # (site, image) -> when a copy was seen open
+        self._open: dict[str, tuple[float, frozenset[str]]] = {}  # image -> (when seen, sites its copy goes to)
 
     async def __call__(self, request: web.Request, image_id: str) -> None:
         caller = cast(Caller, request[CALLER_KEY])
@@ -50,14 +54,14 @@ class TransferAuthorizer:
 
     async def copy_open(self, site: str, image_id: str) -> bool:
         now = time.monotonic()
-        seen = self._open.get((site, image_id))
-        if seen is not None and now - seen < self._reuse_s:
+        seen = self._open.get(image_id)
+        if seen is not None and now - seen[0] < self._reuse_s and site in seen[1]:
             return True
         holder = await self._catalog.lock_holder(image_id)
         task = await self._catalog.get_task(holder) if holder is not None else None
-        if task is None or site not in task.unfinished_stores:
-            return False
+        sites = frozenset(task.unfinished_stores) if task is not None else frozenset()
         if len(self._open) >= self.MAX_KEPT:
-            self._open = {k: t for k, t in self._open.items() if now - t < self._reuse_s}
-        self._open[(site, image_id)] = now
-        return True
+            self._open = {k: v for k, v in self._open.items() if now - v[0] < self._reuse_s}
+        if sites:
+            self._open[image_id] = (now, sites)
+        return site in sites

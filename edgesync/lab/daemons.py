@@ -124,16 +124,16 @@ async def start_agents(directory: Path, sites: Iterable[str],
             to_start = []
             for site in group:
                 entry = info["sites"][site]
-                own = socks.pop(site, None)
                 if agent_running(directory, site, entry):
-                    for sock in own or []:
-                        sock.close()
                     started[site] = int(entry["agent_pid"])
-                else:
-                    to_start.append((site, own or [_bind_again(entry["agent_url"], entry.get("netns"))]))
+                    continue
+                # Into `socks` until spawned: closed in `finally` if another site's bind fails.
+                socks[site] = socks.get(site) or [_bind_again(entry["agent_url"], entry.get("netns"))]
+                to_start.append(site)
             if to_start:
-                pid = await _spawn_agents(directory, to_start, info["sites"][to_start[0][0]].get("netns"))
-                for site, _ in to_start:
+                own = [(site, socks.pop(site)) for site in to_start]
+                pid = await _spawn_agents(directory, own, info["sites"][to_start[0]].get("netns"))
+                for site in to_start:
                     info["sites"][site]["agent_pid"] = started[site] = pid
     finally:
         for leftover in socks.values():

@@ -60,15 +60,19 @@ from edgesync.metrics.specs import (
     COPY_RESUMES,
     DIGEST_KINDS,
     DIGEST_MISMATCHES,
+    EGRESS_BYTES,
     EVENT_LAG,
     HEARTBEAT_AGE,
     OUTBOX_DEPTH,
     OUTBOX_OLDEST_AGE,
     REPLICATED_BYTES,
+    REQUESTS_WAITED,
     SENT_BYTES,
     SERVED_BYTES,
     SERVED_RANGES,
     SHARED_RANGES,
+    SITE_REQUESTS_IN_FLIGHT,
+    SITE_REQUESTS_IN_FLIGHT_MAX,
     SITE_UP,
     STORE_COPIES,
     STORE_FREE,
@@ -91,6 +95,7 @@ if TYPE_CHECKING:
     from edgesync.catalog import Catalog
     from edgesync.hub.sites import SiteRegistry
     from edgesync.transfer.counters import ServedCounters
+    from edgesync.transfer.serving_limits import ServingLimits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -246,6 +251,13 @@ class Metrics:
         self.live(SERVED_RANGES, lambda: [((), counters.served_ranges_total)])
         self.live(SHARED_RANGES, lambda: [((), counters.shared_ranges_total)])
         self.live(SENT_BYTES, lambda: [((), counters.sent_bytes_total)])
+
+    def watch_serving_limits(self, limits: ServingLimits) -> None:
+        """Expose what the hub's serving limits count (see transfer/serving_limits.py)."""
+        self.live(SITE_REQUESTS_IN_FLIGHT, lambda: [((site,), n) for site, n in limits.in_flight.items()])
+        self.live(SITE_REQUESTS_IN_FLIGHT_MAX, lambda: [((site,), n) for site, n in limits.peak_in_flight.items()])
+        self.live(REQUESTS_WAITED, lambda: [((), limits.waited_total)])
+        self.live(EGRESS_BYTES, lambda: [((), limits.sent_bytes)])
 
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
         self.api_requests.labels(route, method, str(status)).inc()

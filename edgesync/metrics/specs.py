@@ -60,6 +60,17 @@ SHARED_RANGES = Spec("edgesync_transfer_shared_ranges_total", "counter",
 SENT_BYTES = Spec("edgesync_transfer_sent_bytes_total", "counter",
                   "Bytes of the data bodies this daemon sent to other sites, as sent: zstd frames where "
                   "a range was compressed (compare with edgesync_transfer_served_bytes_total).")
+SITE_REQUESTS_IN_FLIGHT = Spec("edgesync_transfer_site_requests_in_flight", "gauge",
+                               "Data requests of a site the hub is serving now (at most [transfers] "
+                               "per_site_concurrency).", ("site",))
+SITE_REQUESTS_IN_FLIGHT_MAX = Spec("edgesync_transfer_site_requests_in_flight_max", "gauge",
+                                   "The most data requests of a site the hub served at once since it started.",
+                                   ("site",))
+REQUESTS_WAITED = Spec("edgesync_transfer_requests_waited_total", "counter",
+                       "Data requests that waited for their site's turn ([transfers] per_site_concurrency).")
+EGRESS_BYTES = Spec("edgesync_transfer_egress_bytes_total", "counter",
+                    "Data body bytes the hub wrote to sites through its egress limit ([transfers] "
+                    "egress_limit_mbps; counted when unlimited too).")
 STORE_USED = Spec("edgesync_store_used_bytes", "gauge",
                   "Bytes used where the store keeps its copies (file: the filesystem; rbd: the pool).",
                   ("store",))
@@ -104,6 +115,7 @@ BROKER_CONNECTED = Spec("edgesync_broker_connected", "gauge",
 SPECS: tuple[Spec, ...] = (
     API_REQUESTS, API_DURATION, REPLICATED_BYTES, TRANSFER_BYTES, DIGEST_MISMATCHES, SERVED_BYTES, SERVED_RANGES,
     SHARED_RANGES, SENT_BYTES, STORE_USED, STORE_FREE,
+    SITE_REQUESTS_IN_FLIGHT, SITE_REQUESTS_IN_FLIGHT_MAX, REQUESTS_WAITED, EGRESS_BYTES,
     COPY_DURATION, COPY_FAILURES, COPIES_IN_FLIGHT, SITE_UP, HEARTBEAT_AGE, STORE_COPIES, OUTBOX_DEPTH,
     OUTBOX_OLDEST_AGE, EVENT_LAG,
     TASKS_QUEUED, TASKS_IN_FLIGHT, COPY_RESUMES, AGENT_OUTBOX_DEPTH, BROKER_CONNECTED,

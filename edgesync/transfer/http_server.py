@@ -27,6 +27,7 @@ from edgesync.errors import BadRequest, EdgesyncError, NotFound, RangeNotSatisfi
 from edgesync.stores.base import ImageStore
 from edgesync.transfer import compression
 from edgesync.transfer.counters import ServedCounters
+from edgesync.transfer.serving_limits import ServingLimits
 from edgesync.transfer.shared import RangeKey, ReadRange, SharedRanges
 from edgesync.transfer.wire import (
     ACCEPT_ENCODING_HEADER,
@@ -62,6 +63,8 @@ ManifestLookup = Callable[[str], Awaitable[bytes]]
 # caller may read that image's copy here.
 Authorize = Callable[[web.Request, str], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Which site a request comes from (None: not a site's agent), for ServingLimits.
+Requester = Callable[[web.Request], str | None]
 
 # A copy asks for its image range after range. Looking the image up again for
 # each range cost the hub five catalog queries per 4 MiB; a data request
@@ -98,7 +101,8 @@ class _RecentLookups:
 
 def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounters | None = None,
                 lookup_reuse_s: float = LOOKUP_REUSE_S,
-                manifests: ManifestLookup | None = None) -> web.RouteTableDef:
+                manifests: ManifestLookup | None = None,
+                limits: ServingLimits | None = None, requester: Requester | None = None) -> web.RouteTableDef:
     """The routes. `lookup(image_id)` returns the store holding the
     published copy, or a ServedCopy (or raises NotFound/Conflict); the
     extent map always asks it, a data range may reuse an answer up to
@@ -107,12 +111,16 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
     `manifests(image_id)` answers a copy's encoded chunk manifest (or
     raises NotFound); without it the manifest route answers 404.
     Ranges of copies with a content id are shared (SharedRanges). What was
-    served is counted into `counters` (the daemon's, for its metrics)."""
+    served is counted into `counters` (the daemon's, for its metrics).
+    Data requests (ranges, spans) are served under `limits`, per site as
+    `requester(request)` names it (see serving_limits)."""
     routes = web.RouteTableDef()
     corrupt = CorruptFirstChunks.from_env()
     counters = counters if counters is not None else ServedCounters()
     shared = SharedRanges(counters=counters)
     lookups = _RecentLookups(lookup, lookup_reuse_s)
+    limits = limits if limits is not None else ServingLimits()
+    requester = requester or (lambda _request: None)
 
     @routes.get(extents_path("{image_id}"))
     @_json_errors
@@ -141,9 +149,10 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
             body = await _read_span(copy.store, image_id, offset, length)
             return ReadRange(body, await sha256_hex(body), await _compressed(body, encoding))
 
-        answer = await _shared_or_not(copy, RangeKey(copy.content_id or "", offset, length, encoding), load)
-        assert answer.sha256 is not None
-        return _answer(image_id, answer, length, {CHUNK_DIGEST_HEADER: answer.sha256})
+        async with limits.slot(requester(request)):
+            answer = await _shared_or_not(copy, RangeKey(copy.content_id or "", offset, length, encoding), load)
+            assert answer.sha256 is not None
+            return await _answer(request, image_id, answer, length, {CHUNK_DIGEST_HEADER: answer.sha256})
 
     @routes.get(manifest_path("{image_id}"))
     @_json_errors
@@ -169,20 +178,24 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
             return ReadRange(body, None, await _compressed(body, encoding))
 
         key = RangeKey(copy.content_id or "", spans[0][0], total, encoding, spans)
-        return _answer(image_id, await _shared_or_not(copy, key, load), total, {})
+        async with limits.slot(requester(request)):
+            return await _answer(request, image_id, await _shared_or_not(copy, key, load), total, {})
 
     async def _shared_or_not(copy: ServedCopy, key: RangeKey, load: Callable[[], Awaitable[ReadRange]]) -> ReadRange:
         return await (load() if copy.content_id is None else shared.get(key, load))
 
-    def _answer(image_id: str, answer: ReadRange, length: int, headers: dict[str, str]) -> web.Response:
+    async def _answer(request: web.Request, image_id: str, answer: ReadRange, length: int,
+                      headers: dict[str, str]) -> web.StreamResponse:
+        """Sent here, not by aiohttp after the handler: under the request's
+        slot, at the egress rate."""
         body = answer.data if answer.zstd is None else answer.zstd
         if answer.zstd is not None:
             headers[ENCODING_HEADER] = compression.NAME
         counters.served_bytes_total += length
         counters.served_ranges_total += 1
         counters.sent_bytes_total += len(body)
-        return web.Response(body=corrupt.apply(image_id, body), content_type="application/octet-stream",
-                            headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Type": "application/octet-stream"})
+        return await limits.send(request, response, corrupt.apply(image_id, body))
 
     return routes
 

@@ -2,9 +2,10 @@
 a failing later step leaves nothing running; a port someone else took is
 reported, not raced for.
 
-The 100-site run is `bench/bench_lab_sites.py` (about a minute of both cores,
-too much for every `make test`); here MANY_EDGES agents take the same paths:
-all started at once on handed-over sockets, one readiness wait for all.
+The 200-site run is `bench/bench_lab_sites.py` (a minute or more of both
+cores, too much for every `make test`); here MANY_EDGES agents take the same
+paths: all started at once on handed-over sockets, one readiness wait for
+all, PER_PROCESS agent instances sharing each process as the bench's do.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tests.fixtures.lab import (
 pytestmark = pytest.mark.e2e
 
 MANY_EDGES = [f"dcn{i}" for i in range(12)]
+PER_PROCESS = 4
 
 
 def processes_of(lab_dir: Path) -> list[str]:
@@ -64,7 +66,8 @@ def many_sites_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab_dir = tmp_path_factory.mktemp("many-sites-lab")
     try:
         up = _edgesync("lab", "up", "--dir", str(lab_dir), "--store", "file",
-                       "--sites", ",".join(["central", *MANY_EDGES]), timeout=180)
+                       "--sites", ",".join(["central", *MANY_EDGES]),
+                       "--agents-per-process", str(PER_PROCESS), timeout=180)
         assert up.returncode == 0, f"lab up failed:\n{up.stdout}\n{up.stderr}"
         info: Lab = json.loads((lab_dir / "lab.json").read_text())
         info.update(lab_dir=lab_dir)
@@ -90,6 +93,34 @@ def test_many_edge_sites_come_up_and_all_take_a_copy(many_sites_lab: Lab, tmp_pa
     assert done["os_glance_failed_import"] == "" and stores_of(done) == {"central", *MANY_EDGES}, done
     for site in MANY_EDGES:
         assert file_sha512(Path(lab["lab_dir"]) / "stores" / site / image_id) == image.sha512, site
+
+
+def agent_pids(lab: Lab) -> dict[str, int | None]:
+    info = json.loads((Path(lab["lab_dir"]) / "lab.json").read_text())
+    return {site: entry["agent_pid"] for site, entry in info["sites"].items() if site != "central"}
+
+
+def test_agents_share_processes_and_a_site_stops_and_starts_with_its_process(many_sites_lab: Lab) -> None:
+    lab = many_sites_lab
+    pids = agent_pids(lab)
+    groups = [MANY_EDGES[i:i + PER_PROCESS] for i in range(0, len(MANY_EDGES), PER_PROCESS)]
+    assert [{pids[site] for site in group} for group in groups] == [{pids[group[0]]} for group in groups]
+    assert len(set(pids.values())) == len(groups)
+    agents = [cmd for cmd in processes_of(Path(lab["lab_dir"])) if " agent " in cmd]
+    assert len(agents) == len(groups) and all(cmd.count("--config") == PER_PROCESS for cmd in agents), agents
+
+    site, sharing = groups[1][0], groups[1]
+    lab_cli(lab, "agent", "stop", site)
+    assert [p for s, p in agent_pids(lab).items() if s in sharing] == [None] * len(sharing)
+    _, body = api(lab, "GET", "/edgesync/v1/sites")
+    assert {s["name"] for s in body["sites"] if s["up"]} >= {*MANY_EDGES} - {*sharing}  # the others untouched
+    lab_cli(lab, "agent", "start", site)
+    after = agent_pids(lab)
+    assert len({after[s] for s in sharing}) == 1 and after[site] not in (None, pids[site])
+    _, body = api(lab, "GET", "/edgesync/v1/sites")
+    assert {s["name"] for s in body["sites"] if s["up"]} == {"central", *MANY_EDGES}
+    log = (Path(lab["lab_dir"]) / "logs" / f"agent-{sharing[-1]}.log").read_text()
+    assert f"[site={sharing[-1]}]" in log  # one log per process, each line naming its site
 
 
 def test_an_agent_whose_port_was_taken_says_so_and_starts_once_it_is_free(many_sites_lab: Lab) -> None:

@@ -144,3 +144,20 @@ def test_the_agent_command_refuses_an_az_mismatch_before_starting(
     err = capsys.readouterr().err
     assert err.startswith("edgesync: the agent can't start: ") and "one availability zone" in err
     assert not (tmp_path / "state").exists()  # refused before touching anything
+
+
+def test_agents_sharing_a_process_need_their_own_site_journal_and_address(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edgesync.agent.shared_process import check_distinct
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = load_agent(site_file(tmp_path / "a", name="dcn0"))
+    b = load_agent(site_file(tmp_path / "b", name="dcn1"))
+    b = replace(b, listen_port=9394)
+    check_distinct([a, b])  # distinct: fine
+    for shared, what in [(replace(b, site=a.site), "site"), (replace(b, state_dir=a.state_dir), "state_dir"),
+                         (replace(b, listen_port=a.listen_port), "listen")]:
+        with pytest.raises(ConfigError, match=f"need a {what} each"):
+            check_distinct([a, shared])

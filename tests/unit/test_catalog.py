@@ -254,7 +254,7 @@ async def test_update_job_records_state_progress_and_location_at_once(catalog: C
     image = await catalog.insert_image(new_image(status=ImageStatus.ACTIVE))
     task = new_task(image.id, ["dcn0"])
     await catalog.start_task(task, lock_ttl_s=60)
-    await catalog.record_progress(task.id, "dcn0", 100, 200)
+    await catalog.record_progress({(task.id, "dcn0"): (100, 200)})
     [job] = (await catalog.get_task(task.id)).jobs  # type: ignore[union-attr]
     assert (job.bytes_done, job.bytes_total) == (100, 200)
     # progress is recorded only now and then: done means all of the total
@@ -263,6 +263,9 @@ async def test_update_job_records_state_progress_and_location_at_once(catalog: C
                              location=(image.id, Location("dcn0", "file:///dcn0/x")))
     [job] = (await catalog.get_task(task.id)).jobs  # type: ignore[union-attr]
     assert (job.state, job.bytes_done, job.bytes_total) == (StoreJobState.DONE, 200, 200)
+    await catalog.record_progress({(task.id, "dcn0"): (150, 200)})  # a report written late: too late
+    [job] = (await catalog.get_task(task.id)).jobs  # type: ignore[union-attr]
+    assert (job.state, job.bytes_done) == (StoreJobState.DONE, 200)
     after = await catalog.require_image(image.id)
     assert after.stores == ["dcn0"] and after.properties == {"os_glance_importing_to_stores": ""}
 

@@ -95,3 +95,24 @@ def test_a_port_the_lab_holds_cannot_be_taken_in_the_meantime() -> None:
     finally:
         held.close()
     listening_socket(HOST, port).close()  # free again once the holder let go
+
+
+async def test_daemons_sharing_a_process_each_take_the_group_bound_where_their_config_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    socks = [listening_socket(HOST) for _ in range(3)]
+    ports = [s.getsockname()[1] for s in socks]
+    with socks[0], socks[1], socks[2]:
+        monkeypatch.setenv(LISTEN_FD_ENV, ";".join(str(os.dup(s.fileno())) for s in socks))
+    runners = []
+    try:
+        for port in reversed(ports):  # in any order: each finds its own
+            app = web.Application()
+            app.router.add_get("/healthz", healthz)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            runners.append(runner)
+            await start_site(runner, HOST, port)
+            assert [a[1] for a in runner.addresses] == [port]
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -97,7 +97,8 @@ def test_exec_start_is_a_command_edgesync_accepts(unit: str, state: str) -> None
     argv = shlex.split(service["ExecStart"].replace("%i", "dcn0"))
     assert argv[0] == INSTALLED_COMMAND
     args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on an option edgesync lacks
-    assert args.config.startswith("/etc/edgesync/") and args.log_format == "json"
+    configs = [args.config] if isinstance(args.config, str) else args.config  # the agent's --config repeats
+    assert len(configs) == 1 and configs[0].startswith("/etc/edgesync/") and args.log_format == "json"
 
 
 def test_the_sysusers_file_creates_the_service_user(tmp_path: Path) -> None:

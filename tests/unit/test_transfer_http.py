@@ -39,6 +39,7 @@ from edgesync.transfer.http import (
     data_routes,
 )
 from edgesync.transfer.pipeline import pump
+from edgesync.transfer.serving_limits import ServingLimits
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -124,6 +125,7 @@ async def serving(
     lookup: Callable[[str], Awaitable[ImageStore]] | None = None,
     middlewares: tuple[Middleware, ...] = (),
     lookup_reuse_s: float = 1.0,
+    limits: ServingLimits | None = None,
 ) -> AsyncIterator[Site]:
     """`data_routes` over `store` on a real server on 127.0.0.1."""
     requests: list[str] = []
@@ -135,7 +137,8 @@ async def serving(
 
     served = ServedCounters()
     app = web.Application(middlewares=[record, *middlewares])
-    app.add_routes(data_routes(lookup or lookup_in(store), authorize, counters=served, lookup_reuse_s=lookup_reuse_s))
+    app.add_routes(data_routes(lookup or lookup_in(store), authorize, counters=served, lookup_reuse_s=lookup_reuse_s,
+                               limits=limits))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -298,37 +301,34 @@ async def test_the_fault_hook_is_inert_unless_a_positive_integer(
 # --- the network fails ----------------------------------------------------------------
 
 
-def drop_first_data_response_mid_body() -> tuple[Middleware, list[int]]:
-    """A middleware that answers the first data request with its real headers
-    and half its body, then cuts the connection."""
-    dropped: list[int] = []
+class CutFirstDataBody(ServingLimits):
+    """Serving that answers the first data request with its real headers
+    and half its body, then cuts the connection (the routes send their
+    bodies through ServingLimits.send)."""
 
-    @web.middleware
-    async def drop_once(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        response = await handler(request)
-        if dropped or not request.path.endswith("/data") or not isinstance(response, web.Response):
-            return response
-        body = response.body
-        assert isinstance(body, bytes)
-        dropped.append(len(body) // 2)
-        partial = web.StreamResponse(headers={
-            CHUNK_DIGEST_HEADER: response.headers[CHUNK_DIGEST_HEADER],
-            "Content-Length": str(len(body)),
-        })
-        await partial.prepare(request)
-        await partial.write(body[:len(body) // 2])
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: list[int] = []
+
+    async def send(self, request: web.Request, response: web.StreamResponse, body: bytes) -> web.StreamResponse:
+        if self.dropped or not request.path.endswith("/data"):
+            return await super().send(request, response, body)
+        self.dropped.append(len(body) // 2)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:len(body) // 2])
         assert request.transport is not None
         request.transport.close()
-        return partial
-    return drop_once, dropped
+        return response
 
 
 async def test_a_connection_cut_mid_body_is_retried(
     source_store: FileStore, dest_store: FileStore, session: aiohttp.ClientSession
 ) -> None:
     image_id, content = await publish_sparse(source_store, IMAGE_SIZE, IMAGE_RUNS)
-    drop_once, dropped = drop_first_data_response_mid_body()
-    async with serving(source_store, middlewares=(drop_once,)) as site:
+    cut = CutFirstDataBody()
+    dropped = cut.dropped
+    async with serving(source_store, limits=cut) as site:
         src = source(session, site, image_id)
         os_hash_value = await pull(src, dest_store, image_id)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Collection
 
@@ -11,6 +13,8 @@ from edgesync.errors import EdgesyncError
 from edgesync.model import FAILED_IMPORT, IMPORTING_TO_STORES, StoreJobState, Task
 from edgesync.stores.base import Location
 from edgesync.transfer.pipeline import CopyProgressFn
+
+log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
 
@@ -34,6 +38,7 @@ def progress_properties(task: Task) -> dict[str, str]:
 class JobBook:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.progress = ProgressWriter(catalog)
 
     async def set(self, task: Task, store: str, state: StoreJobState, *,
                   reason: str | None = None, bytes_done: int | None = None,
@@ -60,16 +65,54 @@ class JobBook:
                 await self.set(task, job.store, StoreJobState.FAILED, reason=reason)
 
     def progress_recorder(self, task: Task, store: str) -> CopyProgressFn:
-        """Records a store's progress (data bytes, holes excluded) at most
-        once per PROGRESS_INTERVAL_S: the first report, so the total shows at
-        once, and then at that pace."""
-        last: float | None = None
+        """Records a store's progress (data bytes, holes excluded) through
+        the book's ProgressWriter: every store's latest, in one write."""
 
         async def record(done_bytes: int, total_bytes: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if last is None or now - last >= PROGRESS_INTERVAL_S:
-                last = now
-                await self.catalog.record_progress(task.id, store, done_bytes, total_bytes)
+            self.progress.record(task.id, store, done_bytes, total_bytes)
 
         return record
+
+
+class ProgressWriter:
+    """Store jobs' progress, written for every job in one transaction at most
+    once per `interval_s`: a report that finds no write due for a while is
+    written at once (the total shows as a copy starts), later ones wait for
+    the next write, and only each job's latest report is written.
+
+    Written one transaction per report, a copy to hundreds of sites (a
+    report a second from each agent) was hundreds of catalog transactions a
+    second, and every API request queued behind them for the catalog.
+    Progress is only progress: a write that fails is logged, the next one
+    carries the newer figures; the catalog never lets it touch a finished job.
+    """
+
+    def __init__(self, catalog: Catalog, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+        self.catalog = catalog
+        self.interval_s = interval_s
+        self._pending: dict[tuple[str, str], tuple[int, int]] = {}
+        self._scheduled = False
+        self._last_write = float("-inf")
+        self._writing: set[asyncio.Task[None]] = set()
+
+    def record(self, task_id: str, store: str, bytes_done: int, bytes_total: int) -> None:
+        self._pending[(task_id, store)] = (bytes_done, bytes_total)
+        if self._scheduled:
+            return
+        self._scheduled = True
+        delay = max(0.0, self._last_write + self.interval_s - time.monotonic())
+        asyncio.get_running_loop().call_later(delay, self._start_write)
+
+    def _start_write(self) -> None:
+        self._scheduled = False
+        self._last_write = time.monotonic()
+        batch, self._pending = self._pending, {}
+        writing = asyncio.create_task(self._write(batch), name="progress-write")
+        self._writing.add(writing)  # referenced until done
+        writing.add_done_callback(self._writing.discard)
+
+    async def _write(self, batch: dict[tuple[str, str], tuple[int, int]]) -> None:
+        try:
+            await self.catalog.record_progress(batch)
+        except EdgesyncError as exc:
+            log.warning("recording the progress of %d store job(s) failed: %s", len(batch), exc.message)
