@@ -104,9 +104,11 @@ class Hub:
             self._watch()
             staging = Staging(cfg.staging_dir)
             self.manifests = HubManifests(self.catalog, central.store)
-            self.images = ImageService(catalog=self.catalog, sites=self.sites, config=cfg, staging=staging)
+            self.images = ImageService(catalog=self.catalog, sites=self.sites, config=cfg, staging=staging,
+                                       policy=self.policy)
             self.importer = Importer(catalog=self.catalog, sites=self.sites, staging=staging,
-                                     config=cfg.imports, metrics=self.metrics, quota=self.images.quota)
+                                     config=cfg.imports, metrics=self.metrics, quota=self.images.quota,
+                                     policy=self.policy)
             await self.importer.recover()
         except BaseException:
             # Release what was opened: an open catalog's thread would keep a

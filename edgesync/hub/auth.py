@@ -46,6 +46,8 @@ class Caller:
         return self.agent_site is not None and self.agent_site == site
 
 
+# The role a service token gives the caller (Glance's `service_api` rule checks it).
+SERVICE_ROLE = "service"
 NOAUTH_CALLER = Caller(user="admin", project="admin", roles=("admin",))
 
 
@@ -80,20 +82,28 @@ class TokenTable:
         return cls(callers)
 
     async def authenticate(self, token: str | None, service_token: str | None) -> Caller:
-        """The Authenticator interface; a tokens file knows no service tokens, so that header is ignored."""
-        return self.caller(token)
+        """The Authenticator interface. An `X-Service-Token` must be a token of
+        the file too (401 otherwise); if its roles include "service" the caller
+        gains the service persona, as a Keystone service token gives it
+        (Nova or Cinder acting for a user)."""
+        caller = self.caller(token)
+        if service_token:
+            service = self.caller(service_token, header="X-Service-Token")
+            if SERVICE_ROLE in service.roles and SERVICE_ROLE not in caller.roles:
+                caller = replace(caller, roles=(*caller.roles, SERVICE_ROLE))
+        return caller
 
-    def caller(self, token: str | None) -> Caller:
+    def caller(self, token: str | None, header: str = "X-Auth-Token") -> Caller:
         if not token:
-            raise Unauthorized("This request needs an X-Auth-Token header with a valid token")
+            raise Unauthorized(f"This request needs an {header} header with a valid token")
         for known, caller in self._callers.items():
             # constant-time comparison: no timing oracle on tokens
             if hmac.compare_digest(known.encode(), token.encode()):
                 return caller
-        raise Unauthorized("The X-Auth-Token is not valid; check the token you were given")
+        raise Unauthorized(f"The {header} is not valid; check the token you were given")
 
 
-# --- policy: who may see and change what --------------------------------------
+# --- who may see an image (Glance's database layer; the rules are hub/policy.py) ---
 
 
 def can_see(caller: Caller, image: Image) -> bool:
@@ -102,22 +112,6 @@ def can_see(caller: Caller, image: Image) -> bool:
     if image.visibility in (Visibility.PUBLIC, Visibility.COMMUNITY):
         return True
     return image.visibility == Visibility.SHARED and caller.project in image.members
-
-
-def require_owner_or_admin(caller: Caller, image: Image, action: str) -> None:
-    if not (caller.is_admin or image.owner == caller.project):
-        raise Forbidden(f"Only the image's owner or an admin may {action} (image {image.id})")
-    require_writer(caller, action)
-
-
-# Glance's personas that may change images (its secure-RBAC defaults: a
-# project reader only reads). Keystone tokens carry implied roles already.
-WRITER_ROLES = frozenset({"admin", "member"})
-
-
-def require_writer(caller: Caller, action: str) -> None:
-    if not WRITER_ROLES & set(caller.roles):
-        raise Forbidden(f"A project reader may not {action}: that needs the member role (or admin)")
 
 
 def require_admin(caller: Caller, action: str) -> None:

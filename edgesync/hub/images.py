@@ -12,7 +12,7 @@ from typing import Any
 from edgesync.catalog import SORTABLE, Catalog, ImageQuery
 from edgesync.config import CONTAINER_FORMATS, HubConfig
 from edgesync.errors import BadRequest, Conflict, EdgesyncError, Forbidden, NotFound, StoreImageInUse, StoreUnavailable
-from edgesync.hub.auth import Caller, can_see, require_owner_or_admin, require_writer
+from edgesync.hub.auth import Caller, can_see
 from edgesync.hub.patch import (
     READ_ONLY,
     WRITABLE_CORE,
@@ -20,6 +20,7 @@ from edgesync.hub.patch import (
     check_extra_property,
     plan_patch,
 )
+from edgesync.hub.policy import Policy, image_target, new_image_target
 from edgesync.hub.quota import StoredBytesQuota
 from edgesync.hub.remote import SiteOffline
 from edgesync.hub.sites import Site, Sites
@@ -33,8 +34,10 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 
 class ImageService:
-    def __init__(self, *, catalog: Catalog, sites: Sites, config: HubConfig, staging: Staging) -> None:
+    def __init__(self, *, catalog: Catalog, sites: Sites, config: HubConfig, staging: Staging,
+                 policy: Policy) -> None:
         self.catalog = catalog
+        self.policy = policy
         self.sites = sites
         self.config = config
         self.central = config.central.name
@@ -47,12 +50,26 @@ class ImageService:
     # --- read -------------------------------------------------------------------
 
     async def get(self, caller: Caller, image_id: str) -> Image:
+        """The image if the caller may see it (its project owns it, it is
+        public or community, or the project is a member — Glance's database
+        layer) and the policy's `get_image` allows it; else NotFound."""
         image = await self.catalog.get_image(image_id)
         if image is None or not can_see(caller, image):
             raise NotFound(f"No image found with ID {image_id}")
+        self.policy.enforce_on_image("get_image", caller, image)
+        return image
+
+    async def get_for(self, rule: str, caller: Caller, image_id: str) -> Image:
+        """The image, if the caller may see it and `rule` allows the caller on it (403 if not)."""
+        image = await self.get(caller, image_id)
+        self.policy.enforce_on_image(rule, caller, image)
         return image
 
     async def list(self, caller: Caller, query: ImageQuery) -> list[Image]:
+        """The images the query finds that the caller may see; `get_images`
+        refused is a 403. The caller filters each one by `get_image` (Glance
+        does it after paging: a page may come out shorter, never wrong)."""
+        self.policy.authorize("get_images", caller, {"project_id": caller.project})
         query.viewer_project = caller.project
         query.is_admin = caller.is_admin
         for key, _ in query.sort:
@@ -65,7 +82,6 @@ class ImageService:
     async def create(self, caller: Caller, body: Any) -> Image:
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object describing the image")
-        require_writer(caller, "create images")
         body = dict(body)
         image_id = body.pop("id", None) or str(uuid.uuid4())
         _check_uuid(image_id)
@@ -73,25 +89,25 @@ class ImageService:
             raise Conflict(f"An image with id {image_id} already exists")
         image = Image(id=image_id, owner=caller.project)
         for key, value in body.items():
-            self._apply_create_field(caller, image, key, value)
-        self._check_visibility_change(caller, image.visibility)
+            self._apply_create_field(image, key, value)
+        visibility = Visibility(image.visibility).value
+        target = new_image_target(image.owner, visibility)
+        if not self.policy.allows("add_image", caller, target):
+            if image.owner != caller.project:
+                raise Forbidden(f"You are not permitted to create images owned by another project "
+                                f"({image.owner!r}); only an admin may (policy rule 'add_image')")
+            self.policy.authorize("add_image", caller, target)
+        self.policy.enforce_visibility(caller, visibility, target)
         return await self.catalog.insert_image(image)
 
-    def _apply_create_field(self, caller: Caller, image: Image, key: str, value: Any) -> None:
+    def _apply_create_field(self, image: Image, key: str, value: Any) -> None:
         if key in READ_ONLY:
             raise Forbidden(f"Attribute '{key}' is read-only.")
         if key in WRITABLE_CORE:
             value = check_core_value(key, value, **self._formats())
-            if key == "owner" and value != caller.project and not caller.is_admin:
-                raise Forbidden("Only an admin may create an image owned by another project")
             setattr(image, key, list(dict.fromkeys(value)) if key == "tags" else value)
         else:
             image.properties[key] = check_extra_property(key, value)
-
-    @staticmethod
-    def _check_visibility_change(caller: Caller, visibility: Visibility | str) -> None:
-        if Visibility(visibility) == Visibility.PUBLIC and not caller.is_admin:
-            raise Forbidden("Only an admin may make an image public; use community or shared instead")
 
     async def register_edge_image(self, caller: Caller, site: str, body: Any) -> Image:
         """Record an image whose data was created at an edge site (e.g. a Nova
@@ -107,10 +123,10 @@ class ImageService:
         if not isinstance(body, dict):
             raise BadRequest("The body must be a JSON object describing the image")
         fields = _edge_image_fields(body, self._formats())
-        self._check_visibility_change(caller, fields["visibility"])
         owner = _edge_image_owner(caller, site_cfg.project, body.get("owner"))
         if not caller.is_admin and fields["visibility"] not in ("private", "shared"):
             raise Forbidden("An agent registers images private or shared; an admin may widen visibility after")
+        self.policy.enforce_visibility(caller, fields["visibility"], new_image_target(owner, fields["visibility"]))
         image_id = fields.pop("id")
         _check_uuid(image_id)
         existing = await self.catalog.get_image(image_id)
@@ -145,11 +161,11 @@ class ImageService:
         await self._refuse_if_locked(image.id, "registered")
 
     async def update(self, caller: Caller, image_id: str, ops: Any, *, dialect: str = "v2.1") -> Image:
-        image = await self.get(caller, image_id)
-        require_owner_or_admin(caller, image, "change it")
+        image = await self.get_for("modify_image", caller, image_id)
         changes = plan_patch(image, ops, dialect=dialect, **self._formats())
         if "visibility" in changes.fields:
-            self._check_visibility_change(caller, changes.fields["visibility"])
+            self.policy.enforce_visibility(caller, Visibility(changes.fields["visibility"]).value,
+                                           image_target(image, caller))
         if "owner" in changes.fields and not caller.is_admin:
             raise Forbidden("Only an admin may change an image's owner")
         return await self.catalog.update_image(
@@ -176,8 +192,7 @@ class ImageService:
         A location in a store no longer configured (its site was removed from
         the config) can't be reached: it goes with the image, with a warning.
         """
-        image = await self.get(caller, image_id)
-        require_owner_or_admin(caller, image, "delete it")
+        image = await self.get_for("delete_image", caller, image_id)
         if image.protected:
             raise Forbidden(f"Image {image_id} is protected; set protected=false before deleting it")
         await self._refuse_if_locked(image_id, "deleted")
@@ -211,8 +226,9 @@ class ImageService:
         known = store in self.sites
         if not known and not await self._has_location(image_id, store):
             raise NotFound(f"Unknown store '{store}'; known stores: {', '.join(self.sites)}")
-        image = await self.get(caller, image_id)
-        require_owner_or_admin(caller, image, "delete it from a store")
+        # Glance's rules for a store delete (both must allow it); admin-only by default.
+        image = await self.get_for("delete_image_location", caller, image_id)
+        self.policy.enforce_on_image("get_image_location", caller, image)
         if store not in image.stores:
             raise NotFound(f"Image {image_id} has no copy in store '{store}'")
         if image.stores == [store]:
@@ -274,8 +290,7 @@ class ImageService:
 
     async def stage(self, caller: Caller, image_id: str, chunks: AsyncIterator[bytes],
                     expected_size: int | None) -> None:
-        image = await self.get(caller, image_id)
-        require_owner_or_admin(caller, image, "stage data for it")
+        image = await self.get_for("modify_image", caller, image_id)  # Glance's rule for a stage
         await self.quota.enforce(image.owner, adding_bytes=expected_size or 0)
         # queued → uploading atomically: a second concurrent stage gets 409.
         await self.catalog.update_image(image_id, fields={"status": ImageStatus.UPLOADING},
@@ -291,7 +306,7 @@ class ImageService:
         """The image and the site to read it from; no site when the image
         has no data yet (queued, or staged and not imported), which Glance
         answers with 204 and no body."""
-        image = await self.get(caller, image_id)
+        image = await self.get_for("download_image", caller, image_id)
         if image.status == ImageStatus.DEACTIVATED and not caller.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
         if not image.locations:

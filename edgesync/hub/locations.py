@@ -69,10 +69,8 @@ class StoreIdentity:
 
 
 def authorize(hub: Hub, rule: str, caller: Caller, image: Image) -> None:
-    """Glance's policy `rule` on `image` (403 unless it allows the caller)."""
-    hub.policy.authorize(rule, caller, {
-        "project_id": image.owner or "", "owner": image.owner or "", "visibility": image.visibility.value,
-        "member_id": caller.project})
+    """Glance's policy `rule` on `image` with Glance's image target (403 unless it allows the caller)."""
+    hub.policy.enforce_on_image(rule, caller, image)
 
 
 def require_service_or_admin(caller: Caller, action: str) -> None:

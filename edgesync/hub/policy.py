@@ -33,8 +33,9 @@ from typing import Any
 from oslo_config import cfg
 from oslo_policy import policy as oslo_policy
 
-from edgesync.errors import ConfigError, Forbidden
+from edgesync.errors import ConfigError, Forbidden, NotFound
 from edgesync.hub.auth import Caller
+from edgesync.model import Image, Visibility
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ BASE_RULES = {
     "context_is_admin": "role:admin",
     "service_api": "role:service or role:admin",
 }
-IMAGE_RULES = {
+GLANCE_IMAGE_RULES = {
     "add_image": f"{_ADMIN} or ({_PROJECT_MEMBER} and project_id:%(owner)s)",
     "delete_image": _ADMIN_OR_MEMBER,
     "get_image": _ADMIN_OR_READER_GET_IMAGE,
@@ -87,6 +88,22 @@ IMAGE_RULES = {
     "copy_image": _ADMIN,
     "stores_info_detail": f"{_ADMIN} or {_SERVICE}",
 }
+# --- the DCN policy: where the hub's defaults differ from Glance's --------------
+# (README, "Policies", says why to operators.)
+DCN_RULES = {
+    # Nova and Cinder clone from `locations`/`direct_url` for every user's
+    # boot, public images of other projects included, and send a service
+    # token (role service) when they do. Glance's default shows them to the
+    # owning project's readers only — so a boot from another project's public
+    # image finds nothing to clone — and users have no use for storage paths.
+    "get_image_location": _SERVICE,
+    # A boot at an edge site lacking the image copies it there (Nova's
+    # copy_to_store, with the user's token): anyone who may download the
+    # image may have it copied to a site's store. Glance: admin only, so such
+    # a boot fails (Nova doesn't fall back to a download on 403).
+    "copy_image": f"{_SERVICE} or {_ADMIN_OR_MEMBER_DOWNLOAD}",
+}
+IMAGE_RULES = {**GLANCE_IMAGE_RULES, **DCN_RULES}
 TASK_RULES = {
     "get_task": "rule:default",
     "get_tasks": "rule:default",
@@ -135,6 +152,61 @@ def read_policy_file(path: Path) -> dict[str, str]:
         raise ConfigError(f"{path}: the check of rule(s) {', '.join(map(str, bad))} must be a string "
                           "(e.g. \"role:admin\", or \"\" for anyone)")
     return dict(rules)
+
+
+# What a refusal tells the caller to do, by rule (else a generic hint).
+_OWNER = "only the image's owner (its project's member role; a reader only reads) or an admin may"
+_HINTS = {
+    "add_image": "creating an image needs the member role (a reader only reads) in the project that will own it, "
+                 "or admin",
+    "modify_image": f"{_OWNER} change it",
+    "delete_image": f"{_OWNER} delete it",
+    "upload_image": f"{_OWNER} give it data",
+    "download_image": "downloading needs the member role (a reader may only look)",
+    "publicize_image": "Only an admin may make an image public; use community or shared instead",
+    "communitize_image": f"{_OWNER} make it community",
+    "copy_image": "copying to other stores needs the member role on an image you may see (or admin)",
+    "delete_image_location": "only an admin may remove an image's copy from a store",
+    "get_image_location": "only an admin or a service (a token with role service) sees an image's locations",
+    "fetch_image_location": "only an admin or a service (a token with role service) reads an image's locations",
+    "add_member": f"{_OWNER} share it",
+    "delete_member": f"{_OWNER} remove a member",
+    "modify_member": "only the member itself (its project's member role) may accept or reject a share",
+    "stores_info_detail": "only an admin or a service (a token with role service) sees store details",
+    "deactivate": f"{_OWNER} deactivate it",
+    "reactivate": f"{_OWNER} reactivate it",
+}
+
+
+def refusal(rule: str) -> str:
+    hint = _HINTS.get(rule, "the policy does not allow it to this caller")
+    return f"You are not authorized to complete {rule} action: {hint} (policy rule '{rule}')"
+
+
+def image_target(image: Image, caller: Caller) -> dict[str, Any]:
+    """Glance's ImageTarget: the image's fields and extra properties, with
+    `project_id` the owner and `member_id` the caller's project when the
+    caller is a member of a shared image (Glance sets it for every non-owner
+    who found a shared image, which only a member or an admin can). A key
+    left out fails its check (oslo.policy treats a missing key as False)."""
+    target: dict[str, Any] = {**image.properties, "id": image.id, "name": image.name,
+                              "status": image.status.value, "visibility": image.visibility.value,
+                              "protected": image.protected, "os_hidden": image.os_hidden}
+    if image.owner is not None:
+        target["owner"] = target["project_id"] = image.owner
+    if (image.visibility == Visibility.SHARED and caller.project != image.owner
+            and caller.project in image.members):
+        target["member_id"] = caller.project
+    return target
+
+
+def new_image_target(owner: str | None, visibility: str) -> dict[str, Any]:
+    """Glance's target for an image not created yet (add_image); no owner
+    (an explicit null) fails every owner check."""
+    target: dict[str, Any] = {"visibility": visibility}
+    if owner is not None:
+        target["project_id"] = target["owner"] = owner
+    return target
 
 
 def credentials(caller: Caller) -> dict[str, Any]:
@@ -190,7 +262,28 @@ class Policy:
     def authorize(self, rule: str, caller: Caller, target: Mapping[str, Any] | None = None) -> None:
         """Forbidden (403) unless `rule` allows the caller on `target`."""
         if not self.allows(rule, caller, target):
-            raise Forbidden(f"You are not authorized to complete {rule} action.")
+            raise Forbidden(refusal(rule))
+
+    def allows_on_image(self, rule: str, caller: Caller, image: Image) -> bool:
+        return self.allows(rule, caller, image_target(image, caller))
+
+    def enforce_on_image(self, rule: str, caller: Caller, image: Image) -> None:
+        """Glance's ImageAPIPolicy: a refused rule is a 403 on an image the
+        caller may see (`get_image`) and a 404 on one it may not, so a refusal
+        never tells anyone that an image they can't see exists."""
+        target = image_target(image, caller)
+        if self.allows(rule, caller, target):
+            return
+        if rule == "get_image" or not self.allows("get_image", caller, target):
+            raise NotFound(f"No image found with ID {image.id}")
+        raise Forbidden(refusal(rule))
+
+    def enforce_visibility(self, caller: Caller, visibility: str, target: Mapping[str, Any]) -> None:
+        """Glance's _enforce_image_visibility: public and community have rules of their own."""
+        if visibility == Visibility.PUBLIC.value:
+            self.authorize("publicize_image", caller, target)
+        elif visibility == Visibility.COMMUNITY.value:
+            self.authorize("communitize_image", caller, target)
 
 
 def _mtime_ns(path: Path) -> int:

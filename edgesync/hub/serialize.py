@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgesync.hub.auth import Caller
 from edgesync.model import CORE_FIELDS, Image, Task
 
 
-def image_json(image: Image, caller: Caller, *, show_locations: bool, central: str) -> dict[str, Any]:
-    """`stores` and `locations` in one stable order, central first, then by
+def image_json(image: Image, *, show_locations: bool, central: str) -> dict[str, Any]:
+    """`show_locations`: the caller may see `locations` and `direct_url`
+    (hub/api/context.py, shows_locations, decides it).
+
+    `stores` and `locations` in one stable order, central first, then by
     name — not the order the copies finished in, which differs between runs
     and images (clients compare the lists; Nova tests `stores` as a substring)."""
     body: dict[str, Any] = {field: getattr(image, field) for field in CORE_FIELDS}
@@ -26,7 +28,7 @@ def image_json(image: Image, caller: Caller, *, show_locations: bool, central: s
     locations = sorted(image.locations, key=lambda loc: (loc.store != central, loc.store))
     if locations:
         body["stores"] = ",".join(loc.store for loc in locations)
-    if show_locations and caller.is_admin:
+    if show_locations:
         body["locations"] = [loc.as_glance() for loc in locations]
         if locations:
             body["direct_url"] = locations[0].url

@@ -46,6 +46,10 @@ TOKENS = {
     "impostor": ("tok-impostor", "agent-dcn0", "p1", ["member"]),
     # Nova acting for a member of p1: the user's roles plus the service token's
     "nova": ("tok-nova-p1", "alice", "p1", ["member", "service"]),
+    # project p1's read-only persona, and a service user (Nova, Cinder) whose
+    # token goes in X-Service-Token beside a user's
+    "reader": ("tok-reader", "rita", "p1", ["reader"]),
+    "service": ("tok-service", "nova", "service", ["service"]),
 }
 AGENT_TOKENS = {"dcn0": "agent0", "dcn1": "agent1"}
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"

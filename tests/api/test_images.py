@@ -320,7 +320,7 @@ async def test_delete_of_an_image_located_in_a_site_no_longer_configured_drops_t
 async def test_delete_from_a_store_no_longer_configured_drops_only_its_location(api: Api) -> None:
     image = await api.active_image(default_image(), stores=("central", "dcn0"))
     await api.hub.catalog.add_location(image["id"], Location("retired", f"file:///retired/{image['id']}"))
-    async with api.p1.delete(f"/v2/stores/retired/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/retired/{image['id']}") as resp:
         assert resp.status == 204, await resp.text()
     assert (await api.p1.show(image["id"]))["stores"] == "central,dcn0"
     assert api.store_files("dcn0") == [image["id"]]
@@ -350,7 +350,7 @@ async def test_delete_of_a_protected_image_is_403(api: Api) -> None:
 
 async def test_delete_from_one_store(api: Api) -> None:
     image = await api.active_image(default_image(), stores=("central", "dcn0", "dcn1"))
-    async with api.p1.delete(f"/v2/stores/dcn0/{image['id']}", headers={"Content-Length": "0"}) as resp:
+    async with api.admin.delete(f"/v2/stores/dcn0/{image['id']}", headers={"Content-Length": "0"}) as resp:
         assert resp.status == 204, await resp.text()
     after = await api.p1.show(image["id"])
     assert after["stores"] == "central,dcn1" and after["status"] == "active"
@@ -362,19 +362,19 @@ async def test_delete_from_one_store(api: Api) -> None:
 
 async def test_delete_from_a_store_without_a_copy_is_404(api: Api) -> None:
     image = await api.active_image(default_image(), stores=("central", "dcn0"))
-    async with api.p1.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
         await error_of(resp, 404, "no copy in store 'dcn1'")
-    async with api.p1.delete(f"/v2/stores/nowhere/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/nowhere/{image['id']}") as resp:
         await error_of(resp, 404, "Unknown store 'nowhere'", "central, dcn0, dcn1")
     missing = str(uuid.uuid4())
-    async with api.p1.delete(f"/v2/stores/dcn0/{missing}") as resp:
+    async with api.admin.delete(f"/v2/stores/dcn0/{missing}") as resp:
         await error_of(resp, 404, missing)
     assert (await api.p1.show(image["id"]))["stores"] == "central,dcn0"
 
 
 async def test_delete_of_the_last_location_is_403(api: Api) -> None:
     image = await api.active_image(default_image())
-    async with api.p1.delete(f"/v2/stores/central/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/central/{image['id']}") as resp:
         await error_of(resp, 403, "last copy", "delete the image instead")
     assert (await api.p1.show(image["id"]))["stores"] == "central"
     assert api.store_files("central") == [image["id"]]
@@ -382,7 +382,7 @@ async def test_delete_of_the_last_location_is_403(api: Api) -> None:
 
 async def test_delete_of_the_central_copy_is_403_while_edges_hold_it(api: Api) -> None:
     image = await api.active_image(default_image(), stores=("central", "dcn0"))
-    async with api.p1.delete(f"/v2/stores/central/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/central/{image['id']}") as resp:
         await error_of(resp, 403, "central", "hub first")
     assert (await api.p1.show(image["id"]))["stores"] == "central,dcn0"
 
@@ -393,5 +393,5 @@ async def test_delete_of_the_last_edge_location_of_an_edge_only_image_is_403(api
     image = await api.active_image(default_image(), stores=("central", "dcn1"))
     # Make it edge-only in the catalog (as an edge-created image would be).
     await api.hub.catalog.remove_location(image["id"], "central")
-    async with api.p1.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
         await error_of(resp, 403, "last copy")

@@ -404,7 +404,7 @@ async def test_a_second_import_while_one_runs_is_409(api: Api, monkeypatch: pyte
         await error_of(resp, 409, f"locked by import task {first['id']}", "try again")
     async with api.admin.post(f"/v2/images/{image['id']}/import", json=copy(["dcn0"])) as resp:
         await error_of(resp, 409, "locked")
-    async with api.p1.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
         await error_of(resp, 409, first["id"])
     async with api.p1.delete(f"/v2/images/{image['id']}") as resp:
         await error_of(resp, 409, first["id"])
@@ -418,7 +418,7 @@ async def test_a_second_import_while_one_runs_is_409(api: Api, monkeypatch: pyte
     assert sorted(after["stores"].split(",")) == ["central", "dcn0", "dcn1"]
     assert (await api.last_task(image["id"]))["status"] == "success"
     # Released: the next request goes through.
-    async with api.p1.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
+    async with api.admin.delete(f"/v2/stores/dcn1/{image['id']}") as resp:
         assert resp.status == 204
 
 

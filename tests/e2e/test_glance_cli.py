@@ -643,8 +643,11 @@ def test_image_delete_removes_every_copy(file_lab: Lab, images: dict[str, ImageF
     assert status_of(show, "GET", f"/v2/images/{image_id}") == 404
 
 
-def test_member_cannot_see_private_or_copy_admin_images(file_lab: Lab, images: dict[str, ImageFile],
-                                                        created: list[str]) -> None:
+def test_member_cannot_see_private_admin_images_but_copies_public_ones(
+        file_lab: Lab, images: dict[str, ImageFile], created: list[str]) -> None:
+    """The DCN policy: copy_image is allowed on any image the caller may see
+    (Glance's default: admin only), so a member's boot at a site lacking an
+    image can copy it there."""
     member = file_lab["member_token"]
     img = images["striped"]
     image_id = active_image(file_lab, created, img, "--visibility", "private")
@@ -653,24 +656,17 @@ def test_member_cannot_see_private_or_copy_admin_images(file_lab: Lab, images: d
     assert hidden.returncode != 0
     assert status_of(hidden, "GET", f"/v2/images/{image_id}") == 404
     assert image_id not in _listed_as(file_lab, member)
-
-    # made public, the member sees it but may not copy it: only owner or admin
-    check(glance(file_lab, "image-update", image_id, "--visibility", "public"))
-    assert image_id in _listed_as(file_lab, member)
-    tasks_before = len(image_tasks(file_lab, image_id))
     denied = copy_image(file_lab, image_id, "--stores", "dcn0", token=member, debug=True)
     assert denied.returncode != 0
-    assert status_of(denied, "POST", f"/v2/images/{image_id}/import") == 403
-    image = get_image(file_lab, image_id) or {}
-    assert stores_of(image) == {"central"} and "os_glance_import_task" not in image
-    assert len(image_tasks(file_lab, image_id)) == tasks_before
-    assert_copies(file_lab, image_id, img, {"central"})
+    assert status_of(denied, "POST", f"/v2/images/{image_id}/import") == 404
+    assert stores_of(get_image(file_lab, image_id) or {}) == {"central"}
 
-    # control: the member copies its own image
-    own = active_image(file_lab, created, img, token=member)
-    assert get_image(file_lab, own)["owner"] == "demo"  # type: ignore[index]
-    check(copy_image(file_lab, own, "--stores", "dcn0", token=member))
-    assert stores_of(wait_import_done(file_lab, own)) == {"central", "dcn0"}
+    # made public, the member sees it and may copy it to a site's store
+    check(glance(file_lab, "image-update", image_id, "--visibility", "public"))
+    assert image_id in _listed_as(file_lab, member)
+    check(copy_image(file_lab, image_id, "--stores", "dcn0", token=member))
+    assert stores_of(wait_import_done(file_lab, image_id)) == {"central", "dcn0"}
+    assert_copies(file_lab, image_id, img, {"central", "dcn0"})
 
 
 def _listed_as(lab: Lab, token: str) -> set[str]:

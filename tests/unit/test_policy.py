@@ -3,6 +3,7 @@ policy.yaml format, evaluated by oslo.policy (edgesync.hub.policy)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from edgesync.errors import ConfigError, Forbidden
 from edgesync.hub.auth import Caller
-from edgesync.hub.policy import DEFAULT_RULES, Policy
+from edgesync.hub.policy import DCN_RULES, DEFAULT_RULES, GLANCE_IMAGE_RULES, IMAGE_RULES, Policy
 
 ADMIN = Caller("root", "admin", ("admin",))
 MEMBER = Caller("alice", "p1", ("member",))
@@ -66,11 +67,31 @@ def test_roles_are_implied_as_keystone_does_admin_member_reader() -> None:
     assert not policy.allows("modify_image", READER, image)
 
 
-def test_glance_defaults_for_tasks_copy_and_locations() -> None:
+def test_glance_defaults_for_tasks_and_fetching_locations() -> None:
     policy = Policy()
     assert policy.allows("tasks_api_access", ADMIN) and not policy.allows("tasks_api_access", MEMBER)
-    assert not policy.allows("copy_image", MEMBER) and policy.allows("copy_image", ADMIN)
     assert policy.allows("fetch_image_location", SERVICE) and not policy.allows("fetch_image_location", MEMBER)
+
+
+def test_the_dcn_defaults_differ_from_glances_only_where_they_say(tmp_path: Path) -> None:
+    """copy_image: Glance's admin-only, the hub's anyone who may download the
+    image; get_image_location: Glance's project reader, the hub's service
+    (or admin). Every other image rule is Glance's own."""
+    assert GLANCE_IMAGE_RULES["copy_image"] == "rule:context_is_admin"
+    assert {name for name in IMAGE_RULES if IMAGE_RULES[name] != GLANCE_IMAGE_RULES[name]} == set(DCN_RULES)
+    policy = Policy()
+    public_other = {"project_id": "p2", "owner": "p2", "visibility": "public"}
+    private_other = {"project_id": "p2", "owner": "p2", "visibility": "private"}
+    assert policy.allows("copy_image", MEMBER, public_other)
+    assert not policy.allows("copy_image", READER, public_other)  # a reader may not download either
+    assert policy.allows("copy_image", SERVICE, private_other) and policy.allows("copy_image", ADMIN, private_other)
+    own = {"project_id": "p1", "owner": "p1", "visibility": "private"}
+    assert not policy.allows("get_image_location", MEMBER, own)
+    assert policy.allows("get_image_location", SERVICE, own) and policy.allows("get_image_location", ADMIN, own)
+    # An operator who wants Glance's own defaults back writes them in the file.
+    glance = Policy(write_policy(tmp_path / "policy.json", json.dumps({k: GLANCE_IMAGE_RULES[k] for k in DCN_RULES})))
+    assert not glance.allows("copy_image", MEMBER, public_other)
+    assert glance.allows("get_image_location", MEMBER, own) and not glance.allows("get_image_location", SERVICE, own)
 
 
 def write_policy(path: Path, text: str) -> Path:

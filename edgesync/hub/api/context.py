@@ -10,6 +10,8 @@ from aiohttp import web
 from edgesync.errors import BadRequest, RequestTooLarge
 from edgesync.hub.api.middleware import CALLER_KEY
 from edgesync.hub.auth import Caller
+from edgesync.hub.serialize import image_json
+from edgesync.model import Image, ImageStatus
 
 if TYPE_CHECKING:
     from edgesync.hub.app import Hub
@@ -23,6 +25,34 @@ def hub_of(request: web.Request) -> Hub:
 
 def caller_of(request: web.Request) -> Caller:
     return cast(Caller, request[CALLER_KEY])
+
+
+def enforce(request: web.Request, rule: str, image: Image) -> None:
+    """The hub's policy (Glance's rule names) on `image` for this request's
+    caller: 403 if the caller may see the image and `rule` refuses it, 404 if
+    the caller may not even see it (hub/policy.py, Policy.enforce_on_image)."""
+    hub_of(request).policy.enforce_on_image(rule, caller_of(request), image)
+
+
+def allows(request: web.Request, rule: str, image: Image) -> bool:
+    return hub_of(request).policy.allows_on_image(rule, caller_of(request), image)
+
+
+def shows_locations(request: web.Request, image: Image) -> bool:
+    """`locations`/`direct_url` in the image's JSON: `show_locations` on, the
+    policy's `get_image_location` allows it, and — as Glance — never for a
+    deactivated image unless the caller is an admin."""
+    hub, caller = hub_of(request), caller_of(request)
+    if not hub.config.show_locations:
+        return False
+    if image.status == ImageStatus.DEACTIVATED and not caller.is_admin:
+        return False
+    return hub.policy.allows_on_image("get_image_location", caller, image)
+
+
+def image_body(request: web.Request, image: Image) -> dict[str, Any]:
+    """An image as this request's caller sees it in Glance's JSON."""
+    return image_json(image, show_locations=shows_locations(request, image), central=hub_of(request).central)
 
 
 async def json_body(request: web.Request) -> Any:

@@ -8,7 +8,6 @@ from aiohttp import web
 
 from edgesync.config import CONTAINER_FORMATS
 from edgesync.hub.api.context import caller_of, hub_of
-from edgesync.hub.auth import require_admin
 from edgesync.model import ImageStatus
 
 routes = web.RouteTableDef()
@@ -118,8 +117,8 @@ async def info_stores(request: web.Request) -> web.Response:
 
 @routes.get("/v2/info/stores/detail")
 async def info_stores_detail(request: web.Request) -> web.Response:
-    require_admin(caller_of(request), "see store details")
     hub = hub_of(request)
+    hub.policy.authorize("stores_info_detail", caller_of(request), {"project_id": caller_of(request).project})
     entries = []
     for name, site in hub.sites.items():
         entries.append({**_store_entry(request, name),

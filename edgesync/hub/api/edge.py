@@ -32,10 +32,10 @@ from typing import Any
 from aiohttp import web
 
 from edgesync.errors import BadRequest, NotFound
-from edgesync.hub.api.context import caller_of, hub_of, json_body
+from edgesync.hub.api.context import caller_of, hub_of, image_body, json_body, shows_locations
 from edgesync.hub.api.import_request import parse_import_request
 from edgesync.hub.auth import require_admin
-from edgesync.hub.serialize import image_json, task_json
+from edgesync.hub.serialize import task_json
 
 routes = web.RouteTableDef()
 
@@ -59,9 +59,9 @@ async def boot_location(request: web.Request) -> web.Response:
     if location is not None:
         body: dict[str, Any] = {"image_id": image.id, "availability_zone": az, "store": site.name,
                                 "status": "available"}
-        # As image JSON: a store's paths and URLs only for admins (Nova's service
-        # user is one), and for them only with show_locations.
-        if hub.config.show_locations and caller.is_admin:
+        # As image JSON: a store's paths and URLs only with show_locations, for
+        # whom the policy's get_image_location allows (admins, the service persona).
+        if shows_locations(request, image):
             body["location"] = location.as_glance()
         return web.json_response(body)
     if request.query.get("copy", "false").lower() not in ("true", "1", "yes"):
@@ -86,8 +86,7 @@ async def register_edge_image(request: web.Request) -> web.Response:
     site = request.match_info["site"]
     image = await hub.images.register_edge_image(caller, site, await json_body(request))
     task = await hub.importer.copy_to_central(image, caller, site)
-    body = image_json(await hub.catalog.require_image(image.id), caller, show_locations=hub.config.show_locations,
-                      central=hub.central)
+    body = image_body(request, await hub.catalog.require_image(image.id))
     return web.json_response({"image": body, "task_id": task.id}, status=201)
 
 

@@ -25,11 +25,12 @@ from typing import Any
 from edgesync.catalog import Catalog
 from edgesync.config import ImportConfig
 from edgesync.errors import BadRequest, ChecksumMismatch, Conflict, EdgesyncError, failure_reason
-from edgesync.hub.auth import Caller, require_owner_or_admin
+from edgesync.hub.auth import Caller
 from edgesync.hub.imports import outcome
 from edgesync.hub.imports.jobs import JobBook, job_reason, progress_properties
 from edgesync.hub.imports.recovery import Recovery
 from edgesync.hub.imports.runner import TaskRunner
+from edgesync.hub.policy import Policy
 from edgesync.hub.quota import StoredBytesQuota
 from edgesync.hub.sites import Sites, VerifiedCopy
 from edgesync.hub.staging import Staging
@@ -89,9 +90,11 @@ def require_formats(image: Image) -> None:
 
 class Importer:
     def __init__(self, *, catalog: Catalog, sites: Sites, staging: Staging, config: ImportConfig,
-                 metrics: HubMetrics | None = None, quota: StoredBytesQuota | None = None) -> None:
+                 metrics: HubMetrics | None = None, quota: StoredBytesQuota | None = None,
+                 policy: Policy | None = None) -> None:
         self.catalog = catalog
         self.quota = quota  # None: no quota
+        self.policy = policy or Policy()  # Glance's rules (and the DCN ones) unless the hub's file says otherwise
         self.sites = sites
         self.central = sites.central.name
         self.staging = staging
@@ -111,7 +114,7 @@ class Importer:
         return await self._request_new(image, caller, req)
 
     async def _request_new(self, image: Image, caller: Caller, req: ImportRequest) -> Task:
-        require_owner_or_admin(caller, image, "import data into it")
+        self.policy.enforce_on_image("modify_image", caller, image)  # Glance's rule for a new import
         require_formats(image)
         if req.method == "web-download":
             assert req.uri is not None  # parse_import_request requires it
@@ -146,7 +149,7 @@ class Importer:
         return [self.central] + [s for s in wanted if s != self.central]
 
     async def _request_copy(self, image: Image, caller: Caller, req: ImportRequest) -> Task | None:
-        require_owner_or_admin(caller, image, "copy it to other stores")
+        self.policy.enforce_on_image("copy_image", caller, image)
         if not req.all_stores and not req.stores:
             # Otherwise a task with no store to do is started, and fails.
             raise BadRequest('copy-image needs "stores": [names of the stores to copy to] or "all_stores": true')
@@ -210,7 +213,7 @@ class Importer:
                      *, store: str | None, expected_size: int | None) -> None:
         """`PUT /v2/images/{id}/file`: data straight in, no conversion; the
         request returns when the image is active (or failed)."""
-        require_owner_or_admin(caller, image, "upload data to it")
+        self.policy.enforce_on_image("upload_image", caller, image)
         require_formats(image)
         if store is not None and store not in self.sites:
             raise Conflict(f"Unknown store '{store}'; known stores: {', '.join(self.sites)}")
