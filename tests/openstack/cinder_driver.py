@@ -30,8 +30,11 @@ BACKEND_HOST = "hostgroup@{site}"
 def _configure(request: dict[str, Any]) -> None:
     # The volume drivers first: cinder.image.glance imported before them is an import cycle.
     import cinder.volume.drivers.rbd  # noqa: F401
+    from cinder import objects
     from cinder.common import config
     from oslo_log import log
+
+    objects.register_all()  # as cinder-volume does first: its manager's annotations name them
 
     dep = request["deployment"]
     service = dep["cinder"]
@@ -78,9 +81,9 @@ def _backend(ctx: Any, site: str) -> Any:
 def _volume(ctx: Any, request: dict[str, Any]) -> Any:
     from cinder import objects
 
-    objects.register_all()
     return objects.Volume(context=ctx, id=request["volume_id"], size=request.get("size_gb", 1),
-                          volume_type=None, volume_type_id=None, encryption_key_id=None,
+                          volume_type=None, volume_type_id=None, encryption_key_id=None, _name_id=None,
+                          multiattach=False,
                           host=BACKEND_HOST.format(site=request["deployment"]["site"]) + "#" +
                           request["deployment"]["site"])
 
