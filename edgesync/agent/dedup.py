@@ -65,14 +65,15 @@ class LocalBlocks:
         self._zero = zero_block_hash()
 
     def add(self, image_id: str, manifest: Manifest) -> None:
-        hashes = manifest.hashes
+        hashes, where, zero = manifest.hashes, self._where, self._zero
+        full_blocks = manifest.image_size // BLOCK_BYTES  # a short last block is never offered
         i = 0
         for start, count in manifest.runs:
             for block in range(start, start + count):
                 digest = hashes[i:i + HASH_BYTES]
                 i += HASH_BYTES
-                if digest != self._zero and manifest.block_length(block) == BLOCK_BYTES:
-                    self._where.setdefault(digest, (image_id, block))
+                if block < full_blocks and digest != zero:
+                    where.setdefault(digest, (image_id, block))
 
     def forget(self, image_id: str) -> None:
         self._where = {h: w for h, w in self._where.items() if w[0] != image_id}
@@ -182,6 +183,8 @@ class CheckedSource:
         self._max_attempts = max_attempts
         self._observer = observer
         self._zero = zero_block_hash()
+        self._last_block = max(-(-manifest.image_size // BLOCK_BYTES) - 1, 0)
+        self._short_zero = zero_block_hash(manifest.block_length(self._last_block))
         self._local_reads = asyncio.Semaphore(LOCAL_READS)
         self.counts = Counts()
         self.data_bytes = sum(e.length for e in manifest.extents())
@@ -196,7 +199,7 @@ class CheckedSource:
         if offset % BLOCK_BYTES:
             raise ValueError(f"ranges of a manifest copy start on a block, not at {offset}")
         first, end_block = offset // BLOCK_BYTES, -(-(offset + length) // BLOCK_BYTES)
-        expected = [self._manifest.hash_of(b) for b in range(first, end_block)]
+        expected = self._manifest.hashes_of(first, end_block)
         out = bytearray(length)
         runs = self._plan(first, expected)
         await self._fill(out, offset, runs)
@@ -219,26 +222,32 @@ class CheckedSource:
     # --- planning ----------------------------------------------------------------
 
     def _plan(self, first: int, expected: list[bytes | None]) -> list[_Run]:
+        # Per block, so kept lean: a GiB of data is 262,144 blocks, planned on the loop.
+        resumed = _overlaps(self._done, first * BLOCK_BYTES, len(expected) * BLOCK_BYTES)
         runs: list[_Run] = []
-        for i, digest in enumerate(expected):
-            block = first + i
-            run = self._origin_of(block, digest)
-            last = runs[-1] if runs else None
-            if last is not None and _continues(last, run):
-                runs[-1] = _Run(last.kind, last.first, last.count + 1, last.image_id, last.source_block)
-            else:
-                runs.append(run)
+        kind, start, count, image_id, source = "", 0, 0, "", 0
+        for block, digest in enumerate(expected, first):
+            k, img, src = self._origin_of(block, digest, resumed)
+            if count and k == kind and (k != "local" or (img == image_id and src == source + count)):
+                count += 1
+                continue
+            if count:
+                runs.append(_Run(kind, start, count, image_id, source))
+            kind, start, count, image_id, source = k, block, 1, img, src
+        if count:
+            runs.append(_Run(kind, start, count, image_id, source))
         return runs
 
-    def _origin_of(self, block: int, digest: bytes | None) -> _Run:
-        if _covered(self._done, block * BLOCK_BYTES, self._manifest.block_length(block)):
-            return _Run("back", block, 1)
-        if digest is None or digest == self._zero or digest == zero_block_hash(self._manifest.block_length(block)):
-            return _Run("zero", block, 1)
+    def _origin_of(self, block: int, digest: bytes | None, resumed: bool) -> tuple[str, str, int]:
+        """(kind, local copy, its block) of one block."""
+        if resumed and _covered(self._done, block * BLOCK_BYTES, self._manifest.block_length(block)):
+            return "back", "", 0
+        if digest is None or digest == self._zero or (block == self._last_block and digest == self._short_zero):
+            return "zero", "", 0
         found = self._local.find(digest)
         if found is not None:
-            return _Run("local", block, 1, found[0], found[1])
-        return _Run("hub", block, 1)
+            return "local", found[0], found[1]
+        return "hub", "", 0
 
     @staticmethod
     def _origin(runs: list[_Run], block: int) -> str:
@@ -302,11 +311,10 @@ class CheckedSource:
         return bad
 
 
-def _continues(last: _Run, run: _Run) -> bool:
-    if last.kind != run.kind or last.first + last.count != run.first:
-        return False
-    return run.kind != "local" or (run.image_id == last.image_id
-                                   and run.source_block == last.source_block + last.count)
+def _overlaps(done: list[Extent], offset: int, length: int) -> bool:
+    """Whether any of `done` (sorted, merged) meets [offset, offset+length)."""
+    i = bisect.bisect_right(done, Extent(offset, length)) - 1
+    return any(e.offset < offset + length and offset < e.end for e in done[max(i, 0):i + 2])
 
 
 def _runs_of(blocks: list[int], kind: str) -> list[_Run]:

@@ -9,7 +9,11 @@ compresses each range once for every site pulling it (shared reads) and
 incompressible ranges cost almost nothing. Higher levels buy a few percent
 of ratio for half the speed; negative ones lose ratio and are no faster here.
 
-A range is sent compressed only when that saves at least 1/16 of it.
+A range is sent compressed only when that saves at least 1/16 of it, and
+only to a client that offers it; a client offers it only while the link
+delivers less than `OFFER_BELOW_BYTES_PER_S` (`LinkRate`): compression pays
+only on a link slower than the compressor, so on loopback or a fast LAN the
+ranges go raw and compression never makes a copy slower than sending raw.
 """
 
 from __future__ import annotations
@@ -25,6 +29,31 @@ LEVEL = 1
 # Below this a range is sent as it is: the frame and the thread hop cost more than they save.
 MIN_BYTES = 4096
 _THREAD_BYTES = 64 * 1024
+# 2 Gbit/s: well under what level 1 compresses on one core (~670 MB/s of
+# filesystem data), since the hub's cores are shared by every site pulling.
+OFFER_BELOW_BYTES_PER_S = 250_000_000
+# A body shorter than this says more about latency than about the link.
+_MEASURED_BYTES = 256 * 1024
+
+
+class LinkRate:
+    """The rate at which response bodies arrive (bytes on the wire per second
+    from the first to the last), smoothed; a client offers zstd while it is
+    unknown or below `OFFER_BELOW_BYTES_PER_S`. Measured on whatever comes,
+    raw or compressed, so a link that slows down gets compression back."""
+
+    def __init__(self) -> None:
+        self.bytes_per_s: float | None = None
+
+    def observe(self, wire_bytes: int, seconds: float) -> None:
+        if wire_bytes < _MEASURED_BYTES or seconds <= 0:
+            return
+        rate = wire_bytes / seconds
+        self.bytes_per_s = rate if self.bytes_per_s is None else 0.7 * self.bytes_per_s + 0.3 * rate
+
+    @property
+    def worth_compressing(self) -> bool:
+        return self.bytes_per_s is None or self.bytes_per_s < OFFER_BELOW_BYTES_PER_S
 
 
 def _compress(data: bytes) -> bytes | None:

@@ -1,8 +1,9 @@
 """The pulling side of the transfer protocol: `HttpSource`, a `DataSource`
 over HTTP, so `pump` copies from a remote site as from a local store.
 
-Ranges come zstd-compressed when the server offers it and a range is worth
-it (`compress=False` asks for them as they are). Every range is verified
+Ranges come zstd-compressed when the server offers it, a range is worth
+it and the link is slower than the compressor (`compression.LinkRate`;
+`compress=False` asks for them as they are). Every range is verified
 against its sha256 header; a corrupt range, a broken
 connection or a 5xx/429 is fetched again after a capped, jittered backoff,
 `max_attempts` times in all. What still fails is raised as a `TransferError`
@@ -16,6 +17,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -89,8 +91,8 @@ class HttpSource:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._headers = {AUTH_HEADER: token} if token else {}
-        if compress:
-            self._headers[ACCEPT_ENCODING_HEADER] = compression.NAME
+        # zstd is offered for data while the link is slower than the compressor.
+        self.link = compression.LinkRate() if compress else None
         self._limiter = limiter
         self._max_attempts = max_attempts
         self._observer = observer
@@ -156,13 +158,18 @@ class HttpSource:
             await self._limiter.acquire(length)
         url = self._base_url + spans_path(self.image_id)
         try:
-            async with self._session.post(url, json={"spans": spans}, headers=self._headers,
+            async with self._session.post(url, json={"spans": spans}, headers=self._data_headers(),
                                           timeout=REQUEST_TIMEOUT) as resp:
                 if resp.status != 200:
                     raise await _refusal(resp)
                 return await self._read_data(resp, length)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _network_error(exc) from exc
+
+    def _data_headers(self) -> dict[str, str]:
+        if self.link is not None and self.link.worth_compressing:
+            return {**self._headers, ACCEPT_ENCODING_HEADER: compression.NAME}
+        return self._headers
 
     async def _read_data(self, resp: aiohttp.ClientResponse, length: int) -> bytes:
         """The `length` data bytes of a response, decompressed if it came compressed."""
@@ -211,7 +218,8 @@ class HttpSource:
         url = self._base_url + data_path(self.image_id)
         params = {"offset": str(offset), "length": str(length)}
         try:
-            async with self._session.get(url, params=params, headers=self._headers, timeout=REQUEST_TIMEOUT) as resp:
+            async with self._session.get(url, params=params, headers=self._data_headers(),
+                                         timeout=REQUEST_TIMEOUT) as resp:
                 if resp.status != 200:
                     raise await _refusal(resp)
                 expected = resp.headers.get(CHUNK_DIGEST_HEADER)
@@ -231,6 +239,7 @@ class HttpSource:
         arrive; a server sending more is cut off rather than buffered."""
         pieces: list[bytes] = []
         received = 0
+        started = time.monotonic()
         async for piece in resp.content.iter_any():
             received += len(piece)
             self.bytes_fetched += len(piece)
@@ -240,6 +249,8 @@ class HttpSource:
             pieces.append(piece)
         if exact and received != length:
             raise TransferError(f"the body ended after {received} of {length} bytes")
+        if self.link is not None:
+            self.link.observe(received, time.monotonic() - started)
         return b"".join(pieces)
 
     def _count_refetch(self) -> None:

@@ -147,6 +147,19 @@ class Manifest:
         at = (self._hash_index[i] + block - start) * HASH_BYTES
         return self.hashes[at:at + HASH_BYTES]
 
+    def hashes_of(self, first: int, end: int) -> list[bytes | None]:
+        """`hash_of` of blocks first..end-1, in one pass over the runs."""
+        out: list[bytes | None] = [None] * (end - first)
+        i = max(bisect.bisect_right(self._run_starts, first) - 1, 0)
+        for (start, count), index in zip(self.runs[i:], self._hash_index[i:], strict=True):
+            if start >= end:
+                break
+            lo, hi = max(start, first), min(start + count, end)
+            for block in range(lo, hi):
+                at = (index + block - start) * HASH_BYTES
+                out[block - first] = self.hashes[at:at + HASH_BYTES]
+        return out
+
     def block_length(self, block: int) -> int:
         return min(BLOCK_BYTES, self.image_size - block * BLOCK_BYTES)
 

@@ -93,6 +93,22 @@ def test_hash_of_answers_data_blocks_and_none_for_holes():
     assert manifest.hash_of(3) == blake3.blake3(b"x" * BLOCK_BYTES).digest(length=16)
 
 
+def test_hashes_of_a_block_range_agrees_with_hash_of_each_block():
+    rng = random.Random(7)
+    builder = ManifestBuilder()
+    for _ in range(40):  # runs of data and holes of random lengths, distinct data blocks
+        if rng.random() < 0.5:
+            builder.hole(BLOCK_BYTES * rng.randint(1, 9))
+        else:
+            builder.data(memoryview(rng.randbytes(BLOCK_BYTES * rng.randint(1, 9))))
+    size = builder.position
+    manifest = builder.finish(image_size=size, os_hash_value="h")
+    blocks = size // BLOCK_BYTES
+    for first, end in [(0, blocks), *((a, a + rng.randint(0, 50)) for a in rng.sample(range(blocks), 30))]:
+        end = min(end, blocks)
+        assert manifest.hashes_of(first, end) == [manifest.hash_of(b) for b in range(first, end)]
+
+
 @pytest.mark.parametrize("damage", [
     lambda body: b"not a manifest" + body,
     lambda body: body[:-1],  # a hash cut short

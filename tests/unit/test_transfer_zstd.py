@@ -21,7 +21,7 @@ from edgesync.errors import ChunkDigestMismatch
 from edgesync.stores.file import FileStore
 from edgesync.transfer import compression
 from edgesync.transfer.http import CORRUPT_CHUNKS_ENV, HttpSource, ServedCounters, data_routes
-from edgesync.transfer.pipeline import pump
+from edgesync.transfer.pipeline import WINDOW, pump
 from edgesync.transfer.wire import ACCEPT_ENCODING_HEADER, CHUNK_DIGEST_HEADER, ENCODING_HEADER, data_path, spans_path
 
 MiB = 1 << 20
@@ -186,3 +186,49 @@ async def test_a_frame_claiming_another_size_is_refused_before_it_is_decompresse
         await compression.decompress(frame, 4096)
     assert await compression.compress(os.urandom(MiB)) is None
     assert await compression.compress(b"short") is None
+
+
+def test_zstd_is_offered_while_the_link_is_unknown_or_slower_than_the_compressor() -> None:
+    link = compression.LinkRate()
+    assert link.worth_compressing  # nothing measured yet
+    link.observe(1000, 1e-6)  # a tiny body says nothing about the link
+    assert link.bytes_per_s is None
+    link.observe(4 * MiB, 4 * MiB / 25e6)  # a 200 Mbit/s WAN link
+    assert link.worth_compressing
+    for _ in range(10):
+        link.observe(4 * MiB, 4 * MiB / 2e9)  # loopback: 2 GB/s
+    assert not link.worth_compressing
+    for _ in range(10):
+        link.observe(4 * MiB, 4 * MiB / 50e6)  # the link slowed down: compression comes back
+    assert link.worth_compressing
+
+
+@pytest.mark.parametrize("link_is_fast", [True, False])
+async def test_a_link_faster_than_the_compressor_gets_raw_ranges(
+        session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_is_fast: bool) -> None:
+    """The rate the client measured decides its offer: where the link beats the
+    compressor (loopback, as here) the ranges after the first window go raw;
+    where it doesn't, every range goes compressed. (The threshold is moved so
+    the outcome doesn't hang on this machine's loopback speed.)"""
+    monkeypatch.setattr(compression, "OFFER_BELOW_BYTES_PER_S", 1.0 if link_is_fast else 1e18)
+    central, edge = FileStore("central", tmp_path / "c"), FileStore("dcn0", tmp_path / "e")
+    content = text_like(40 * MiB)
+    image_id = await publish(central, content)
+    offers: list[bool] = []
+
+    @web.middleware
+    async def record_offers(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == data_path(image_id):
+            offers.append(ACCEPT_ENCODING_HEADER in request.headers)
+        return await handler(request)
+
+    async with serving(central, record_offers) as (url, served):
+        source = await pull(session, url, image_id, edge)
+    assert await edge.read(image_id, 0, len(content)) == content
+    assert len(offers) == 10 and source.link is not None and source.link.bytes_per_s is not None
+    if link_is_fast:
+        # the read-ahead's (the window, one queued, one being read), sent before anything was measured
+        assert offers.count(True) <= WINDOW + 2 and offers[-3:] == [False] * 3
+        assert served.sent_bytes_total > len(content) // 2
+    else:
+        assert all(offers) and served.sent_bytes_total < len(content) * 0.7
