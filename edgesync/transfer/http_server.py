@@ -147,12 +147,12 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
 
         async def load() -> ReadRange:
             body = await _read_span(copy.store, image_id, offset, length)
-            return ReadRange(body, await sha256_hex(body), await _compressed(body, encoding))
+            return ReadRange(body, await sha256_hex(body), *await _compressed(body, encoding))
 
         async with limits.slot(requester(request)):
-            answer = await _shared_or_not(copy, RangeKey(copy.content_id or "", offset, length, encoding), load)
+            answer = await _shared_or_not(copy, RangeKey(copy.content_id or "", offset, length), load)
             assert answer.sha256 is not None
-            return await _answer(request, image_id, answer, length, {CHUNK_DIGEST_HEADER: answer.sha256})
+            return await _answer(request, image_id, answer, encoding, length, {CHUNK_DIGEST_HEADER: answer.sha256})
 
     @routes.get(manifest_path("{image_id}"))
     @_json_errors
@@ -175,21 +175,24 @@ def data_routes(lookup: Lookup, authorize: Authorize, *, counters: ServedCounter
 
         async def load() -> ReadRange:
             body = await _read_spans(copy.store, image_id, spans)
-            return ReadRange(body, None, await _compressed(body, encoding))
+            return ReadRange(body, None, *await _compressed(body, encoding))
 
-        key = RangeKey(copy.content_id or "", spans[0][0], total, encoding, spans)
+        key = RangeKey(copy.content_id or "", spans[0][0], total, spans)
         async with limits.slot(requester(request)):
-            return await _answer(request, image_id, await _shared_or_not(copy, key, load), total, {})
+            return await _answer(request, image_id, await _shared_or_not(copy, key, load), encoding, total, {})
 
     async def _shared_or_not(copy: ServedCopy, key: RangeKey, load: Callable[[], Awaitable[ReadRange]]) -> ReadRange:
         return await (load() if copy.content_id is None else shared.get(key, load))
 
-    async def _answer(request: web.Request, image_id: str, answer: ReadRange, length: int,
+    async def _answer(request: web.Request, image_id: str, answer: ReadRange, encoding: str, length: int,
                       headers: dict[str, str]) -> web.StreamResponse:
         """Sent here, not by aiohttp after the handler: under the request's
         slot, at the egress rate."""
-        body = answer.data if answer.zstd is None else answer.zstd
-        if answer.zstd is not None:
+        frame = None
+        if encoding:  # this asker offered zstd: the shared frame, or one made now if nobody tried
+            frame = answer.zstd if answer.zstd_tried else (await _compressed(answer.data, encoding))[0]
+        body = answer.data if frame is None else frame
+        if frame is not None:
             headers[ENCODING_HEADER] = compression.NAME
         counters.served_bytes_total += length
         counters.served_ranges_total += 1
@@ -205,8 +208,11 @@ def _accepted_encoding(request: web.Request) -> str:
     return compression.NAME if compression.NAME in (e.strip() for e in offered.split(",")) else ""
 
 
-async def _compressed(body: bytes, encoding: str) -> bytes | None:
-    return await compression.compress(body) if encoding == compression.NAME else None
+async def _compressed(body: bytes, encoding: str) -> tuple[bytes | None, bool]:
+    """(the zstd frame if worth it, whether it was tried)."""
+    if encoding != compression.NAME:
+        return None, False
+    return await compression.compress(body), True
 
 
 async def _read_span(store: ImageStore, image_id: str, offset: int, length: int) -> bytes:

@@ -34,24 +34,26 @@ DEFAULT_TTL_S = 10.0
 @dataclass(frozen=True)
 class RangeKey:
     """A range (`offset`, `length` bytes), or the `spans` of a spans request
-    (then `offset` is the first one's and `length` their sum), as sent
-    with `encoding` ("" for as it is)."""
+    (then `offset` is the first one's and `length` their sum). Not the
+    encoding: sites that offer zstd and sites that don't (each decides by
+    its own link) share one read."""
 
     content_id: str
     offset: int
     length: int
-    encoding: str = ""
     spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
 class ReadRange:
     """A range's bytes, their sha256 (hex; None where the client checks a
-    manifest instead) and, if it was asked for and worth it, their zstd frame."""
+    manifest instead) and their zstd frame: None if it was not tried
+    (`zstd_tried` false: the first asker offered none) or not worth it."""
 
     data: bytes
     sha256: str | None
     zstd: bytes | None = None
+    zstd_tried: bool = False
 
 
 Loader = Callable[[], Awaitable[ReadRange]]

@@ -4,6 +4,7 @@ The real data routes and HttpSource on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
@@ -20,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from edgesync.errors import ChunkDigestMismatch
 from edgesync.stores.file import FileStore
 from edgesync.transfer import compression
-from edgesync.transfer.http import CORRUPT_CHUNKS_ENV, HttpSource, ServedCounters, data_routes
+from edgesync.transfer.http import CORRUPT_CHUNKS_ENV, HttpSource, ServedCopy, ServedCounters, data_routes
 from edgesync.transfer.pipeline import WINDOW, pump
 from edgesync.transfer.wire import ACCEPT_ENCODING_HEADER, CHUNK_DIGEST_HEADER, ENCODING_HEADER, data_path, spans_path
 
@@ -232,3 +233,36 @@ async def test_a_link_faster_than_the_compressor_gets_raw_ranges(
         assert served.sent_bytes_total > len(content) // 2
     else:
         assert all(offers) and served.sent_bytes_total < len(content) * 0.7
+
+
+async def test_sites_that_offer_zstd_and_sites_that_dont_share_one_read(session, tmp_path: Path) -> None:
+    """Each site decides its offer by its own link; the hub still reads (and
+    compresses) each range once for all of them, and answers each as it asked."""
+    central = FileStore("central", tmp_path / "c")
+    content = text_like(16 * MiB)
+    image_id = await publish(central, content)
+    served = ServedCounters()
+
+    async def lookup(_image_id: str) -> ServedCopy:
+        return ServedCopy(central, "content-of-" + image_id)
+
+    app = web.Application()
+    app.add_routes(data_routes(lookup, anyone, counters=served))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        for first_offers in (True, False):
+            before = served.shared_ranges_total
+            edges = [FileStore(f"e{i}-{first_offers}", tmp_path / f"e{i}-{first_offers}") for i in range(2)]
+            sources = await asyncio.gather(*(pull(session, url, image_id, edge, compress=offers)
+                                             for edge, offers in zip(edges, (first_offers, not first_offers),
+                                                                     strict=True)))
+            for edge in edges:
+                assert await edge.read(image_id, 0, len(content)) == content
+            compressing = sources[0] if first_offers else sources[1]
+            plain = sources[1] if first_offers else sources[0]
+            assert compressing.bytes_fetched < len(content) * 0.7 and plain.bytes_fetched == len(content)
+            assert served.shared_ranges_total - before >= 2  # most ranges read once for both
+    finally:
+        await server.close()
