@@ -16,6 +16,7 @@ families over one `Database`:
 - `outbox`: commands for the agents, written with the state they announce;
 - `pending_deletes`: deletes waiting for an edge site's agent;
 - `manifests`: each image's chunk manifest, named by its digest;
+- `members`: image members (the projects a shared image is shared with);
 - `metadefs` and `glance_tasks` (Glance's metadefs; what `POST /v2/tasks`
   adds to a task, and `GET /v2/tasks`): wrappers, `Metadefs(catalog)` and
   `GlanceTasks(catalog)`, over `catalog.database` (see below);
@@ -48,6 +49,7 @@ from pathlib import Path
 from edgesync.catalog.image_query import ImageQuery
 from edgesync.catalog.images import ImageTables
 from edgesync.catalog.manifests import ManifestTables
+from edgesync.catalog.members import MemberTables
 from edgesync.catalog.outbox import OutboxTables
 from edgesync.catalog.pending_deletes import PendingDeleteTables
 from edgesync.catalog.rows import SORTABLE, OutboxMessage, PendingDelete
@@ -58,7 +60,7 @@ from edgesync.sqlite import Database
 __all__ = ["SORTABLE", "Catalog", "CatalogError", "ImageQuery", "OutboxMessage", "PendingDelete"]
 
 
-class Catalog(ImageTables, TaskTables, OutboxTables, PendingDeleteTables, ManifestTables):
+class Catalog(ImageTables, TaskTables, OutboxTables, PendingDeleteTables, ManifestTables, MemberTables):
     """Every table family over the hub's one catalog database."""
 
     @classmethod

@@ -26,6 +26,9 @@ class ImageQuery:
     protected: bool | None = None
     os_hidden: bool = False
     include_community: bool = False
+    # A non-admin's shared images it is a member of, by its answer (Glance's
+    # `member_status`: pending, accepted, rejected or all).
+    member_status: str = "accepted"
     properties: dict[str, str] = field(default_factory=dict)
     # column → the values it may have (`name=a`, `disk_format=in:raw,qcow2`)
     match: dict[str, list[Any]] = field(default_factory=dict)
@@ -67,11 +70,14 @@ def image_filters(q: ImageQuery) -> tuple[list[str], list[Any]]:
     if not q.is_admin:
         # What a non-admin may see: public, their own, community, and shared
         # images they are an accepted member of.
+        status = "" if q.member_status == "all" else " AND status = ?"
         where.append(
             "(visibility IN ('public', 'community') OR owner = ? OR (visibility = 'shared' AND "
-            "id IN (SELECT image_id FROM image_members WHERE member = ? AND status = 'accepted')))"
+            f"id IN (SELECT image_id FROM image_members WHERE member = ?{status})))"
         )
         args += [q.viewer_project, q.viewer_project]
+        if status:
+            args.append(q.member_status)
     if q.visibility is None:
         if not q.include_community:
             # Glance leaves community images out of the default listing.

@@ -104,19 +104,23 @@ class ImageTables(Tables):
         for r in await self._db.rows(
                 f"SELECT * FROM locations WHERE image_id {IN_IDS} ORDER BY created_at, store", ids):
             by_id[r["image_id"]].locations.append(Location(r["store"], r["url"]))
-        for r in await self._db.rows(f"SELECT * FROM image_members WHERE image_id {IN_IDS}", ids):
-            if r["status"] == "accepted":
-                by_id[r["image_id"]].members.append(r["member"])
+        # Every member, whatever its answer: a pending member sees the image to
+        # accept it (Glance's is_image_visible); listings go by status (image_query).
+        for r in await self._db.rows(f"SELECT * FROM image_members WHERE image_id {IN_IDS} ORDER BY member", ids):
+            by_id[r["image_id"]].members.append(r["member"])
         return images
 
     # --- members (for shared visibility) -------------------------------------
 
     async def set_member(self, image_id: str, member: str, status: str) -> None:
+        """Tests' shortcut; the API adds members through catalog/members.py."""
+        now = utcnow()
         async with self._db.transaction() as tx:
             await tx.execute(
-                "INSERT INTO image_members (image_id, member, status) VALUES (?, ?, ?) "
+                "INSERT INTO image_members (image_id, member, status, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (image_id, member) DO UPDATE SET status = excluded.status",
-                (image_id, member, status),
+                (image_id, member, status, now, now),
             )
 
     # --- locations ----------------------------------------------------------

@@ -180,6 +180,13 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL
     );
     """,
+    # 7: when an image member was added and last answered (catalog/members.py;
+    # Glance shows both); rows from before get '' (no image had members then
+    # but through tests)
+    """
+    ALTER TABLE image_members ADD COLUMN created_at TEXT NOT NULL DEFAULT '';
+    ALTER TABLE image_members ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -20,7 +20,7 @@ from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
 from edgesync.errors import ConfigError, Conflict
 from edgesync.http_limits import guarded_runner
-from edgesync.hub.api import discovery, edge, images, locations, metadefs, tasks
+from edgesync.hub.api import discovery, edge, images, locations, members, metadefs, tasks
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import CALLER_KEY, auth_middleware, json_errors
 from edgesync.hub.api.request_id import add_request_id_header, request_ids
@@ -219,6 +219,7 @@ class Hub:
         app.add_routes(images.routes)
         app.add_routes(edge.routes)
         app.add_routes(locations.routes)
+        app.add_routes(members.routes)
         app.add_routes(tasks.routes)
         app.add_routes(metadefs.routes)
         # Agents pull central's copies here: each only the images it is

@@ -44,6 +44,7 @@ def query_from(request: web.Request) -> ImageQuery:
     query = ImageQuery(tags=q.getall("tag", []), protected=_bool(q.get("protected"), "protected"),
                        os_hidden=bool(_bool(q.get("os_hidden"), "os_hidden")), sort=_sort(q))
     _visibility(query, q.get("visibility"))
+    query.member_status = _member_status(q.get("member_status", "accepted"))
     for key, raw in q.items():
         if key in _RESERVED:
             continue
@@ -140,6 +141,12 @@ def _visibility(query: ImageQuery, visibility: str | None) -> None:
         query.include_community = True
     else:
         query.visibility = visibility
+
+
+def _member_status(raw: str) -> str:
+    if raw not in ("pending", "accepted", "rejected", "all"):
+        raise BadRequest(f"Invalid status: {raw[:40]}; member_status is one of pending, accepted, rejected, all")
+    return raw
 
 
 def _sort(q: Any) -> list[tuple[str, str]]:
