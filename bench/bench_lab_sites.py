@@ -157,6 +157,7 @@ async def main() -> None:
     for name in ApiProbe.CALLS:
         print(f"API {name:22s} idle {idle.summary(name)}")
         print(f"{'':26s} during the copy {busy_probe.summary(name)}")
+        print(f"{'':26s} the hub's own timing during the copy: {busy_probe.hub_summary(name)}")
     if not args.keep:
         shutil.rmtree(work)
 

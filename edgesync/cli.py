@@ -21,9 +21,10 @@ def _add_log_format(parser: argparse.ArgumentParser) -> None:
 def _cmd_hub(args: argparse.Namespace) -> int:
     from edgesync.config import load_hub
     from edgesync.hub.app import serve
-    from edgesync.runtime import limit_malloc_arenas
+    from edgesync.runtime import limit_malloc_arenas, raise_open_files_limit
 
     limit_malloc_arenas()
+    raise_open_files_limit()
     asyncio.run(serve(load_hub(Path(args.config))))
     return 0
 
@@ -32,12 +33,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from edgesync.agent.config import load_agent
     from edgesync.agent.daemon import serve
     from edgesync.errors import ConfigError
-    from edgesync.runtime import limit_malloc_arenas
+    from edgesync.runtime import limit_malloc_arenas, raise_open_files_limit
 
     if not args.config:
         raise ConfigError("the agent needs --config sites/<site>.toml (the site file with its [agent] table)")
     configs = [load_agent(Path(path)) for path in args.config]
     limit_malloc_arenas()
+    raise_open_files_limit()
     if len(configs) == 1:
         asyncio.run(serve(configs[0]))
     else:  # a lab's agents sharing a process (see agent/shared_process.py)
@@ -67,6 +69,9 @@ def _cmd_agent_register(args: argparse.Namespace) -> int:
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     from edgesync import lab
+    from edgesync.runtime import raise_open_files_limit
+
+    raise_open_files_limit()  # inherited by what the lab starts (its Mosquitto holds one connection per site)
 
     directory = Path(args.dir).resolve()
     if args.lab_command == "up":

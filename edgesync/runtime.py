@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import resource
 
 log = logging.getLogger(__name__)
 
@@ -28,3 +29,24 @@ def limit_malloc_arenas(count: int = 2) -> None:
             log.debug("mallopt(M_ARENA_MAX) refused")
     except (OSError, AttributeError):  # not glibc
         log.debug("cannot cap malloc arenas on this libc")
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one; returns the soft limit now.
+
+    Every site holds connections to the hub (its agent's pulls, up to
+    `per_site_concurrency` each) and one to the broker; at the usual soft
+    limit of 1024 a hub of a thousand sites — and the lab's Mosquitto, which
+    inherits the lab's limits — would start refusing them (EMFILE), while the
+    hard limit is usually far higher. Raising the soft limit up to the hard
+    one needs no privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    return hard
