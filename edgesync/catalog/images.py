@@ -34,6 +34,18 @@ class ImageTables(Tables):
             return None
         return (await self._hydrate(rows))[0]
 
+    async def copy_facts(self, image_id: str, store: str) -> tuple[bool, str | None]:
+        """Whether `store` holds a copy of the image, and its os_hash_value:
+        what serving a copy needs, without reading the image's other locations
+        (a copy to N sites asks N times, of an image with up to N locations).
+        NotFound if there is no such image."""
+        row = await self._db.row(
+            "SELECT os_hash_value, EXISTS(SELECT 1 FROM locations WHERE image_id = images.id AND store = ?) AS held "
+            "FROM images WHERE id = ?", (store, image_id))
+        if row is None:
+            raise NotFound(f"No image found with ID {image_id}")
+        return bool(row["held"]), row["os_hash_value"]
+
     async def require_image(self, image_id: str) -> Image:
         image = await self.get_image(image_id)
         if image is None:

@@ -181,10 +181,10 @@ class Hub:
     async def _central_copy(self, image_id: str) -> ServedCopy:
         """For agents pulling: central's copy, if it has one. Its sha512 names
         its content, so agents pulling it at once share each range's read."""
-        image = await self.catalog.require_image(image_id)
-        if self.central not in image.stores:
+        held, os_hash_value = await self.catalog.copy_facts(image_id, self.central)
+        if not held:
             raise Conflict(f"Image {image_id} has no copy in the central store")
-        return ServedCopy(self.sites.central.store, content_id=image.os_hash_value or None)
+        return ServedCopy(self.sites.central.store, content_id=os_hash_value or None)
 
     def _tokens_file(self) -> Path:
         # load_hub refuses auth = "token" without one; a HubConfig built by hand may still lack it.

@@ -20,6 +20,7 @@ the agents that were making it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import cast
 
@@ -40,6 +41,7 @@ class TransferAuthorizer:
         self._catalog = catalog
         self._reuse_s = reuse_s
         self._open: dict[str, tuple[float, frozenset[str]]] = {}  # image -> (when seen, sites its copy goes to)
+        self._looking: dict[str, asyncio.Future[frozenset[str]]] = {}
 
     async def __call__(self, request: web.Request, image_id: str) -> None:
         caller = cast(Caller, request[CALLER_KEY])
@@ -57,11 +59,18 @@ class TransferAuthorizer:
         seen = self._open.get(image_id)
         if seen is not None and now - seen[0] < self._reuse_s and site in seen[1]:
             return True
-        holder = await self._catalog.lock_holder(image_id)
-        task = await self._catalog.get_task(holder) if holder is not None else None
-        sites = frozenset(task.unfinished_stores) if task is not None else frozenset()
+        looking = self._looking.get(image_id)
+        if looking is None:  # one look-up at a time per image: the sites asking at once share it
+            looking = self._looking[image_id] = asyncio.ensure_future(self._open_sites(image_id))
+            looking.add_done_callback(lambda _: self._looking.pop(image_id, None))
+        sites = await asyncio.shield(looking)
         if len(self._open) >= self.MAX_KEPT:
             self._open = {k: v for k, v in self._open.items() if now - v[0] < self._reuse_s}
         if sites:
-            self._open[image_id] = (now, sites)
+            self._open[image_id] = (time.monotonic(), sites)
         return site in sites
+
+    async def _open_sites(self, image_id: str) -> frozenset[str]:
+        holder = await self._catalog.lock_holder(image_id)
+        task = await self._catalog.get_task(holder) if holder is not None else None
+        return frozenset(task.unfinished_stores) if task is not None else frozenset()
