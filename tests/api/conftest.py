@@ -50,6 +50,8 @@ TOKENS = {
     # token goes in X-Service-Token beside a user's
     "reader": ("tok-reader", "rita", "p1", ["reader"]),
     "service": ("tok-service", "nova", "service", ["service"]),
+    # Cinder's own service user, as its get_location calls (project "service")
+    "cinder": ("tok-cinder", "cinder", "service", ["service"]),
 }
 AGENT_TOKENS = {"dcn0": "agent0", "dcn1": "agent1"}
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"

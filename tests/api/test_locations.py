@@ -70,6 +70,11 @@ async def test_get_locations_lists_every_copy_for_the_service_and_admins_only(ap
         await error_of(resp, 403, "fetch_image_location")
     async with api.p2.get(f"/v2/images/{image['id']}/locations") as resp:  # can't even see it
         await error_of(resp, 404, image["id"])
+    # Cinder's own service credentials (another project) see any image's locations
+    async with Caller(api.client, TOKENS["cinder"][0]).get(f"/v2/images/{image['id']}/locations") as resp:
+        assert resp.status == 200 and len(await resp.json()) == 2
+    async with Caller(api.client, TOKENS["cinder"][0]).get(f"/v2/images/{uuid.uuid4()}/locations") as resp:
+        await error_of(resp, 404, "No image")
 
 
 async def test_a_location_at_an_edge_makes_the_image_active_there_then_central_then_other_edges(

@@ -20,14 +20,17 @@ from tests.e2e.test_agents_lab import (
     cluster_paused,
     copy_to,
     created,
+    edgesync,
     images,
     latest_task,
     pool_images,
     rbd_url,
+    site_file,
+    site_view,
     wait_until,
 )
 from tests.e2e.test_rbd_lab import rbd, snap_protected
-from tests.fixtures.lab import ImageFile, Lab, api, check, get_image, status_of, stores_of, wait_import_done
+from tests.fixtures.lab import ImageFile, Lab, api, check, get_image, glance, status_of, stores_of, wait_import_done
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ceph]
 
@@ -77,6 +80,9 @@ def test_a_direct_snapshot_at_an_edge_becomes_active_there_then_reaches_central_
         rbd_agents_lab: Lab, images: dict[str, ImageFile], nova_made: list[tuple[str, str]],
         created: list[str]) -> None:
     lab, source = rbd_agents_lab, images["small"]
+    # each agent announced its cluster's fsid, by which the hub could match locations without its ceph.conf
+    for site in ("dcn0", "dcn1"):
+        assert site_view(lab, site)["store_fsid"] == lab["sites"][site]["fsid"]
     base = central_image(lab, created, source)
     check(copy_to(lab, base, "dcn0"))  # the instance's base image at dcn0
     assert "dcn0" in stores_of(wait_import_done(lab, base, timeout=WAIT_S))
@@ -85,8 +91,9 @@ def test_a_direct_snapshot_at_an_edge_becomes_active_there_then_reaches_central_
     nova_made.append(("dcn0", image_id))
 
     with cluster_paused(lab, "central"):  # the copy to central can't finish meanwhile
-        status, body = add_location(lab, image_id, rbd_url(lab, "dcn0", image_id))
-        assert status == 202, body
+        # glanceclient's add_image_location, what Nova's _add_location calls (POST, v2.17)
+        added = glance(lab, "add-location", "--url", rbd_url(lab, "dcn0", image_id), image_id, debug=True)
+        assert status_of(added, "POST", f"/v2/images/{image_id}/locations") == 202, added.stderr[-2000:]
         image = wait_until(lambda: (i := get_image(lab, image_id)) and i["status"] == "active" and i,
                            "the image to be active at dcn0")
         assert image["stores"] == "dcn0" and image["os_glance_importing_to_stores"] == "central"
@@ -142,10 +149,30 @@ def test_a_bad_location_fails_cleanly_and_a_good_one_is_then_taken(
     # no store in that cluster: refused at once, saying which stores exist
     status, body = add_location(lab, image_id, f"rbd://{uuid.uuid4()}/images/{image_id}/snap")
     assert status == 400 and all(lab["sites"][s]["fsid"] in body["error"]["message"] for s in lab["sites"])
-    # the right data: taken, and on to central
-    good = {"os_hash_algo": "sha512", "os_hash_value": source.sha512, "checksum": source.md5}
-    assert add_location(lab, image_id, url, good)[0] == 202
+    # the right data, by Nova's older path (glanceclient's add_location: PATCH add /locations/-)
+    check(glance(lab, "location-add", "--url", url, "--checksum", source.md5, "--hash-algo", "sha512",
+                 "--hash-value", source.sha512, image_id))
     image = wait_until(lambda: (i := get_image(lab, image_id)) and stores_of(i) == {"central", "dcn1"}
                        and "os_glance_import_task" not in i and i, "the image to reach central")
     assert image["status"] == "active" and image["os_glance_failed_import"] == ""
     assert_identical_and_sparse(lab, "central", image_id, source)
+
+
+def test_agent_register_completes_the_queued_record_nova_made(
+        rbd_agents_lab: Lab, images: dict[str, ImageFile], nova_made: list[tuple[str, str]],
+        created: list[str]) -> None:
+    lab, source = rbd_agents_lab, images["small"]
+    image_id = queued_image(lab, created, "nova-record")
+    owner = get_image(lab, image_id)["owner"]  # type: ignore[index]  # the member's project
+    nova_made.append(("dcn1", image_id))
+    rbd(lab, "dcn1", "import", str(source.path), f"images/{image_id}")
+    rbd(lab, "dcn1", "snap", "create", f"images/{image_id}@snap")
+    rbd(lab, "dcn1", "snap", "protect", f"images/{image_id}@snap")
+    registered = check(edgesync("agent", "register", "--config", str(site_file(lab, "dcn1")), f"images/{image_id}@snap"))
+    assert f"{image_id} registered at dcn1" in registered.stdout
+    image = wait_import_done(lab, image_id, timeout=WAIT_S)
+    assert stores_of(image) == {"central", "dcn1"} and image["name"] == "nova-record"
+    assert image["owner"] == owner  # still the member's, not the site's project
+    assert image["os_hash_value"] == source.sha512
+    again = edgesync("agent", "register", "--config", str(site_file(lab, "dcn1")), image_id)
+    assert again.returncode != 0 and "409" in again.stderr + again.stdout

@@ -116,7 +116,7 @@ class SiteRegistry:
         return {
             "name": v.name, "availability_zone": v.availability_zone, "up": self.is_up(v.name),
             "online": v.online, "problem": v.problem, "heartbeat_age_s": v.heartbeat_age_s(self._clock()),
-            "in_flight": list(v.in_flight), "free_bytes": v.free_bytes,
+            "in_flight": list(v.in_flight), "free_bytes": v.free_bytes, "store_fsid": v.store_fsid,
         }
 
     @staticmethod
