@@ -69,7 +69,8 @@ class StoreIdentity:
 
 
 def authorize(hub: Hub, rule: str, caller: Caller, image: Image) -> None:
-    """Glance's policy `rule` on `image` with Glance's image target (403 unless it allows the caller)."""
+    """Glance's policy `rule` on `image`, with Glance's image target (403
+    naming the rule; 404 to a caller the policy doesn't let see the image)."""
     hub.policy.enforce_on_image(rule, caller, image)
 
 

@@ -164,13 +164,6 @@ def _wait_copies_gone(lab: Lab, image_id: str, timeout: float = 30.0) -> None:
 # Cinder reads locations as its own service user ([glance] in cinder.conf, project service, role
 # service), whoever asks for the volume; the image itself (`show`) with the caller's token.
 
-# Until the hub lets Cinder's service user read the locations of another project's private image.
-NEEDS_SERVICE_VISIBILITY = pytest.mark.skip(reason=(
-    "hub: GET /v2/images/{id}/locations as Cinder's own service user (role service, project service) "
-    "is 404 for another project's private image — as in Glance, where only admins see every image; "
-    "the DCN policy must let the service read it (hub/locations.py, hub/policy.py)"))
-
-
 @pytest.fixture(scope="module")
 def public_image(openstack_lab: Lab) -> Iterator[dict[str, Any]]:
     """An admin's public image at central and dcn0 (a DCN cloud's base image)."""
@@ -225,7 +218,6 @@ def test_cinder_clone_image_of_a_public_image_makes_a_cow_volume_that_holds_the_
         delete_image(openstack_lab, image["id"])
 
 
-@NEEDS_SERVICE_VISIBILITY
 def test_cinder_clone_image_of_a_members_private_image(openstack_lab: Lab, workdir: Path) -> None:
     image = upload_image(openstack_lab, token(openstack_lab, "member"), _data(0x27), stores=(SITE,))
     try:
