@@ -17,8 +17,9 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -ra -m "not wan" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
+# Just the WAN lab's tests (they are in make test too).
 test-wan: setup
 	$(PY) -m pytest -ra -m wan $(PYTEST_ARGS)
 

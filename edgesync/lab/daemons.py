@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -25,7 +24,7 @@ import aiohttp
 
 from edgesync.lab import procs
 from edgesync.lab.errors import LabError
-from edgesync.lab.ports import listening_socket
+from edgesync.lab.ports import in_netns, listening_socket
 from edgesync.listen import LISTEN_FD_ENV
 
 LAB_FILE = "lab.json"
@@ -60,11 +59,11 @@ def agent_config(directory: Path, site: str) -> Path:
 
 
 def hub_running(info: dict[str, Any]) -> bool:
-    return procs.is_ours(info.get("hub_pid"), info["hub_config"])
+    return procs.running(info.get("hub_pid"), info["hub_config"])
 
 
 def agent_running(directory: Path, site: str, entry: dict[str, Any]) -> bool:
-    return procs.is_ours(entry.get("agent_pid"), agent_config(directory, site))
+    return procs.running(entry.get("agent_pid"), agent_config(directory, site))
 
 
 # --- hub -------------------------------------------------------------------------------
@@ -231,38 +230,56 @@ async def _spawn(directory: Path, name: str, args: list[str], groups: list[list[
                  netns: str | None) -> int:
     """Start `edgesync ARGS` detached (its own session: it outlives `lab up`),
     in network namespace `netns` if given, serving on the sockets of `groups`
-    (one group per daemon in the process), its output in `logs/NAME.log`."""
+    (one group per daemon in the process), its output (stdout, stderr: its
+    log lines and anything Python says before logging is set up) appended to
+    `logs/NAME.log`.
+
+    Spawned straight into the namespace (from a thread that entered it), not
+    through `ip netns exec`: that execs the daemon a second time, after this
+    function has seen its command line, and a liveness check landing in that
+    exec read an empty command line and took a starting agent for dead."""
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    argv = [*(["ip", "netns", "exec", netns] if netns else []), sys.executable, "-m", "edgesync", *args]
-    executable = shutil.which(argv[0]) or argv[0]
+    argv = [sys.executable, "-m", "edgesync", *args]
     fds = ";".join(",".join(str(sock.fileno()) for sock in group) for group in groups)
     socks = [sock for group in groups for sock in group]
     try:
         for sock in socks:
             sock.set_inheritable(True)
         with (logs / f"{name}.log").open("ab") as log:
-            pid = os.posix_spawn(executable, argv, {**os.environ, LISTEN_FD_ENV: fds}, file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
-            ], setsid=True)
+            def spawn() -> int:
+                return os.posix_spawn(sys.executable, argv, {**os.environ, LISTEN_FD_ENV: fds}, file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                    (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+                ], setsid=True)
+            pid = in_netns(netns, spawn) if netns else spawn()
     finally:
         for sock in socks:
             sock.close()  # the daemon holds its own copies now
-    # For a moment after the exec its command line reads empty, and the
-    # liveness checks look for its config file there.
+    procs.spawned(pid)
+    # posix_spawn returns while the exec is still under way (its command line
+    # reads empty for a moment); wait for it, so that a marker check made by
+    # a later `lab` command finds the daemon.
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     while not procs.is_ours(pid, args[-1]) and not procs.reap(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return pid
 
 
+def _start_failure(name: str, how: str, log_path: Path) -> LabError:
+    """Why start-up failed: how the daemon ended and the end of its log, or that its log is empty."""
+    said = procs.tail(log_path)
+    return LabError(f"{name} exited during start-up ({how}); " + (f"its log says:{said}" if said
+                                                                    else f"its log {log_path} is empty"))
+
+
 async def _wait_serving(url: str, pid: int, marker: str, log_path: Path, deadline: float) -> None:
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            if not procs.is_ours(pid, marker):
-                raise LabError(f"{log_path.stem} exited during start-up; its log says:{procs.tail(log_path)}")
+            how = procs.ended(pid, marker)
+            if how is not None:
+                raise _start_failure(log_path.stem, how, log_path)
             try:
                 async with session.get(f"{url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
@@ -282,9 +299,9 @@ async def _wait_sites_up(directory: Path, info: dict[str, Any], agents: dict[str
     async with aiohttp.ClientSession() as session:
         while waiting:
             for site, pid in waiting.items():
-                if not procs.is_ours(pid, agent_config(directory, site)):
-                    log_path = directory / "logs" / f"agent-{site}.log"
-                    raise LabError(f"agent-{site} exited during start-up; its log says:{procs.tail(log_path)}")
+                how = procs.ended(pid, agent_config(directory, site))
+                if how is not None:
+                    raise _start_failure(f"agent-{site}", how, directory / "logs" / f"agent-{site}.log")
             for site in await _sites_up(session, info["hub_url"], headers):
                 waiting.pop(site, None)
             if waiting and time.monotonic() > deadline:

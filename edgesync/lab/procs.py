@@ -3,6 +3,13 @@
 The lab stops what it started by pid, and a pid can be reused by an unrelated
 process once ours has exited, so every check also looks for a marker (the
 config file the daemon was started with) on the process's command line.
+
+A command line is not always there to read: while a process execs, the
+kernel shows an empty one for a moment (the parent of a posix_spawn is let
+go before its child's exec has set up the new arguments). Whether a process
+the lab itself spawned has exited is therefore asked of waitpid, which can't
+be fooled by an exec in progress (`ended`); the marker only tells processes
+started by another run of the lab.
 """
 
 from __future__ import annotations
@@ -57,8 +64,20 @@ def listens_on(pid: int, port: int) -> bool:
     return False
 
 
+# The daemons this process spawned (`spawned`) and, once reaped, their exit
+# statuses, kept for whoever asks how one ended after another check reaped it.
+_children: dict[int, int | None] = {}
+
+
+def spawned(pid: int) -> None:
+    """Note a daemon this process has just spawned: its liveness is asked of waitpid from now on."""
+    _children[pid] = None
+
+
 def reap(pid: int) -> bool:
     """Collect `pid`'s exit status if it is our child; True if it has exited."""
+    if pid in _children:
+        return _exit_status(pid) is not None
     try:
         reaped, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not our child: someone else reaps it
@@ -66,12 +85,46 @@ def reap(pid: int) -> bool:
     return reaped == pid
 
 
+def ended(pid: int, marker: str | Path) -> str | None:
+    """How `pid` ended ("exit status 2", "killed by SIGKILL", or "gone" for
+    a process another run of the lab started), or None while it runs. A
+    daemon this process spawned is asked of waitpid, so an exec in progress
+    (an empty command line for a moment) is not taken for an exit; any
+    other process is known by its marker."""
+    if pid not in _children:
+        return None if is_ours(pid, marker) else "gone"
+    status = _exit_status(pid)
+    if status is None:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def running(pid: int | None, marker: str | Path) -> bool:
+    """Whether `pid` is a live process the lab started (see `ended`)."""
+    return pid is not None and pid > 0 and ended(pid, marker) is None
+
+
+def _exit_status(pid: int) -> int | None:
+    if pid not in _children:
+        return None
+    if _children[pid] is None:
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # someone else reaped it: no status to tell, but gone
+            reaped, status = pid, 0xFF00  # as `exit 255`
+        if reaped == pid:
+            _children[pid] = status
+    return _children[pid]
+
+
 async def stop(pid: int | None, marker: str | Path, *, timeout_s: float, kill: bool = False) -> None:
     """SIGTERM and wait up to `timeout_s`, then SIGKILL; with `kill`, SIGKILL at
     once (the way a crash stops a daemon). Does nothing if `pid` isn't ours."""
     steps = [(signal.SIGKILL, 5.0)] if kill else [(signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)]
     for sig, patience in steps:
-        if not is_ours(pid, marker):
+        if not running(pid, marker):
             break
         assert pid is not None
         try:
@@ -79,11 +132,11 @@ async def stop(pid: int | None, marker: str | Path, *, timeout_s: float, kill: b
         except ProcessLookupError:
             break
         deadline = time.monotonic() + patience
-        while time.monotonic() < deadline and is_ours(pid, marker):
+        while time.monotonic() < deadline and running(pid, marker):
             await asyncio.sleep(POLL_INTERVAL_S)
     if pid:
         reap(pid)  # our child's zombie would otherwise linger
-    if is_ours(pid, marker):
+    if running(pid, marker):
         raise LabError(f"process {pid} ({marker}) did not exit")
 
 

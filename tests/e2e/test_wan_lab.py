@@ -35,9 +35,6 @@ from tests.e2e.test_rbd_lab import in_site
 from tests.fixtures.lab import SITES, ImageFile, Lab, check, make_striped_raw, stores_of, wait_import_done
 from tests.fixtures.wan import WAN_OFFLINE_DEADLINE_S, WAN_RATE, lab_netns
 
-# `wan`: not in `make test` for now — `lab up --wan` failed about half the
-# time in the last runs (an edge agent exits at start-up with an empty log);
-# `make test-wan` runs this module.
 pytestmark = [pytest.mark.e2e, pytest.mark.ceph, pytest.mark.wan]
 
 EDGES = SITES[1:]
