@@ -57,6 +57,17 @@ if [ ! -f "$os_stamp" ] || [ scripts/setup.sh -nt "$os_stamp" ]; then
   touch "$os_stamp"
 fi
 
+# Glance (PyPI `glance`, its newest release: the source cloud `edgesync adopt --from-glance` is
+# tested against) in a venv of its own for the same reason, gunicorn as its WSGI server. Its rbd
+# store needs Debian's rados/rbd bindings, linked in below as for the others.
+gl_stamp=.venv-glance/.edgesync-installed
+if [ ! -f "$gl_stamp" ] || [ scripts/setup.sh -nt "$gl_stamp" ]; then
+  echo "setup: installing Glance into .venv-glance"
+  [ -x .venv-glance/bin/python ] || "$PYTHON" -m venv .venv-glance
+  .venv-glance/bin/pip install -q --disable-pip-version-check 'glance==33.0.0' 'gunicorn>=23,<28'
+  touch "$gl_stamp"
+fi
+
 # rados/rbd are not on PyPI: link only Debian's two extension modules into a
 # directory the venv reads through a .pth file (the whole dist-packages would
 # drag ~100 Debian modules into the venv, and Debian's pyOpenSSL breaks
@@ -75,4 +86,5 @@ link_ceph_bindings() {
 }
 link_ceph_bindings .venv
 link_ceph_bindings .venv-openstack
+link_ceph_bindings .venv-glance
 echo "setup: ready (.venv/bin/edgesync)"
