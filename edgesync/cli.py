@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgesync.admin.cli import add_admin_commands  # image …, sites, tasks (through the hub's API)
 
     add_admin_commands(sub)
+    from edgesync.adopt.cli import add_adopt_command
+
+    add_adopt_command(sub)
     return parser
 
 

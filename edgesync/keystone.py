@@ -111,3 +111,53 @@ class AppCredentialToken:
         if not token:
             raise IdentityUnavailable(f"Keystone at {self._auth_url} gave this agent no token")
         return str(token)
+
+
+@dataclass(frozen=True)
+class UserCredentials:
+    """A person's (or a script's) Keystone password credentials, as clouds.yaml or OS_* give them."""
+
+    auth_url: str
+    username: str
+    password: str
+    project_name: str | None = None
+    project_id: str | None = None
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    region_name: str | None = None
+    ca_file: str | None = None
+
+
+class UserToken:
+    """A project-scoped token for `UserCredentials`, which keystoneauth1 caches
+    and renews; and the catalog's endpoint for a service type."""
+
+    def __init__(self, creds: UserCredentials, timeout_s: float = 10.0) -> None:
+        plugin = v3.Password(auth_url=creds.auth_url.rstrip("/"), username=creds.username, password=creds.password,
+                             project_name=creds.project_name, project_id=creds.project_id,
+                             user_domain_name=creds.user_domain_name, project_domain_name=creds.project_domain_name)
+        self._session = session.Session(auth=plugin, timeout=timeout_s, verify=creds.ca_file or True)
+        self._creds = creds
+
+    def get(self) -> str:
+        try:
+            token = self._session.get_token()
+        except ks_exceptions.Unauthorized as exc:
+            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url} refused the credentials of "
+                                      f"{self._creds.username!r}: {exc}", retryable=False) from exc
+        except ks_exceptions.ClientException as exc:
+            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url} can't be reached "
+                                      f"({type(exc).__name__}: {exc})") from exc
+        if not token:
+            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url} gave no token")
+        return str(token)
+
+    def endpoint(self, service_type: str, interface: str = "public") -> str | None:
+        """The catalog's URL of `service_type` (e.g. "image") in the credentials' region."""
+        try:
+            url = self._session.get_endpoint(service_type=service_type, interface=interface,
+                                             region_name=self._creds.region_name)
+        except ks_exceptions.ClientException as exc:
+            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url}: no {service_type} endpoint "
+                                      f"({type(exc).__name__}: {exc})") from exc
+        return str(url) if url else None

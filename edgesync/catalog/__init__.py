@@ -17,6 +17,8 @@ families over one `Database`:
 - `pending_deletes`: deletes waiting for an edge site's agent;
 - `manifests`: each image's chunk manifest, named by its digest;
 - `members`: image members (the projects a shared image is shared with);
+- `adoptions`: images adopted from another image service (Glance) and
+  their copies adopted in place;
 - `metadefs` and `glance_tasks` (Glance's metadefs; what `POST /v2/tasks`
   adds to a task, and `GET /v2/tasks`): wrappers, `Metadefs(catalog)` and
   `GlanceTasks(catalog)`, over `catalog.database` (see below);
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgesync.catalog.adoptions import AdoptedCopy, Adoption, AdoptionTables
 from edgesync.catalog.image_query import ImageQuery
 from edgesync.catalog.images import ImageTables
 from edgesync.catalog.manifests import ManifestTables
@@ -57,10 +60,12 @@ from edgesync.catalog.schema import CATALOG, CatalogError
 from edgesync.catalog.tasks import TaskTables
 from edgesync.sqlite import Database
 
-__all__ = ["SORTABLE", "Catalog", "CatalogError", "ImageQuery", "OutboxMessage", "PendingDelete"]
+__all__ = ["SORTABLE", "AdoptedCopy", "Adoption", "Catalog", "CatalogError", "ImageQuery", "OutboxMessage",
+           "PendingDelete"]
 
 
-class Catalog(ImageTables, TaskTables, OutboxTables, PendingDeleteTables, ManifestTables, MemberTables):
+class Catalog(ImageTables, TaskTables, OutboxTables, PendingDeleteTables, ManifestTables, MemberTables,
+              AdoptionTables):
     """Every table family over the hub's one catalog database."""
 
     @classmethod

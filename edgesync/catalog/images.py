@@ -211,6 +211,11 @@ async def drop_location(tx: Transaction, image_id: str, store: str) -> None:
     await tx.execute("DELETE FROM locations WHERE image_id = ? AND store = ?", (image_id, store))
 
 
+async def replace_tags(tx: Transaction, image_id: str, tags: Iterable[str]) -> None:
+    await tx.execute("DELETE FROM image_tags WHERE image_id = ?", (image_id,))
+    await _write_tags(tx, image_id, tags)
+
+
 async def _write_tags(tx: Transaction, image_id: str, tags: Iterable[str]) -> None:
     for tag in dict.fromkeys(tags):
         await tx.execute("INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?, ?)", (image_id, tag))

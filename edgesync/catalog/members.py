@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edgesync.catalog.tables import Tables
 from edgesync.errors import Conflict, NotFound, RequestTooLarge
 from edgesync.model import utcnow
-from edgesync.sqlite import Row
+from edgesync.sqlite import Row, Transaction
 
 MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
@@ -81,3 +81,15 @@ class MemberTables(Tables):
     async def delete_image_member(self, image_id: str, member_id: str) -> None:
         async with self._db.transaction() as tx:
             await tx.execute("DELETE FROM image_members WHERE image_id = ? AND member = ?", (image_id, member_id))
+
+
+# --- statements for other families' transactions ---------------------------------
+
+
+async def replace_image_members(tx: Transaction, image_id: str, members: list[ImageMember]) -> None:
+    """The image's members become exactly `members`, with their status and
+    timestamps as given (an image adopted from Glance keeps Glance's)."""
+    await tx.execute("DELETE FROM image_members WHERE image_id = ?", (image_id,))
+    for m in members:
+        await tx.execute("INSERT INTO image_members (image_id, member, status, created_at, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?)", (image_id, m.member_id, m.status, m.created_at, m.updated_at))

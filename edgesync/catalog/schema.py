@@ -187,6 +187,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE image_members ADD COLUMN created_at TEXT NOT NULL DEFAULT '';
     ALTER TABLE image_members ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';
     """,
+    # 8: images adopted from another image service (catalog/adoptions.py): where
+    # from and as of which of its updated_at; and each copy adopted in place,
+    # with how it was checked ('full': every byte hashed; 'none': published and
+    # the right size), so a later run re-checks only what changed or was missed.
+    """
+    CREATE TABLE adoptions (
+        image_id          TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        source            TEXT NOT NULL,
+        source_updated_at TEXT NOT NULL,
+        adopted_at        TEXT NOT NULL
+    );
+    CREATE TABLE adopted_copies (
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        store      TEXT NOT NULL,
+        url        TEXT NOT NULL,
+        verified   TEXT NOT NULL,
+        checked_at TEXT NOT NULL,
+        PRIMARY KEY (image_id, store)
+    );
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

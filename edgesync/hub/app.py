@@ -14,13 +14,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edgesync.adopt.service import Adopter
 from edgesync.aio import cancel_and_wait
 from edgesync.bus import BusClient, BusSettings
 from edgesync.catalog import Catalog
 from edgesync.config import HubConfig, SiteConfig
 from edgesync.errors import ConfigError, Conflict
 from edgesync.http_limits import guarded_runner
-from edgesync.hub.api import discovery, edge, images, locations, members, metadefs, tasks
+from edgesync.hub.api import adopt, discovery, edge, images, locations, members, metadefs, tasks
 from edgesync.hub.api.context import HUB_KEY
 from edgesync.hub.api.middleware import CALLER_KEY, auth_middleware, json_errors
 from edgesync.hub.api.request_id import add_request_id_header, request_ids
@@ -68,6 +69,7 @@ class Hub:
     images: ImageService = field(init=False)
     importer: Importer = field(init=False)
     manifests: HubManifests = field(init=False)
+    adopter: Adopter = field(init=False)  # images taken over from a Glance (edgesync adopt)
     runner: web.AppRunner | None = field(init=False, default=None)
     agents: AgentCommands | None = field(init=False, default=None)
     registry: SiteRegistry | None = field(init=False, default=None)
@@ -109,6 +111,7 @@ class Hub:
             self.importer = Importer(catalog=self.catalog, sites=self.sites, staging=staging,
                                      config=cfg.imports, metrics=self.metrics, quota=self.images.quota,
                                      policy=self.policy)
+            self.adopter = Adopter(self)
             await self.importer.recover()
         except BaseException:
             # Release what was opened: an open catalog's thread would keep a
@@ -222,6 +225,7 @@ class Hub:
         app.add_routes(members.routes)
         app.add_routes(tasks.routes)
         app.add_routes(metadefs.routes)
+        app.add_routes(adopt.routes)
         # Agents pull central's copies here: each only the images it is
         # copying (the auth middleware has checked the token itself).
         app.add_routes(data_routes(self._central_copy, TransferAuthorizer(self.catalog), counters=self.served,
