@@ -62,6 +62,10 @@ PENDING_HINT = "GET /edgesync/v1/pending-deletes lists it until the agent confir
 RESEND_AFTER_BEATS = 3  # heartbeats in a row without the task before it is sent again
 RESEND_MAX_BEATS = 48  # the wait between resends doubles up to this
 UNCLAIMED_KEPT = 1000
+# An agent that knows verify lists it in flight while it hashes; one whose
+# heartbeats still lack it after this many resends (an older agent drops the
+# type) is given up on, so the image doesn't stay importing.
+VERIFY_MAX_RESENDS = 3
 
 # A command's life at the hub, per task id (one `_Pending` while someone waits):
 #
@@ -171,7 +175,8 @@ class AgentCommands:
         pending = self._register(site, VerifyCommand(task_id=task_id, image_id=image_id))
         try:
             await self._send(pending)
-            answer = await self._wait_while_up(pending, f"the check of its copy of image {image_id}")
+            answer = await self._wait_while_up(pending, f"the check of its copy of image {image_id}",
+                                               max_resends=VERIFY_MAX_RESENDS)
         finally:
             self._pending.pop(task_id, None)
         return _answer(site, answer)
@@ -253,9 +258,12 @@ class AgentCommands:
                     site, copy.task_id, copy.image_id)
         await self._send_delete(site, DeleteCommand(task_id=f"{copy.task_id}-undo", image_id=copy.image_id))
 
-    async def _wait_while_up(self, pending: _Pending, what: str, *, timeout_s: float | None = None) -> Message:
+    async def _wait_while_up(self, pending: _Pending, what: str, *, timeout_s: float | None = None,
+                             max_resends: int | None = None) -> Message:
         """The answer, as long as the site stays up (SiteOffline once it isn't)
-        and, with `timeout_s`, comes within that long (StoreUnavailable)."""
+        and, with `timeout_s`, comes within that long (StoreUnavailable); with
+        `max_resends`, an agent whose heartbeats still lack the command after
+        that many resends doesn't take it (StoreUnavailable)."""
         give_up_at = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:
@@ -265,6 +273,9 @@ class AgentCommands:
             await self._check_delivery(pending)
             if not self.registry.is_up(pending.site):
                 raise SiteOffline(f"the agent of site {pending.site} went offline before answering {what}")
+            if max_resends is not None and pending.resends > max_resends:
+                raise StoreUnavailable(f"the agent of site {pending.site} never took {what} (sent "
+                                       f"{pending.resends} times): is it older than this hub?")
             if give_up_at is not None and time.monotonic() > give_up_at:
                 raise StoreUnavailable(f"the agent of site {pending.site} is up but did not answer {what} "
                                        f"within {timeout_s:.0f} s; try again")

@@ -29,10 +29,10 @@ from edgesync.bus import (
 )
 from edgesync.catalog import Catalog
 from edgesync.config import ImportConfig, SiteConfig, StoreConfig
-from edgesync.errors import StoreError
+from edgesync.errors import StoreError, StoreUnavailable
 from edgesync.hub.bus_bridge import OutboxPublisher, outbox_row
 from edgesync.hub.imports import Importer
-from edgesync.hub.remote import RESEND_AFTER_BEATS, AgentCommands, SiteOffline
+from edgesync.hub.remote import RESEND_AFTER_BEATS, VERIFY_MAX_RESENDS, AgentCommands, SiteOffline
 from edgesync.hub.sites import Site, SiteRegistry, Sites
 from edgesync.hub.sites.agent import AgentSite
 from edgesync.hub.sites.local import LocalSite
@@ -322,3 +322,20 @@ async def test_an_agents_verify_answer_must_be_complete_and_in_its_store(
     await hub.commands.on_event("dcn0", DoneEvent(task_id="job-1", image_id="img", **answer))
     with pytest.raises(StoreError, match=fragment):
         await asyncio.wait_for(check, WAIT_S)
+
+
+async def test_a_verify_an_older_agent_never_takes_is_given_up_on_after_a_few_resends(hub: Hub) -> None:
+    hub.online("dcn0")
+    task_id = str(uuid.uuid4())
+    call = asyncio.create_task(hub.commands.verify("dcn0", "img", task_id), name=task_id)
+    await until(lambda: _has_rows(hub, task_id, 1), "the verify in the outbox")
+    resends = 0
+    while not call.done():  # every send acked, every heartbeat without the task
+        await hub.publish()
+        hub.heartbeat("dcn0")
+        await asyncio.sleep(CHECK_EVERY_S * 3)
+        resends = len(await hub.sent_for(task_id)) - 1
+        assert resends <= VERIFY_MAX_RESENDS + 1
+    with pytest.raises(StoreUnavailable, match="older than this hub"):
+        await call
+    assert resends == VERIFY_MAX_RESENDS + 1
