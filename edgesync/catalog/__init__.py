@@ -19,6 +19,7 @@ families over one `Database`:
 - `members`: image members (the projects a shared image is shared with);
 - `adoptions`: images adopted from another image service (Glance) and
   their copies adopted in place;
+- `usage`: a project's image counts for `GET /v2/info/usage`;
 - `metadefs` and `glance_tasks` (Glance's metadefs; what `POST /v2/tasks`
   adds to a task, and `GET /v2/tasks`): wrappers, `Metadefs(catalog)` and
   `GlanceTasks(catalog)`, over `catalog.database` (see below);
@@ -58,6 +59,7 @@ from edgesync.catalog.pending_deletes import PendingDeleteTables
 from edgesync.catalog.rows import SORTABLE, OutboxMessage, PendingDelete
 from edgesync.catalog.schema import CATALOG, CatalogError
 from edgesync.catalog.tasks import TaskTables
+from edgesync.catalog.usage import UsageTables
 from edgesync.sqlite import Database
 
 __all__ = ["SORTABLE", "AdoptedCopy", "Adoption", "Catalog", "CatalogError", "ImageQuery", "OutboxMessage",
@@ -65,7 +67,7 @@ __all__ = ["SORTABLE", "AdoptedCopy", "Adoption", "Catalog", "CatalogError", "Im
 
 
 class Catalog(ImageTables, TaskTables, OutboxTables, PendingDeleteTables, ManifestTables, MemberTables,
-              AdoptionTables):
+              AdoptionTables, UsageTables):
     """Every table family over the hub's one catalog database."""
 
     @classmethod

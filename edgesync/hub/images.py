@@ -286,6 +286,27 @@ class ImageService:
         if holder is not None:
             raise Conflict(f"Image {image_id} can't be {what} while import task {holder} runs; try again when it ends")
 
+    # --- deactivate / reactivate (Glance's image_actions.py) ---------------------
+
+    async def deactivate(self, caller: Caller, image_id: str) -> None:
+        """active → deactivated (already deactivated: nothing to do). Its data
+        is then refused to all but admins, and its locations shown to admins only."""
+        await self._switch(caller, image_id, "deactivate", ImageStatus.ACTIVE, ImageStatus.DEACTIVATED)
+
+    async def reactivate(self, caller: Caller, image_id: str) -> None:
+        await self._switch(caller, image_id, "reactivate", ImageStatus.DEACTIVATED, ImageStatus.ACTIVE)
+
+    async def _switch(self, caller: Caller, image_id: str, rule: str, before: ImageStatus,
+                      after: ImageStatus) -> None:
+        image = await self.get_for(rule, caller, image_id)
+        if image.status == after:
+            return
+        if image.status != before:
+            raise Forbidden(f"Not allowed to {rule} image in status '{image.status.value}': only an "
+                            f"{before.value} image can be {rule}d")
+        # Conditional: a status that changed since it was read is a 409, never overwritten.
+        await self.catalog.update_image(image_id, fields={"status": after}, expect_status=[before])
+
     # --- data -----------------------------------------------------------------
 
     async def stage(self, caller: Caller, image_id: str, chunks: AsyncIterator[bytes],

@@ -36,6 +36,7 @@ def _listed(lab: Lab, persona: str) -> set[str]:
 
 @pytest.fixture
 def admins_shared_image(keystone_lab: Lab) -> Iterator[dict[str, Any]]:
+    # (osc uploads its stdin, empty here: an active image of 0 bytes; members don't mind)
     shown = _json(os_cloud(keystone_lab, "admin", "image", "create", "--disk-format", "raw",
                            "--container-format", "bare", "--shared", f"ks-shared-{uuid.uuid4().hex[:8]}",
                            "-f", "json"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from edgesync.config import CONTAINER_FORMATS
 from edgesync.hub.api.context import caller_of, hub_of
+from edgesync.hub.quota import MiB
 from edgesync.model import ImageStatus
 
 routes = web.RouteTableDef()
@@ -124,6 +126,25 @@ async def info_stores_detail(request: web.Request) -> web.Response:
         entries.append({**_store_entry(request, name),
                         "type": site.store_type, "weight": 0, "properties": site.store_properties()})
     return web.json_response({"stores": entries})
+
+
+@routes.get("/v2/info/usage")
+async def info_usage(request: web.Request) -> web.Response:
+    """The caller's project's usage, in Glance's shape and units (sizes in
+    MiB); a limit of -1 is none. Only image_size_total has a limit here
+    ([hub.quota]); the others are counted, not limited."""
+    hub, project = hub_of(request), caller_of(request).project
+    stored = await hub.images.quota.usage(project)
+    counts = await hub.catalog.project_counts(project)
+    staging = hub.images.staging
+    staged = await asyncio.to_thread(lambda: sum(staging.staged_bytes(i) for i in counts.staging_ids))
+    unlimited = -1
+    return web.json_response({"usage": {
+        "image_size_total": stored.as_glance(),
+        "image_stage_total": {"limit": unlimited, "usage": staged // MiB},
+        "image_count_total": {"limit": unlimited, "usage": counts.images},
+        "image_count_uploading": {"limit": unlimited, "usage": counts.uploading},
+    }})
 
 
 def _store_entry(request: web.Request, name: str) -> dict[str, str]:

@@ -166,6 +166,18 @@ async def upload(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.post("/v2/images/{image_id}/actions/deactivate")
+async def deactivate(request: web.Request) -> web.Response:
+    await hub_of(request).images.deactivate(caller_of(request), request.match_info["image_id"])
+    return web.Response(status=204)
+
+
+@routes.post("/v2/images/{image_id}/actions/reactivate")
+async def reactivate(request: web.Request) -> web.Response:
+    await hub_of(request).images.reactivate(caller_of(request), request.match_info["image_id"])
+    return web.Response(status=204)
+
+
 @routes.get("/v2/images/{image_id}/file")
 async def download(request: web.Request) -> web.StreamResponse:
     hub = hub_of(request)

@@ -215,8 +215,11 @@ class Importer:
         request returns when the image is active (or failed)."""
         self.policy.enforce_on_image("upload_image", caller, image)
         require_formats(image)
-        if store is not None and store not in self.sites:
-            raise Conflict(f"Unknown store '{store}'; known stores: {', '.join(self.sites)}")
+        if store is not None and store not in self.sites.writable():
+            # Glance answers an unknown x-image-meta-store with 400 (copy-image's unknown store is a 409).
+            why = "is read-only" if store in self.sites else "is not one of this hub's stores"
+            raise BadRequest(f"x-image-meta-store names store '{store}', which {why}; stores to upload to: "
+                             f"{', '.join(self.sites.writable())}")
         req = ImportRequest("upload", None, [store] if store else None, False, True)
         targets = self._targets_for_new(req)
         await self._enforce_quota(image, (expected_size or 0) * len(targets))
