@@ -16,6 +16,7 @@ BENCHES = [
     ["bench_transfer_http.py"],
     ["bench_agents.py"],
     ["bench_lab_sites.py", "--edges", "200", "--agents-per-process", "25"],
+    ["bench_adopt.py"],
 ]
 
 

@@ -10,15 +10,11 @@ by verification; an image Glance has only at an edge is copied to central.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.glance_source import glance_call, glance_image
+from tests.fixtures.glance_source import adopt, glance_call, glance_image, reports, striped
 from tests.fixtures.keystone_lab import keystone_call
 from tests.fixtures.lab import Lab, api, get_image, wait_for_image
 from tests.fixtures.metrics_text import Scrape
@@ -27,31 +23,8 @@ from tests.fixtures.openstack_lab import rbd_cli, rbd_json, token
 pytestmark = [pytest.mark.ceph, pytest.mark.e2e]
 
 MIB = 1 << 20
-ADOPT_TIMEOUT_S = 120.0
 # What differs by design: the hub's own bookkeeping and the fields it derives.
 NOT_COMPARED = {"self", "file", "schema", "os_glance_importing_to_stores", "os_glance_failed_import"}
-
-
-def striped(seed: int, size: int = 12 * MIB) -> bytes:
-    """Data, then a hole, alternating by MiB: a sparse image as Glance stores it thin."""
-    block = bytes((seed * 131 + i) % 251 for i in range(MIB))
-    return b"".join(block if i % 2 == 0 else bytes(MIB) for i in range(size // MIB))
-
-
-def adopt(source: dict[str, Any], *args: str) -> tuple[int, dict[str, Any]]:
-    """`edgesync adopt --from-glance URL --os-cloud edgesync-admin --json ARGS`; (exit status, its JSON)."""
-    lab = source["lab"]
-    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": lab["keystone"]["clouds_yaml"]}
-    argv = [sys.executable, "-m", "edgesync", "adopt", "--from-glance", source["url"], "--os-cloud",
-            lab["keystone"]["clouds"]["admin"], "--lab-dir", str(lab["lab_dir"]), "--json", *args]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                          timeout=ADOPT_TIMEOUT_S, cwd=Path(__file__).resolve().parents[2])
-    assert done.stdout, f"adopt printed nothing ({done.returncode}): {done.stderr[-3000:]}"
-    return done.returncode, json.loads(done.stdout)
-
-
-def reports(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["image_id"]: r for r in summary["reports"]}
 
 
 def copies(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
