@@ -113,7 +113,9 @@ async def sites(request: web.Request) -> web.Response:
 async def tasks(request: web.Request) -> web.Response:
     hub, caller = hub_of(request), caller_of(request)
     raw_limit = request.query.get("limit", str(DEFAULT_TASKS))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_TASKS:
+    # isascii: int() takes other scripts' digits; the length: int() refuses over 4,300 digits.
+    plain = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4
+    if not plain or not 1 <= int(raw_limit) <= MAX_TASKS:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_TASKS}, got {raw_limit!r}")
     unfinished = request.query.get("unfinished", "false").lower()
     if unfinished not in ("true", "false"):
