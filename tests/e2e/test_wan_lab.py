@@ -171,6 +171,33 @@ def test_a_cut_outlasting_the_offline_deadline_fails_that_store_with_site_offlin
 
 
 
+def test_a_site_the_broker_cant_reach_does_not_hold_up_the_others_and_catches_up_when_healed(
+        wan_lab: Lab, source: ImageFile, created: list[str]) -> None:
+    """Cut before the copy starts, dcn1 can't hear its command (its broker
+    connection crosses the cut link): dcn0 is copied meanwhile, and dcn1's
+    copy, waiting rather than failed, runs once the link is back within the
+    offline deadline."""
+    lab = wan_lab
+    image_id = central_image(lab, created, source)
+    set_link(lab, "dcn1", up=False)
+    try:
+        cut_at = link_bytes(lab, "dcn1")
+        check(copy_to(lab, image_id, "dcn0,dcn1"))
+        wait_until(lambda: job(lab, image_id, "dcn0")["state"] == "done", "dcn0's copy while dcn1 is cut",
+                   timeout=WAIT_S)
+        waiting = job(lab, image_id, "dcn1")
+        assert waiting["state"] in ("pending", "running") and waiting["bytes_done"] == 0, waiting
+        assert link_bytes(lab, "dcn1") == cut_at  # nothing reached dcn1: not the command, not a byte of data
+        wait_until(lambda: not site_view(lab, "dcn1")["up"], "the hub to see dcn1 down", timeout=WAIT_S)
+    finally:
+        set_link(lab, "dcn1", up=True)
+    image = wait_import_done(lab, image_id, timeout=WAIT_OFFLINE_S)
+
+    assert image["os_glance_failed_import"] == "" and stores_of(image) == set(SITES), image
+    assert job(lab, image_id, "dcn1")["state"] == "done"
+    assert_rbd_copies(lab, image_id, source, set(SITES))
+
+
 async def test_a_wan_lab_whose_agent_fails_at_start_removes_its_namespaces(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab"
     (lab_dir / "stores").mkdir(parents=True)
