@@ -112,10 +112,12 @@ class CpuMeter:
 # --- Ceph and the hub --------------------------------------------------------------------
 
 
-def rbd_du(conf: str, name: str) -> tuple[int, int]:
-    """(used, provisioned) bytes of `name` and its snapshots, as `rbd du` says."""
-    out = subprocess.run(["rbd", "-c", conf, "du", "--format", "json", f"images/{name}"],
-                         capture_output=True, text=True, check=True)
+def rbd_du(conf: str, name: str, netns: str | None = None) -> tuple[int, int]:
+    """(used, provisioned) bytes of `name` and its snapshots, as `rbd du` says;
+    run in network namespace `netns` (a WAN lab's site) if given."""
+    out = subprocess.run([*(["ip", "netns", "exec", netns] if netns else []),
+                          "rbd", "-c", conf, "du", "--format", "json", f"images/{name}"],
+                         capture_output=True, text=True, check=True, timeout=300)
     entries = json.loads(out.stdout)["images"]
     return sum(e["used_size"] for e in entries), entries[0]["provisioned_size"]
 

@@ -15,6 +15,8 @@ BENCHES = [
     ["bench_rbd_write.py"],
     ["bench_transfer_http.py"],
     ["bench_agents.py"],
+    ["bench_wan.py"],
+    ["bench_update.py"],
     ["bench_lab_sites.py", "--edges", "200", "--agents-per-process", "25"],
     ["bench_adopt.py"],
 ]
