@@ -200,10 +200,22 @@ class CheckedSource:
             raise ValueError(f"ranges of a manifest copy start on a block, not at {offset}")
         first, end_block = offset // BLOCK_BYTES, -(-(offset + length) // BLOCK_BYTES)
         expected = self._manifest.hashes_of(first, end_block)
-        out = bytearray(length)
         runs = self._plan(first, expected)
-        await self._fill(out, offset, runs)
-        bad = await self._mismatches(out, first, expected)
+        if len(runs) == 1 and runs[0].kind == "hub":
+            # The common case of a first copy: the whole range from the hub,
+            # used as it came when it checks (no copy into a buffer and out).
+            body = await self._hub.read_spans([(offset, length)])
+            self.counts.fetched += len(body)
+            bad = await self._mismatches(body, first, expected) if len(body) == length else \
+                list(range(first, end_block))
+            if not bad:
+                return body
+            out = bytearray(length)
+            out[:min(len(body), length)] = body[:length]
+        else:
+            out = bytearray(length)
+            await self._fill(out, offset, runs)
+            bad = await self._mismatches(out, first, expected)
         attempts = 1
         while bad:
             if attempts >= self._max_attempts and any(self._origin(runs, b) == "hub" for b in bad):
@@ -270,7 +282,7 @@ class CheckedSource:
         if not runs:
             return
         spans = [self._span(r) for r in runs]
-        body = await self._hub.read_spans(spans)
+        body = memoryview(await self._hub.read_spans(spans))
         at = 0
         for start, length in spans:
             out[start - offset:start - offset + length] = body[at:at + length]
@@ -299,7 +311,7 @@ class CheckedSource:
 
     # --- checking ----------------------------------------------------------------
 
-    async def _mismatches(self, out: bytearray, first: int, expected: list[bytes | None]) -> list[int]:
+    async def _mismatches(self, out: bytes | bytearray, first: int, expected: list[bytes | None]) -> list[int]:
         """Block numbers whose bytes don't hash to the manifest's (holes must be zeros)."""
         view = memoryview(out)
         hashes = await asyncio.to_thread(hash_blocks, view) if len(out) > 65536 else hash_blocks(view)
