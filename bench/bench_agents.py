@@ -7,9 +7,10 @@ Each round imports a fresh image into central, then times, one after the
 other (the order alternates between rounds):
 
 * edgesync: `copy-image` to dcn0 and dcn1, from the request until the image
-  is settled with both stores (each agent pulls the data ranges from the hub
-  over HTTP, checks each range's sha256, writes into its pool, verifies the
-  whole image's sha512 against os_hash_value, then snapshots and publishes);
+  is settled with both stores (each agent fetches the image's chunk manifest,
+  pulls the data ranges from the hub over HTTP — zstd only on a link slower
+  than the compressor —, checks every 4 KiB block against the manifest,
+  writes into its pool, then snapshots and publishes);
 * the reference: `rbd export | rbd import` from central to both edge clusters
   in parallel (no verification at all).
 
@@ -20,7 +21,7 @@ RSS during the copy (VmHWM, reset before it), and user+sys CPU seconds per
 process. Other work on the machine shows up in the wall times, not in the
 CPU seconds: compare those when the machine is busy.
 
-Goals (issue 4): ratio <= 0.8, bytes on the wire <= 1.05 x allocated.
+Goals (issues 4 and 12): ratio <= 0.8, bytes on the wire <= 1.05 x allocated.
 For scale: Glance 33 took 18.9-22.9 s for this copy on this kind of machine.
 
     .venv/bin/python bench/bench_agents.py [--size-mib 1024] [--rounds 3] [--keep]
