@@ -142,10 +142,13 @@ def wait_agents_disconnected(lab: Lab) -> None:
     raise AssertionError("the agents never noticed the broker had stopped")
 
 
-@pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> ImageFile:
-    """96 MiB: 4 MiB of data, 4 MiB of hole, 12 times."""
-    return make_striped_raw(tmp_path_factory.mktemp("restarts") / "big.raw", stripes=24)
+@pytest.fixture
+def big(tmp_path: Path) -> ImageFile:
+    """96 MiB: 4 MiB of data, 4 MiB of hole, 12 times. New data for every
+    test: edges that held an earlier test's copy of the same bytes would
+    make this one from their own blocks in a second, and no test would see
+    a copy under way."""
+    return make_striped_raw(tmp_path / "big.raw", stripes=24)
 
 
 # --- the tests -------------------------------------------------------------------------

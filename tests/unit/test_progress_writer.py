@@ -5,12 +5,16 @@ once, later ones together at most once per interval, each job's latest only
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from edgesync.catalog import Catalog
 from edgesync.catalog.schema import CatalogError
-from edgesync.hub.imports.jobs import ProgressWriter
+from edgesync.hub.imports.jobs import JobBook, ProgressWriter
+from edgesync.model import Image, ImageStatus, StoreJob, StoreJobState, Task, TaskStatus
+from edgesync.stores.base import Location
 
 
 class FakeCatalog:
@@ -61,3 +65,51 @@ async def test_a_failed_write_is_logged_and_the_next_carries_newer_figures(caplo
     await settle(fake, 1)
     assert fake.writes == [{("t1", "dcn0"): (20, 100)}]
     assert "disk I/O error" in caplog.text
+
+
+async def copy_task(catalog: Catalog, stores: list[str]) -> Task:
+    """A running copy of a new active image to `stores`."""
+    image = await catalog.insert_image(Image(id=str(uuid.uuid4()), owner="p1", status=ImageStatus.ACTIVE))
+    task_id = str(uuid.uuid4())
+    task = Task(id=task_id, image_id=image.id, owner="p1", method="copy-image", stores=stores,
+                all_stores_must_succeed=True, status=TaskStatus.PROCESSING,
+                jobs=[StoreJob(task_id, store) for store in stores])
+    await catalog.start_task(task, lock_ttl_s=60)
+    return task
+
+
+async def test_a_copy_that_ends_before_its_reports_are_written_is_done_with_all_its_bytes(
+        tmp_path: Path) -> None:
+    """A site that makes its copy mostly from blocks it already holds ends
+    within the writer's interval: its reports were still waiting when the job
+    ended, and a late write never touches a finished job — the job must not
+    stay at 0 B (the admin CLI showed 'done 0 B in 0:01')."""
+    catalog = await Catalog.open(tmp_path / "catalog.sqlite3")
+    try:
+        task = await copy_task(catalog, ["dcn0", "dcn1"])
+        book = JobBook(catalog)
+        book.progress = ProgressWriter(catalog, interval_s=3600)  # nothing written after the first
+        other, copy = book.progress_recorder(task, "dcn1"), book.progress_recorder(task, "dcn0")
+        await other(1, 100)  # the writer's first write is due at once; dcn0's reports then wait
+        await copy(4096, 16 << 20)
+        await copy(16 << 20, 16 << 20)
+        await book.copied(task, "dcn0", Location("dcn0", "file:///dcn0/x"), copy)
+        jobs = {job.store: job for job in (await catalog.get_task(task.id)).jobs}  # type: ignore[union-attr]
+        assert (jobs["dcn0"].state, jobs["dcn0"].bytes_done, jobs["dcn0"].bytes_total) == (
+            StoreJobState.DONE, 16 << 20, 16 << 20)
+    finally:
+        await catalog.close()
+
+
+async def test_a_resumed_copy_without_reports_in_this_run_keeps_what_the_last_run_wrote(
+        tmp_path: Path) -> None:
+    catalog = await Catalog.open(tmp_path / "catalog.sqlite3")
+    try:
+        task = await copy_task(catalog, ["dcn0"])
+        await catalog.record_progress({(task.id, "dcn0"): (100, 300)})  # the previous hub run's
+        book = JobBook(catalog)
+        await book.copied(task, "dcn0", Location("dcn0", "file:///dcn0/x"), book.progress_recorder(task, "dcn0"))
+        [job] = (await catalog.get_task(task.id)).jobs  # type: ignore[union-attr]
+        assert (job.state, job.bytes_done, job.bytes_total) == (StoreJobState.DONE, 300, 300)
+    finally:
+        await catalog.close()

@@ -378,9 +378,9 @@ class Importer:
         with self.metrics.copy(store) as timing:
             try:
                 source = self.sites[task.input.get("source") or self.central]
+                progress = self.jobs.progress_recorder(task, store)
                 location = await self.sites[store].replicate(
-                    image, source, self.jobs.progress_recorder(task, store),
-                    job_id=f"{task.id}-{store}", resume=resume)
+                    image, source, progress, job_id=f"{task.id}-{store}", resume=resume)
             except Exception as exc:
                 # Any failure fails this store only: letting one escape would end the
                 # gather while sibling copies still run, and finalize under them.
@@ -390,8 +390,7 @@ class Importer:
                             exc_info=not isinstance(exc, EdgesyncError))
                 await self.jobs.set(task, store, StoreJobState.FAILED, reason=reason)
                 return
-        # bytes_done: whatever progress said last (throttled) is now all of it
-        await self.jobs.set(task, store, StoreJobState.DONE, location=location, all_bytes_done=True)
+        await self.jobs.copied(task, store, location, progress)
 
     # --- outcome --------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from edgesync.catalog import Catalog
 from edgesync.errors import EdgesyncError
 from edgesync.model import FAILED_IMPORT, IMPORTING_TO_STORES, StoreJobState, Task
 from edgesync.stores.base import Location
-from edgesync.transfer.pipeline import CopyProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,38 @@ class JobBook:
             if not job.state.finished and job.store not in keep:
                 await self.set(task, job.store, StoreJobState.FAILED, reason=reason)
 
-    def progress_recorder(self, task: Task, store: str) -> CopyProgressFn:
+    def progress_recorder(self, task: Task, store: str) -> JobProgress:
         """Records a store's progress (data bytes, holes excluded) through
         the book's ProgressWriter: every store's latest, in one write."""
+        return JobProgress(self.progress, task.id, store)
 
-        async def record(done_bytes: int, total_bytes: int) -> None:
-            self.progress.record(task.id, store, done_bytes, total_bytes)
+    async def copied(self, task: Task, store: str, location: Location, progress: JobProgress) -> None:
+        """The copy to `store` is done: its job says so with all its bytes.
+        The figures come from the copy's own last report: the throttled
+        writer may not have written any of them yet (a copy the site made
+        mostly from blocks it held ends within a second), and a late write
+        never touches a finished job — it would have stayed at 0 B."""
+        if progress.last is None:
+            # no report in this hub's run (a resumed copy): what an earlier one wrote
+            await self.set(task, store, StoreJobState.DONE, location=location, all_bytes_done=True)
+            return
+        total = progress.last[1]
+        await self.set(task, store, StoreJobState.DONE, location=location, bytes_done=total, bytes_total=total)
 
-        return record
+
+class JobProgress:
+    """One store job's progress callback (a CopyProgressFn): each report goes
+    to the ProgressWriter, and the latest is kept for the job's end."""
+
+    def __init__(self, writer: ProgressWriter, task_id: str, store: str) -> None:
+        self._writer = writer
+        self._task_id = task_id
+        self._store = store
+        self.last: tuple[int, int] | None = None
+
+    async def __call__(self, done_bytes: int, total_bytes: int) -> None:
+        self.last = (done_bytes, total_bytes)
+        self._writer.record(self._task_id, self._store, done_bytes, total_bytes)
 
 
 class ProgressWriter:
