@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from common import HubClient, MiB, make_half_zero_image, peak_rss_bytes, settled
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgesync import lab
+from edgesync.lab.ports import in_netns
 
 SITES = ["central", "dcn0", "dcn1"]
 EDGES = SITES[1:]
@@ -131,14 +133,28 @@ AGENT_RECEIVED = "edgesync_transfer_bytes_total"
 
 async def all_counters(info: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The transfer counters of the hub and of each agent, from their /metrics."""
-    urls = {"hub": info["hub_url"]} | {s: info["sites"][s]["agent_url"] for s in EDGES}
+    targets = {"hub": (info["hub_url"], None)} | {
+        s: (info["sites"][s]["agent_url"], info["sites"][s].get("netns")) for s in EDGES}
     counters = {}
-    async with aiohttp.ClientSession() as session:
-        for name, url in urls.items():
-            async with session.get(f"{url}/metrics") as resp:
-                resp.raise_for_status()
-                counters[name] = sample_sums(await resp.text())
+    for name, (url, netns) in targets.items():
+        async with (aiohttp.ClientSession(connector=_connector(netns)) as session,
+                    session.get(f"{url}/metrics") as resp):
+            resp.raise_for_status()
+            counters[name] = sample_sums(await resp.text())
     return counters
+
+
+def _connector(netns: str | None) -> aiohttp.TCPConnector:
+    """A connector whose sockets are made in `netns`: a WAN lab's agent listens
+    on an address that exists only in its site's namespace (from the machine's
+    own namespace, 10.77.x.y would go to the default route, off the machine)."""
+    if netns is None:
+        return aiohttp.TCPConnector()
+
+    def socket_in_netns(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto = addr_info[:3]
+        return in_netns(netns, lambda: socket.socket(family, kind, proto))
+    return aiohttp.TCPConnector(socket_factory=socket_in_netns)
 
 
 def sample_sums(exposition: str) -> dict[str, float]:
