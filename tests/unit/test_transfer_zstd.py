@@ -204,6 +204,22 @@ def test_zstd_is_offered_while_the_link_is_unknown_or_slower_than_the_compressor
     assert link.worth_compressing
 
 
+def test_a_body_read_from_the_buffer_doesnt_turn_compression_off_on_a_slow_link() -> None:
+    """Seen on the WAN lab's 200 Mbit/s links: with four ranges in flight each
+    body arrives at ~6 MB/s, but one the agent read only once it had all come
+    measured 1.4 GB/s; a moving average let that one reading stop the offers."""
+    link = compression.LinkRate()
+    for _ in range(5):
+        link.observe(1 * MiB, 1 * MiB / 6e6)
+    link.observe(265_000, 0.000187)  # already buffered: 1.4 GB/s
+    assert link.worth_compressing
+    link.observe(300_000, 0.000648)  # and another, right after
+    assert link.worth_compressing
+    for _ in range(3):
+        link.observe(4 * MiB, 4 * MiB / 2e9)  # the link really is fast now: a majority of readings says so
+    assert not link.worth_compressing
+
+
 @pytest.mark.parametrize("link_is_fast", [True, False])
 async def test_a_link_faster_than_the_compressor_gets_raw_ranges(
         session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_is_fast: bool) -> None:
