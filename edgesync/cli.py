@@ -78,7 +78,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         sites = [s.strip() for s in args.sites.split(",") if s.strip()]
         info = asyncio.run(lab.up(directory, store=args.store, sites=sites, agents=args.agents,
                                   offline_deadline_s=args.offline_deadline_s, wan=args.wan, auth=args.auth,
-                                  agents_per_process=args.agents_per_process))
+                                  agents_per_process=args.agents_per_process, plaintext=args.plaintext))
         print(json.dumps(info, indent=2))
     elif args.lab_command == "agent":
         if args.action == "stop":
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--auth", choices=["token", "keystone"], default="token",
                     help="token: a tokens file (default); keystone: also start a real Keystone, "
                          "write clouds.yaml, and the hub validates Keystone tokens")
+    up.add_argument("--plaintext", action="store_true",
+                    help="no TLS: plain HTTP for the hub and agents, passwords on a plaintext MQTT listener "
+                         "(the default is a lab CA, HTTPS and MQTT over TLS with a certificate per site)")
     for name in ("down", "status"):
         lab_sub.add_parser(name, help=f"{name} the lab")
     agent = lab_sub.add_parser("agent", help="stop or start one site's agent")

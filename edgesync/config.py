@@ -134,6 +134,7 @@ class KeystoneConfig:
     service_roles: tuple[str, ...] = ("service",)
     # Keystone user or application-credential id -> the edge site whose agent it is.
     agents: dict[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None  # verifies an https:// auth_url (None: the system's CAs)
 
 
 @dataclass(frozen=True)
@@ -447,6 +448,7 @@ def _load_keystone(root: _Reader, base: Path, sites: tuple[SiteConfig, ...]) -> 
         project_domain_name=r.get("project_domain_name", str, "Default"),
         timeout_s=float(r.get("timeout_s", (int, float), 5.0)), cache_ttl_s=ttl, cache_size=size,
         service_roles=r.str_list("service_roles", ("service",)), agents=by_id,
+        ca_file=r.path("ca_file", base, None),
     )
 
 

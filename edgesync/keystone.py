@@ -17,6 +17,7 @@ the 401 that makes a client throw away a good token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from keystoneauth1 import access, session
@@ -48,6 +49,12 @@ class ServiceCredentials:
     user_domain_name: str = "Default"
     project_domain_name: str = "Default"
     timeout_s: float = 5.0
+    ca_file: Path | None = None  # verifies an https:// Keystone (None: the system's CAs)
+
+
+def _verify(ca_file: Path | None) -> str | bool:
+    """keystoneauth's `verify`: the CA bundle to check Keystone's certificate with."""
+    return str(ca_file) if ca_file is not None else True
 
 
 class TokenValidator:
@@ -56,7 +63,7 @@ class TokenValidator:
         plugin = v3.Password(auth_url=self._auth_url, username=creds.username, password=creds.password,
                              project_name=creds.project_name, user_domain_name=creds.user_domain_name,
                              project_domain_name=creds.project_domain_name)
-        self._session = session.Session(auth=plugin, timeout=creds.timeout_s)
+        self._session = session.Session(auth=plugin, timeout=creds.timeout_s, verify=_verify(creds.ca_file))
         self._who = f"user {creds.username!r} at {self._auth_url}"
 
     def validate(self, token: str) -> TokenInfo | None:
@@ -93,10 +100,11 @@ def _token_info(ref: Any) -> TokenInfo:
 class AppCredentialToken:
     """An agent's Keystone token from its application credential."""
 
-    def __init__(self, auth_url: str, credential_id: str, secret: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, auth_url: str, credential_id: str, secret: str, timeout_s: float = 10.0,
+                 ca_file: Path | None = None) -> None:
         plugin = v3.ApplicationCredential(auth_url=auth_url.rstrip("/"), application_credential_id=credential_id,
                                           application_credential_secret=secret)
-        self._session = session.Session(auth=plugin, timeout=timeout_s)
+        self._session = session.Session(auth=plugin, timeout=timeout_s, verify=_verify(ca_file))
         self._auth_url = auth_url
 
     def get(self) -> str:

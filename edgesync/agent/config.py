@@ -28,6 +28,7 @@
     auth_url = "https://keystone.example:5000/v3"
     application_credential_id = "…"           # listed in the hub's [keystone.agents]
     application_credential_secret_file = "/etc/edgesync/dcn0.appcred"
+    ca_file = "/etc/edgesync/tls/ca.pem"      # verifies Keystone (auth_url https://…)
 
     [agent.broker]
     host = "central.example"
@@ -88,6 +89,7 @@ class AgentKeystone:
     auth_url: str
     application_credential_id: str
     secret: str = field(repr=False)
+    ca_file: Path | None = None  # verifies an https:// auth_url (None: the system's CAs)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ def _keystone(agent: _Reader, base: Path) -> AgentKeystone | None:
     r = agent.sub("keystone")
     return AgentKeystone(auth_url=_url(r, "auth_url"),
                          application_credential_id=r.get("application_credential_id", str),
-                         secret=_secret(r, "application_credential_secret_file", base))
+                         secret=_secret(r, "application_credential_secret_file", base),
+                         ca_file=r.path("ca_file", base, None))
 
 
 def _check_site_name(path: Path, name: str) -> None:

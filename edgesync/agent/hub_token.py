@@ -33,7 +33,8 @@ class HubToken:
         if ks is not None:
             from edgesync.keystone import AppCredentialToken  # keystoneauth1 only when configured
 
-            self._keystone = AppCredentialToken(ks.auth_url, ks.application_credential_id, ks.secret)
+            self._keystone = AppCredentialToken(ks.auth_url, ks.application_credential_id, ks.secret,
+                                                ca_file=ks.ca_file)
 
     async def refresh(self) -> str:
         if self._keystone is not None:

@@ -141,5 +141,5 @@ def keystone_authenticator(config: HubConfig) -> KeystoneAuthenticator:
     validator = TokenValidator(ServiceCredentials(
         auth_url=ks.auth_url, username=ks.username, password=ks.password, project_name=ks.project_name,
         user_domain_name=ks.user_domain_name, project_domain_name=ks.project_domain_name,
-        timeout_s=ks.timeout_s))
+        timeout_s=ks.timeout_s, ca_file=ks.ca_file))
     return KeystoneAuthenticator(ks, validator.validate)

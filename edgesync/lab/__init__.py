@@ -15,8 +15,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgesync.lab import configs, daemons
+from edgesync.lab import configs, daemons, lab_tls
 from edgesync.lab import wan as wan_links
+from edgesync.lab.certs import LabCA
 from edgesync.lab.errors import LabError
 from edgesync.lab.ports import listening_socket
 from edgesync.lab.procs import write_private
@@ -45,14 +46,18 @@ status = read_info
 
 async def up(directory: Path, *, store: str = "file", sites: list[str] | None = None,
              agents: bool = True, offline_deadline_s: float = OFFLINE_DEADLINE_S,
-             wan: str | None = None, auth: str = "token", agents_per_process: int = 1) -> dict[str, Any]:
+             wan: str | None = None, auth: str = "token", agents_per_process: int = 1,
+             plaintext: bool = False) -> dict[str, Any]:
     """Start the lab and return its lab.json once the hub answers and (with
     `agents`, the default) every edge site's agent is up as the hub sees it.
     Without agents the hub writes every store itself (in-hub mode). With
     `wan` (a rate, see `wan.parse_rates`) every site gets a network namespace
     and a shaped link of its own. `agents_per_process` > 1 runs that many
     edges' agents in each agent process (the real agent, one instance per
-    site: a lab of hundreds of sites on a small machine). If any step
+    site: a lab of hundreds of sites on a small machine). TLS unless
+    `plaintext`: a new lab CA (lab.json's ca_file), HTTPS hub and agents,
+    MQTT over TLS with a client certificate per site (lab/lab_tls.py,
+    lab/mosquitto.py). If any step
     fails, everything started before it is stopped again."""
     directory = Path(directory).resolve()
     sites = sites or ["central", "dcn0", "dcn1"]
@@ -84,7 +89,10 @@ async def up(directory: Path, *, store: str = "file", sites: list[str] | None = 
         with ExitStack() as held:  # listening sockets not yet handed to their daemon
             edges = sites[1:] if agents else []
             socks = {name: [held.enter_context(s) for s in _sockets(name, sites, links)] for name in ["", *edges]}
-            await _prepare(directory, store, sites, edges, socks, offline_deadline_s, links)
+            tls = None if plaintext else lab_tls.make(
+                directory, [_address(s).rpartition(":")[0] for s in socks[""]],
+                {name: _address(socks[name][0]).rpartition(":")[0] for name in edges})
+            await _prepare(directory, store, sites, edges, socks, offline_deadline_s, links, tls)
             if agents_per_process > 1:
                 daemons.save_info(directory, {**read_info(directory),
                                               "agent_groups": daemons.agent_groups(edges, agents_per_process)})
@@ -116,12 +124,17 @@ def _sockets(name: str, sites: list[str], links: dict[str, wan_links.Link]) -> l
 
 async def _prepare(directory: Path, store: str, sites: list[str], edges: list[str],
                    socks: dict[str, list[socket.socket]], offline_deadline_s: float,
-                   links: dict[str, wan_links.Link]) -> None:
+                   links: dict[str, wan_links.Link], tls: lab_tls.LabTls | None) -> None:
     """The Ceph clusters and the broker, then every file that names them, and lab.json."""
     central = links.get(sites[0])
     clusters = await _start_ceph(directory, sites, links) if store == "rbd" else {}
-    broker = await _start_broker(directory, edges, central) if edges else None
+    broker = await _start_broker(directory, edges, central, tls) if edges else None
     hub_listen = _address(socks[""][0])
+    scheme = "https" if tls else "http"
+
+    def identity(user: str) -> lab_tls.TlsFiles | None:
+        return tls.identity(broker.identity(user)) if tls and broker else None
+
     (directory / "sites").mkdir(exist_ok=True)
     for old in (directory / "sites").glob("*.toml"):
         old.unlink()
@@ -129,24 +142,27 @@ async def _prepare(directory: Path, store: str, sites: list[str], edges: list[st
         agent = None
         if name in edges:
             assert broker is not None
-            agent = configs.agent_table(directory, name, hub_url=f"http://{hub_listen}",
+            agent = configs.agent_table(directory, name, hub_url=f"{scheme}://{hub_listen}",
                                         listen=_address(socks[name][0]), broker=broker,
-                                        broker_user=_site_user(name))
+                                        broker_user=_site_user(name), tls=tls.agents[name] if tls else None,
+                                        broker_identity=identity(_site_user(name)))
         configs.write_site_file(directory, name, central=i == 0, store=store, cluster=clusters.get(name),
                                 agent=agent)
     admin_token, member_token = secrets.token_hex(16), secrets.token_hex(16)
     hub_config = configs.write_hub_files(directory, listen=hub_listen, admin_token=admin_token,
                                          member_token=member_token, broker=broker, edges=edges,
-                                         offline_deadline_s=offline_deadline_s)
+                                         offline_deadline_s=offline_deadline_s, tls=tls.hub if tls else None,
+                                         broker_identity=identity(broker.hub_user) if broker else None)
     daemons.save_info(directory, {
-        "dir": str(directory), "store": store, "hub_url": f"http://{_address(socks[''][-1])}",
+        "dir": str(directory), "store": store, "hub_url": f"{scheme}://{_address(socks[''][-1])}",
+        "ca_file": str(tls.ca_file) if tls else None, "plaintext": tls is None,
         "hub_listen": hub_listen, "hub_pid": None,
         "admin_token": admin_token, "member_token": member_token, "hub_config": str(hub_config),
         "broker": {"host": broker.host, "port": broker.port} if broker else None,
         "wan": {"switch_netns": wan_links.switch_netns(links),
                 "subnet": f"{wan_links.SUBNET}.0.0/{wan_links.PREFIX_LEN}"} if links else None,
         "sites": {name: {**_site_info(name, i, store, clusters.get(name),
-                                      f"http://{_address(socks[name][0])}" if name in edges else None),
+                                      f"{scheme}://{_address(socks[name][0])}" if name in edges else None),
                          **_link_info(links.get(name))}
                   for i, name in enumerate(sites)},
     })
@@ -164,7 +180,8 @@ async def _with_keystone(directory: Path, edges: list[str]) -> None:
     from edgesync.lab import keystone
 
     info = read_info(directory)
-    ks = await keystone.up(directory, edges=edges, hub_url=info["hub_url"])
+    ca = LabCA.load(Path(info["ca_file"]).parent) if info.get("ca_file") else None
+    ks = await keystone.up(directory, edges=edges, hub_url=info["hub_url"], ca=ca)
     info["keystone"] = ks.info()
     daemons.save_info(directory, info)  # its pid, for `down`, before anything else can fail
     keystone.configure(ks, Path(info["hub_config"]), {site: daemons.agent_config(directory, site) for site in edges})
@@ -290,15 +307,20 @@ def _broker_dir(directory: Path) -> Path:
     return directory / "mosquitto"
 
 
-async def _start_broker(directory: Path, edges: list[str], central: wan_links.Link | None) -> BrokerInfo:
+async def _start_broker(directory: Path, edges: list[str], central: wan_links.Link | None,
+                        tls: lab_tls.LabTls | None) -> BrokerInfo:
     from edgesync.lab import mosquitto
 
+    ca = tls.ca if tls else None
     if central is None:
-        broker = await mosquitto.up(directory / "mosquitto", edges)
+        broker = await mosquitto.up(directory / "mosquitto", edges, ca=ca)
     else:  # in central's namespace, beside the hub
-        broker = await mosquitto.up(directory / "mosquitto", edges, netns=central.netns, host=central.address)
+        broker = await mosquitto.up(directory / "mosquitto", edges, netns=central.netns, host=central.address,
+                                    ca=ca)
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(exist_ok=True, mode=0o700)
+    if broker.tls:
+        return broker  # identities are certificates: no passwords to hand out
     for user, password in broker.users.items():
         write_private(secrets_dir / f"{user}.mqtt", password + "\n")
     return broker

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import tomli_w
 
+from edgesync.lab.lab_tls import TlsFiles
 from edgesync.lab.procs import write_private
 
 # The lab serves test images from 127.0.0.1 on high ports, so the hub's URI
@@ -76,34 +77,44 @@ def _store_location(directory: Path, site: str, cluster: Cluster | None) -> dict
 
 
 def agent_table(directory: Path, site: str, *, hub_url: str, listen: str, broker: Broker,
-                broker_user: str) -> dict[str, Any]:
-    """An edge agent's [agent] table; writes the token the hub will know it by."""
+                broker_user: str, tls: TlsFiles | None, broker_identity: TlsFiles | None) -> dict[str, Any]:
+    """An edge agent's [agent] table; writes the token the hub will know it by.
+    `tls`: its HTTPS certificate (None: plaintext); `broker_identity`: its
+    client certificate for the broker (None: a password)."""
     secrets_dir = directory / "secrets"
     token_file = secrets_dir / f"{site}.token"
     write_private(token_file, secrets.token_hex(16) + "\n")
     return {
         "hub_url": hub_url, "token_file": str(token_file), "state_dir": str(directory / "agents" / site),
-        "listen": listen, "heartbeat_interval_s": HEARTBEAT_INTERVAL_S, "tls": {"plaintext": True},
+        "listen": listen, "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
+        "tls": tls.table() if tls else {"plaintext": True},
         "broker": {"host": broker.host, "port": broker.port, "username": broker_user,
-                   "password_file": str(secrets_dir / f"{broker_user}.mqtt")},
+                   **_broker_auth(broker_identity, secrets_dir / f"{broker_user}.mqtt")},
     }
 
 
+def _broker_auth(identity: TlsFiles | None, password_file: Path) -> dict[str, str]:
+    return identity.table() if identity else {"password_file": str(password_file)}
+
+
 def write_hub_files(directory: Path, *, listen: str, admin_token: str, member_token: str,
-                    broker: Broker | None, edges: list[str], offline_deadline_s: float) -> Path:
-    """`hub.toml` and its `tokens.toml`; returns the path of hub.toml."""
+                    broker: Broker | None, edges: list[str], offline_deadline_s: float,
+                    tls: TlsFiles | None, broker_identity: TlsFiles | None) -> Path:
+    """`hub.toml` and its `tokens.toml`; returns the path of hub.toml. `tls`:
+    the hub's HTTPS certificate (None: plaintext); `broker_identity`: its
+    client certificate for the broker (None: a password)."""
     tokens = directory / "tokens.toml"
     write_private(tokens, tomli_w.dumps({"tokens": _tokens(directory, admin_token, member_token, edges)}))
     config: dict[str, Any] = {
         "hub": {"listen": listen, "state_dir": str(directory / "hub-state"),
                 "sites_dir": str(directory / "sites"), "tokens_file": str(tokens), "show_locations": True,
-                "tls": {"plaintext": True}},
+                "tls": tls.table() if tls else {"plaintext": True}},
         "import": {"max_image_size_bytes": MAX_IMAGE_SIZE_BYTES, "lock_ttl_s": LOCK_TTL_S,
                    "uri_filter": {"allowed_schemes": ["http", "https"], "allowed_ports": []}},
     }
     if broker is not None:
         config["bus"] = {"host": broker.host, "port": broker.port, "username": broker.hub_user,
-                         "password_file": str(directory / "secrets" / f"{broker.hub_user}.mqtt")}
+                         **_broker_auth(broker_identity, directory / "secrets" / f"{broker.hub_user}.mqtt")}
         # A copy to a site that stays down for the offline deadline fails with "site offline".
         config["agents"] = {"stale_after_s": STALE_AFTER_S, "offline_deadline_s": offline_deadline_s}
     path = directory / "hub.toml"

@@ -26,6 +26,7 @@ from edgesync.lab import procs
 from edgesync.lab.errors import LabError
 from edgesync.lab.ports import in_netns, listening_socket
 from edgesync.listen import LISTEN_FD_ENV
+from edgesync.tls import TlsConfig, http_session
 
 LAB_FILE = "lab.json"
 READY_BASE_S = 30.0
@@ -87,7 +88,7 @@ async def start_hub(directory: Path, socks: list[socket.socket] | None = None) -
     running = {site: entry["agent_pid"] for site, entry in info["sites"].items()
                if agent_running(directory, site, entry)}
     deadline = time.monotonic() + ready_timeout_s(len(info["sites"]))
-    await _wait_serving(info["hub_url"], pid, info["hub_config"], log_path, deadline)
+    await _wait_serving(info, pid, log_path, deadline)
     await _wait_sites_up(directory, info, running, deadline)  # they hear from a new hub afresh
     return pid
 
@@ -274,8 +275,15 @@ def _start_failure(name: str, how: str, log_path: Path) -> LabError:
                                                                     else f"its log {log_path} is empty"))
 
 
-async def _wait_serving(url: str, pid: int, marker: str, log_path: Path, deadline: float) -> None:
-    async with aiohttp.ClientSession() as session:
+def lab_session(info: dict[str, Any]) -> aiohttp.ClientSession:
+    """An HTTP client for the lab's daemons: https:// verified against the lab's CA."""
+    ca_file = info.get("ca_file")
+    return http_session(TlsConfig(ca_file=Path(ca_file)) if ca_file else TlsConfig())
+
+
+async def _wait_serving(info: dict[str, Any], pid: int, log_path: Path, deadline: float) -> None:
+    url, marker = info["hub_url"], info["hub_config"]
+    async with lab_session(info) as session:
         while time.monotonic() < deadline:
             how = procs.ended(pid, marker)
             if how is not None:
@@ -296,7 +304,7 @@ async def _wait_sites_up(directory: Path, info: dict[str, Any], agents: dict[str
     of them exits."""
     waiting = dict(agents)
     headers = {"X-Auth-Token": info["admin_token"]}
-    async with aiohttp.ClientSession() as session:
+    async with lab_session(info) as session:
         while waiting:
             for site, pid in waiting.items():
                 how = procs.ended(pid, agent_config(directory, site))

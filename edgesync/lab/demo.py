@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesync import lab
+from edgesync.tls import client_context
 
 DEMO_IMAGE_MIB = 256
 DATA_STRIPE_MIB = 4
@@ -39,7 +40,8 @@ def make_demo_qcow2(directory: Path) -> Path:
 
 def _glance(info: dict[str, Any], *args: str) -> str:
     glance = Path(sys.executable).with_name("glance")
-    env = {**os.environ, "OS_IMAGE_URL": info["hub_url"], "OS_AUTH_TOKEN": info["admin_token"]}
+    env = {**os.environ, "OS_IMAGE_URL": info["hub_url"], "OS_AUTH_TOKEN": info["admin_token"],
+           **({"OS_CACERT": info["ca_file"]} if info.get("ca_file") else {})}
     print(f"\n$ glance {' '.join(args)}", flush=True)
     # glanceclient reads image data from any stdin that isn't a tty, so stdin
     # must be closed (`<&-`), not merely empty.
@@ -54,7 +56,9 @@ def _glance(info: dict[str, Any], *args: str) -> str:
 def _image(info: dict[str, Any], image_id: str) -> dict[str, Any]:
     req = urllib.request.Request(f"{info['hub_url']}/v2/images/{image_id}",
                                  headers={"X-Auth-Token": info["admin_token"]})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    ca_file = info.get("ca_file")
+    context = client_context(Path(ca_file)) if ca_file else None
+    with urllib.request.urlopen(req, timeout=10, context=context) as resp:
         image: dict[str, Any] = json.loads(resp.read())
     return image
 
@@ -96,7 +100,8 @@ async def run_demo(directory: Path, *, store: str) -> int:
     if image.get("os_glance_failed_import"):
         print("== failed stores:", image["os_glance_failed_import"])
         return 1
+    cacert = f" OS_CACERT={info['ca_file']}" if info.get("ca_file") else ""
     print(f"\nThe lab keeps running. Try: export OS_IMAGE_URL={info['hub_url']} "
-          f"OS_AUTH_TOKEN={info['admin_token']}; .venv/bin/glance image-list --include-stores")
+          f"OS_AUTH_TOKEN={info['admin_token']}{cacert}; .venv/bin/glance image-list --include-stores")
     print(f"Stop it with: make lab-down   (or .venv/bin/edgesync lab down --dir {directory})")
     return 0

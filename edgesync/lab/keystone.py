@@ -16,6 +16,10 @@ tokens under gunicorn, and is bootstrapped once per `lab up`:
   what Nova and Cinder send as `X-Service-Token` beside a user's token);
   service `image` with the hub as its public and internal endpoint.
 
+In a TLS lab (the default) it serves HTTPS with a certificate from the lab's
+CA (gunicorn's certfile/keyfile), and every client of it (the hub, the
+agents, clouds.yaml's `cacert`) verifies it against that CA.
+
 It writes `clouds.yaml` (clouds `edgesync-admin`, `edgesync-member`,
 `edgesync-reader`, `edgesync-nova`, `edgesync-cinder`; lab.json's persona
 `service` names Nova's) and the secrets under `secrets/`.
@@ -38,8 +42,10 @@ import aiohttp
 import tomli_w
 
 from edgesync.lab import procs
+from edgesync.lab.certs import LabCA
 from edgesync.lab.errors import LabError
 from edgesync.lab.ports import listening_socket
+from edgesync.tls import TlsConfig, http_session
 
 REGION = "RegionOne"
 DOMAIN = "Default"
@@ -68,11 +74,13 @@ class KeystoneLab:
     clouds_yaml: Path
     # site -> (application credential id, file holding its secret)
     agent_credentials: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    ca_file: Path | None = None  # https: the lab CA that signed its certificate
 
     def info(self) -> dict[str, Any]:
         """lab.json's "keystone" entry."""
         return {"auth_url": self.auth_url, "region": REGION, "clouds_yaml": str(self.clouds_yaml),
-                "clouds": dict(CLOUDS), "pid": self.pid, "config": str(_gunicorn_conf(self.root))}
+                "clouds": dict(CLOUDS), "pid": self.pid, "config": str(_gunicorn_conf(self.root)),
+                "ca_file": str(self.ca_file) if self.ca_file else None}
 
     @property
     def root(self) -> Path:
@@ -89,8 +97,9 @@ def _gunicorn_conf(root: Path) -> Path:
     return root / "gunicorn.conf.py"
 
 
-async def up(directory: Path, *, edges: list[str], hub_url: str) -> KeystoneLab:
-    """Bootstrap a fresh Keystone under `directory/keystone`, start it, provision it."""
+async def up(directory: Path, *, edges: list[str], hub_url: str, ca: LabCA | None = None) -> KeystoneLab:
+    """Bootstrap a fresh Keystone under `directory/keystone`, start it, provision
+    it; with `ca`, over HTTPS with a certificate `ca` issues."""
     root = directory / "keystone"
     if not (venv_bin() / "keystone-manage").exists():
         raise LabError(f"Keystone is not installed in {venv_bin().parent} (run `make setup`)")
@@ -99,17 +108,26 @@ async def up(directory: Path, *, edges: list[str], hub_url: str) -> KeystoneLab:
         (root / stale).unlink(missing_ok=True)
     with listening_socket("127.0.0.1") as probe:
         host, port = probe.getsockname()[:2]
-        auth_url = f"http://{host}:{port}/v3"
+        auth_url = f"{'https' if ca else 'http'}://{host}:{port}/v3"
         admin_password = secrets.token_urlsafe(16)
         _write_conf(root)
+        (root / "tls.json").unlink(missing_ok=True)
+        if ca is not None:
+            issued = ca.issue("https-keystone", hosts=(host, "localhost"))
+            (root / "tls.json").write_text(json.dumps({"certfile": str(issued.cert_file),
+                                                       "keyfile": str(issued.key_file)}))
         await _bootstrap(root, auth_url, admin_password)
         pid = await _spawn(root, probe)
+    ca_file = ca.ca_file if ca else None
     try:
-        await _wait_ready(auth_url, pid, root)
+        await _wait_ready(auth_url, pid, root, ca_file)
         secrets_dir = directory / "secrets"
         secrets_dir.mkdir(exist_ok=True, mode=0o700)
-        async with _Admin(auth_url, admin_password) as admin:
-            return await _provision(admin, directory, secrets_dir, auth_url, pid, admin_password, edges, hub_url)
+        async with _Admin(auth_url, admin_password, ca_file) as admin:
+            ks = await _provision(admin, directory, secrets_dir, auth_url, pid, admin_password, edges, hub_url)
+        ks.ca_file = ca_file
+        procs.write_private(ks.clouds_yaml, _with_cacert(ks.clouds_yaml.read_text(), ca_file))
+        return ks
     except BaseException:  # not yet in lab.json: `down` would not find it
         await procs.stop(pid, _gunicorn_conf(root), timeout_s=STOP_TIMEOUT_S)
         raise
@@ -123,7 +141,7 @@ async def start(directory: Path, info: dict[str, Any]) -> int:
     port = int(info["auth_url"].rsplit(":", 1)[1].split("/")[0])
     with listening_socket("127.0.0.1", port) as sock:
         pid = await _spawn(root, sock)
-    await _wait_ready(info["auth_url"], pid, root)
+    await _wait_ready(info["auth_url"], pid, root, Path(info["ca_file"]) if info.get("ca_file") else None)
     return pid
 
 
@@ -190,7 +208,8 @@ async def _spawn(root: Path, sock: socket.socket) -> int:
         f"bind = ['fd://{sock.fileno()}']\nworkers = 1\nthreads = 4\nworker_class = 'gthread'\n"
         f"graceful_timeout = 3\ntimeout = 60\npythonpath = {str(root)!r}\n"
         "control_socket_disable = True\n"  # gunicorn ≥ 24 would open one in ~/.gunicorn
-        f"raw_env = ['OS_KEYSTONE_CONFIG_FILES={root / 'keystone.conf'}']\n")
+        f"raw_env = ['OS_KEYSTONE_CONFIG_FILES={root / 'keystone.conf'}']\n"
+        + _gunicorn_tls(root))
     argv = [str(venv_bin() / "python"), str(venv_bin() / "gunicorn"), "-c", str(conf), "keystone_app:application"]
     sock.set_inheritable(True)
     with (root / "gunicorn.log").open("ab") as log:
@@ -202,9 +221,31 @@ async def _spawn(root: Path, sock: socket.socket) -> int:
     return pid
 
 
-async def _wait_ready(auth_url: str, pid: int, root: Path) -> None:
+def _gunicorn_tls(root: Path) -> str:
+    """gunicorn's HTTPS settings, in a TLS lab (`up` wrote tls.json)."""
+    if not (root / "tls.json").exists():
+        return ""
+    tls = json.loads((root / "tls.json").read_text())
+    return f"certfile = {tls['certfile']!r}\nkeyfile = {tls['keyfile']!r}\n"
+
+
+def _session(ca_file: Path | None, **kwargs: Any) -> aiohttp.ClientSession:
+    """An HTTP client for Keystone: https:// verified against the lab's CA."""
+    return http_session(TlsConfig(ca_file=ca_file), **kwargs)
+
+
+def _with_cacert(clouds_yaml: str, ca_file: Path | None) -> str:
+    """clouds.yaml with `cacert` in every cloud: the clients verify Keystone and the hub with it."""
+    clouds = json.loads(clouds_yaml)
+    for cloud in clouds["clouds"].values():
+        if ca_file is not None:
+            cloud["cacert"] = str(ca_file)
+    return json.dumps(clouds, indent=2) + "\n"
+
+
+async def _wait_ready(auth_url: str, pid: int, root: Path, ca_file: Path | None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    async with aiohttp.ClientSession() as session:
+    async with _session(ca_file) as session:
         while time.monotonic() < deadline:
             if procs.reap(pid) or not Path(f"/proc/{pid}").exists():
                 raise LabError(f"Keystone exited during start-up:{procs.tail(root / 'gunicorn.log')}")
@@ -224,9 +265,9 @@ async def _wait_ready(auth_url: str, pid: int, root: Path) -> None:
 class _Admin:
     """Keystone's v3 API as the bootstrap admin (lab set-up only: the hub validates through keystoneauth1)."""
 
-    def __init__(self, auth_url: str, password: str) -> None:
+    def __init__(self, auth_url: str, password: str, ca_file: Path | None) -> None:
         self.auth_url, self.password = auth_url, password
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self.session = _session(ca_file, timeout=aiohttp.ClientTimeout(total=30))
         self.token = ""
 
     async def __aenter__(self) -> _Admin:
@@ -334,18 +375,23 @@ def configure(ks: KeystoneLab, hub_config: Path, site_files: dict[str, Path]) ->
     hub["hub"]["auth"] = "keystone"
     hub["keystone"] = {"auth_url": ks.auth_url, "username": HUB_USER, "password_file": str(ks.hub_password_file),
                        "project_name": SERVICE_PROJECT, "cache_ttl_s": LAB_CACHE_TTL_S,
-                       "agents": {site: cred_id for site, (cred_id, _) in ks.agent_credentials.items()}}
+                       "agents": {site: cred_id for site, (cred_id, _) in ks.agent_credentials.items()},
+                       **_ca(ks)}
     hub_config.write_text(tomli_w.dumps(hub))
     for site, (cred_id, secret_file) in ks.agent_credentials.items():
         path = site_files[site]
         data = tomllib.loads(path.read_text())
         data["agent"]["keystone"] = {"auth_url": ks.auth_url, "application_credential_id": cred_id,
-                                     "application_credential_secret_file": str(secret_file)}
+                                     "application_credential_secret_file": str(secret_file), **_ca(ks)}
         path.write_text(tomli_w.dumps(data))
+
+
+def _ca(ks: KeystoneLab) -> dict[str, str]:
+    return {"ca_file": str(ks.ca_file)} if ks.ca_file else {}
 
 
 async def user_token(ks: KeystoneLab, persona: str) -> str:
     """A token for one of clouds.yaml's personas (lab.json's admin_token and member_token)."""
     auth = json.loads(ks.clouds_yaml.read_text())["clouds"][CLOUDS[persona]]["auth"]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with _session(ks.ca_file, timeout=aiohttp.ClientTimeout(total=30)) as session:
         return await password_token(session, ks.auth_url, auth["username"], auth["password"], auth["project_name"])

@@ -30,6 +30,7 @@ from tests.fixtures.lab import (
     get_image,
     make_striped_raw,
     stores_of,
+    urlopen,
     wait_import_done,
 )
 
@@ -89,7 +90,7 @@ def _stage(lab: Lab, image_id: str, path: Path) -> None:
         req.add_header("X-Auth-Token", lab["admin_token"])
         req.add_header("Content-Type", "application/octet-stream")
         req.add_header("Content-Length", str(path.stat().st_size))
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urlopen(lab, req, 60) as resp:
             assert resp.status == 204
 
 
@@ -174,7 +175,8 @@ def test_show_delete_from_store_and_tasks(file_lab: Lab, raw: ImageFile, image_i
 
 
 def test_sites_with_the_url_and_token_from_the_environment(file_lab: Lab) -> None:
-    env = {"EDGESYNC_URL": file_lab["hub_url"], "EDGESYNC_TOKEN": file_lab["admin_token"]}
+    env = {"EDGESYNC_URL": file_lab["hub_url"], "EDGESYNC_TOKEN": file_lab["admin_token"],
+           **({"EDGESYNC_CACERT": file_lab["ca_file"]} if file_lab.get("ca_file") else {})}
     sites = json.loads(ran(edgesync(file_lab, "sites", "--json", env=env, lab_dir=False)).stdout)["sites"]
     assert [s["name"] for s in sites] == SITES
     for site in sites:
@@ -189,6 +191,7 @@ def test_api_errors_exit_2_with_the_hubs_message(file_lab: Lab) -> None:
     missing = str(uuid.uuid4())
     proc = ran(edgesync(file_lab, "image", "show", missing), code=2)
     assert f"Not Found (404): No image found with ID {missing}" in proc.stderr
-    env = {"EDGESYNC_URL": file_lab["hub_url"], "EDGESYNC_TOKEN": "wrong"}
+    env = {"EDGESYNC_URL": file_lab["hub_url"], "EDGESYNC_TOKEN": "wrong",
+           **({"EDGESYNC_CACERT": file_lab["ca_file"]} if file_lab.get("ca_file") else {})}
     proc = ran(edgesync(file_lab, "tasks", env=env, lab_dir=False), code=2)
     assert "Unauthorized (401)" in proc.stderr

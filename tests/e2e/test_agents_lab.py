@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from edgesync.bus import BusClient, BusError, BusSettings, DoneEvent, ProgressEvent, SiteState, SiteStatus, topics
+from edgesync.lab import mosquitto
 from edgesync.transfer.wire import CORRUPT_CHUNKS_ENV
 from tests.e2e.test_rbd_lab import exported_sha512, rbd, snap_protected, used_bytes
 from tests.fixtures.broker import Inbox, unique_id
@@ -47,6 +48,7 @@ from tests.fixtures.lab import (
     make_striped_raw,
     status_of,
     stores_of,
+    urlopen,
     wait_import_done,
 )
 
@@ -204,7 +206,7 @@ def central_image(lab: Lab, ids: list[str], source: ImageFile, image_id: str | N
                                        headers={"X-Auth-Token": lab["admin_token"],
                                                 "Content-Type": "application/octet-stream",
                                                 "Content-Length": str(source.size)})
-        with urllib.request.urlopen(stage, timeout=WAIT_S) as answer:
+        with urlopen(lab, stage, WAIT_S) as answer:
             assert answer.status == 204
     status, body = api(lab, "POST", f"/v2/images/{image_id}/import",
                        body={"method": {"name": "glance-direct"}, "stores": ["central"]})
@@ -478,11 +480,19 @@ def test_ranges_corrupted_in_transit_are_caught_and_fetched_again(
 # --- 7. a site's credentials stay on its own topics ----------------------------------------------------
 
 
-def bus_settings(lab: Lab, user: str) -> BusSettings:
+async def bus_settings(lab: Lab, user: str) -> BusSettings:
+    """Credentials with `user`'s rights, never the daemons' own connection: over
+    TLS a new identity beside `user`'s (its certificate's CN is its client id,
+    so the daemon's would be replaced); over plaintext, `user`'s password."""
+    broker_dir = Path(lab["lab_dir"]) / "mosquitto"
+    host, port = lab["broker"]["host"], lab["broker"]["port"]
+    if lab.get("ca_file"):
+        name = unique_id(f"e2e-{user}")
+        cert_file, key_file = await mosquitto.add_identity(broker_dir, name, like=user)
+        return BusSettings(host=host, port=port, username=name, password=None, ca_file=Path(lab["ca_file"]),
+                           cert_file=cert_file, key_file=key_file)
     password = (Path(lab["lab_dir"]) / "secrets" / f"{user}.mqtt").read_text().strip()
-    # Never the daemons' client ids: a second connection under one would evict them.
-    return BusSettings(host=lab["broker"]["host"], port=lab["broker"]["port"], username=user,
-                       password=password, client_id=unique_id(f"e2e-{user}"))
+    return BusSettings(host=host, port=port, username=user, password=password, client_id=unique_id(f"e2e-{user}"))
 
 
 async def test_a_sites_credentials_cannot_publish_on_another_sites_topics(rbd_agents_lab: Lab) -> None:
@@ -492,9 +502,10 @@ async def test_a_sites_credentials_cannot_publish_on_another_sites_topics(rbd_ag
         (topics.status("dcn1"), SiteStatus(site="dcn1", state=SiteState.OFFLINE, availability_zone="dcn1")),
     ]
     control = ProgressEvent(task_id=unique_id("e2e-control"), bytes_done=1, bytes_total=2)
-    async with BusClient(bus_settings(rbd_agents_lab, "hub")) as hub, Inbox(hub) as inbox:
+    hub_rights, dcn0_rights = await bus_settings(rbd_agents_lab, "hub"), await bus_settings(rbd_agents_lab, "site-dcn0")
+    async with BusClient(hub_rights) as hub, Inbox(hub) as inbox:
         await hub.subscribe(topics.HUB_ACL_FILTER)
-        async with BusClient(bus_settings(rbd_agents_lab, "site-dcn0")) as dcn0:
+        async with BusClient(dcn0_rights) as dcn0:
             for topic, message in forged:
                 with pytest.raises(BusError):  # MQTT 5 says so in the PUBACK; delivery is what counts
                     await dcn0.publish(topic, message)

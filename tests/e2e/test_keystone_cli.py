@@ -80,6 +80,9 @@ def test_lab_json_names_keystone_and_clouds_yaml_has_the_personas(keystone_lab: 
     assert ks["clouds"]["service"] == ks["clouds"]["nova"]
     clouds = json.loads(Path(ks["clouds_yaml"]).read_text())["clouds"]
     assert set(clouds) == set(ks["clouds"].values())
+    # over TLS (the lab's default): Keystone and the hub verified against the lab's CA
+    assert ks["auth_url"].startswith("https://") and keystone_lab["hub_url"].startswith("https://")
+    assert {cloud["cacert"] for cloud in clouds.values()} == {keystone_lab["ca_file"]}
     # the hub is the catalog's image service, public and internal, in the lab's region
     status, _, body = keystone_call(keystone_lab, "GET", "/endpoints", token=keystone_lab["admin_token"])
     assert status == 200

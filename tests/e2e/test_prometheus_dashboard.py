@@ -143,6 +143,12 @@ def scrape_config(lab: Lab) -> dict[str, Any]:
     assert set(jobs) == set(targets), f"the example scrape config's jobs changed: {sorted(jobs)}"
     for name, job in jobs.items():
         job["static_configs"] = [{"targets": targets[name]}]
+        assert job["scheme"] == "https" and "ca_file" in job["tls_config"], job
+        if lab.get("ca_file"):
+            job["tls_config"]["ca_file"] = lab["ca_file"]
+        else:  # a plaintext lab (lab up --plaintext)
+            job["scheme"] = "http"
+            del job["tls_config"]
     return config
 
 

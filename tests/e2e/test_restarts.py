@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.fixtures.lab import (
     make_striped_raw,
     parse_dict_table,
     stores_of,
+    urlopen,
     wait_for_image,
     wait_import_done,
 )
@@ -129,7 +129,7 @@ def exported_sha512(lab: Lab, site: str, image_id: str) -> str:
 
 
 def agent_health(lab: Lab, site: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{lab['sites'][site]['agent_url']}/healthz", timeout=5) as resp:
+    with urlopen(lab, f"{lab['sites'][site]['agent_url']}/healthz", 5) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 

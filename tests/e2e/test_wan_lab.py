@@ -90,7 +90,7 @@ def test_every_site_runs_in_its_own_namespace_and_a_copy_crosses_each_edge_link(
     assert {s["rate"] for name, s in sites.items() if name != "central"} == {WAN_RATE}
     assert sites["central"]["rate"] is None  # the data centre's link is not the one shaped
     assert len({s["netns"] for s in sites.values()}) == len({s["address"] for s in sites.values()}) == 3
-    assert lab["hub_url"].startswith("http://127.0.0.1:")  # reachable from the machine's own namespace
+    assert lab["hub_url"].startswith("https://127.0.0.1:")  # reachable from the machine's own namespace
     central_ns = netns_inode(sites["central"]["netns"])
     assert pid_netns_inode(lab["hub_pid"]) == central_ns
     assert pid_netns_inode(int((lab_dir / "mosquitto" / "mosquitto.pid").read_text())) == central_ns

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from edgesync.agent.config import load_agent
 from edgesync.config import load_hub
-from edgesync.lab import configs
+from edgesync.lab import configs, lab_tls
+from edgesync.lab.lab_tls import LabTls
 from edgesync.lab.procs import write_private
 
 
@@ -28,14 +29,20 @@ class FakeCluster:
     user: str = "edgesync-dcn0"
 
 
-def write_lab(directory: Path, *, store: str = "file") -> tuple[Path, dict[str, Path]]:
+def identity(tls: LabTls, user: str) -> tuple[Path, Path]:
+    issued = tls.ca.issue(user, client=True)
+    return issued.cert_file, issued.key_file
+
+
+def write_lab(directory: Path, *, store: str = "file", tls: LabTls | None = None) -> tuple[Path, dict[str, Path]]:
     (directory / "sites").mkdir(parents=True)
     (directory / "secrets").mkdir()
     for user in ("hub", "site-dcn0"):
         write_private(directory / "secrets" / f"{user}.mqtt", f"pw-{user}\n")
     cluster = FakeCluster(conf=directory / "ceph" / "ceph.conf", keyring=directory / "ceph" / "k.keyring")
     agent = configs.agent_table(directory, "dcn0", hub_url="http://127.0.0.1:21000", listen="127.0.0.1:21001",
-                                broker=FakeBroker(), broker_user="site-dcn0")
+                                broker=FakeBroker(), broker_user="site-dcn0", tls=tls.agents["dcn0"] if tls else None,
+                                broker_identity=tls.identity(identity(tls, "site-dcn0")) if tls else None)
     files = {
         "central": configs.write_site_file(directory, "central", central=True, store=store,
                                            cluster=cluster if store == "rbd" else None, agent=None),
@@ -43,7 +50,9 @@ def write_lab(directory: Path, *, store: str = "file") -> tuple[Path, dict[str, 
                                         cluster=cluster if store == "rbd" else None, agent=agent),
     }
     hub = configs.write_hub_files(directory, listen="127.0.0.1:21000", admin_token="adm", member_token="mem",
-                                  broker=FakeBroker(), edges=["dcn0"], offline_deadline_s=12.5)
+                                  broker=FakeBroker(), edges=["dcn0"], offline_deadline_s=12.5,
+                                  tls=tls.hub if tls else None,
+                                  broker_identity=tls.identity(identity(tls, "hub")) if tls else None)
     return hub, files
 
 
@@ -101,3 +110,21 @@ def test_the_files_holding_tokens_and_keys_are_owner_only(tmp_path: Path) -> Non
     assert len(private) >= 5
     for path in private:
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_a_tls_lab_names_each_daemons_certificate_and_the_ca_and_no_password(tmp_path: Path) -> None:
+    directory = tmp_path / "lab"
+    tls = lab_tls.make(directory, ["127.0.0.1"], {"dcn0": "127.0.0.1"})
+    hub_path, files = write_lab(directory, tls=tls)
+
+    hub = load_hub(hub_path)
+    assert hub.tls.serves_tls and hub.tls.cert_file == tls.hub.cert_file and hub.tls.ca_file == tls.ca_file
+    assert hub.bus is not None and hub.bus.password_file is None
+    assert (hub.bus.ca_file, hub.bus.cert_file) == (tls.ca_file, directory / "tls" / "hub.crt")
+    assert next(s for s in hub.sites if s.name == "dcn0").agent_url == "https://127.0.0.1:21001"
+    agent = load_agent(files["dcn0"])
+    assert agent.tls.serves_tls and agent.tls.ca_file == tls.ca_file
+    settings = agent.broker.settings()
+    assert settings.tls and settings.password is None
+    assert settings.cert_file == directory / "tls" / "site-dcn0.crt"
+    assert "password_file" not in files["dcn0"].read_text() + hub_path.read_text()
