@@ -45,7 +45,7 @@ def caller(deployment: dict[str, Any], service: dict[str, str], token: str) -> d
     auth = v3.Password(auth_url=deployment["auth_url"], username=service["username"],
                        password=service["password"], project_name=service["project_name"],
                        user_domain_name="Default", project_domain_name="Default")
-    resp = session.Session(auth=auth).get(f"{deployment['auth_url']}/auth/tokens",
+    resp = session.Session(auth=auth, verify=deployment.get("cafile") or True).get(f"{deployment['auth_url']}/auth/tokens",
                                           headers={"X-Subject-Token": token}, authenticated=True)
     body = resp.json()["token"]
     return {"user_id": body["user"]["id"], "project_id": body["project"]["id"],

@@ -40,13 +40,14 @@ def _configure(request: dict[str, Any]) -> None:
     service = dep["cinder"]
     keystone = {"auth_type": "password", "auth_url": dep["auth_url"], "username": service["username"],
                 "password": service["password"], "project_name": service["project_name"],
-                "user_domain_name": "Default", "project_domain_name": "Default"}
+                "user_domain_name": "Default", "project_domain_name": "Default", "cafile": dep.get("cafile")}
     site = dep["site"]
     conf = _common.write_conf(Path(request["workdir"]) / "cinder.conf", {
         "DEFAULT": {"state_path": request["workdir"], "use_stderr": True, "debug": True,
                     "auth_strategy": "keystone", "enabled_backends": site,
                     "glance_api_servers": dep.get("glance_api_servers"),
-                    "glance_catalog_info": "image:glance:internalURL"},
+                    "glance_catalog_info": "image:glance:internalURL",
+                    "glance_ca_certificates_file": dep.get("cafile")},
         "oslo_concurrency": {"lock_path": request["workdir"]},
         "glance": {**keystone, "region_name": dep["region"]},
         "service_user": {**keystone, "send_service_user_token": True},

@@ -47,11 +47,12 @@ def _configure(request: dict[str, Any]) -> None:
                     "images_rbd_glance_copy_poll_interval": 1,
                     "images_rbd_glance_copy_timeout": dep.get("copy_timeout_s", 120)},
         "glance": {"api_servers": dep.get("glance_api_servers"), "region_name": dep["region"],
-                   "valid_interfaces": "internal", "num_retries": 0},
+                   "valid_interfaces": "internal", "num_retries": 0, "cafile": dep.get("cafile")},
         "service_user": {"send_service_user_token": True, "auth_type": "password",
                          "auth_url": dep["auth_url"], "username": service["username"],
                          "password": service["password"], "project_name": service["project_name"],
-                         "user_domain_name": "Default", "project_domain_name": "Default"},
+                         "user_domain_name": "Default", "project_domain_name": "Default",
+                         "cafile": dep.get("cafile")},
     })
     log.register_options(nova.conf.CONF)
     nova.conf.CONF(["--config-file", str(conf)], project="nova")
