@@ -35,7 +35,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,11 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-from common import HubClient, MiB, make_half_zero_image, peak_rss_bytes, settled
+from common import HubClient, MiB, lab_connector, make_half_zero_image, peak_rss_bytes, settled
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgesync import lab
-from edgesync.lab.ports import in_netns
 
 SITES = ["central", "dcn0", "dcn1"]
 EDGES = SITES[1:]
@@ -137,24 +135,11 @@ async def all_counters(info: dict[str, Any]) -> dict[str, dict[str, float]]:
         s: (info["sites"][s]["agent_url"], info["sites"][s].get("netns")) for s in EDGES}
     counters = {}
     for name, (url, netns) in targets.items():
-        async with (aiohttp.ClientSession(connector=_connector(netns)) as session,
+        async with (aiohttp.ClientSession(connector=lab_connector(info.get("ca_file"), netns)) as session,
                     session.get(f"{url}/metrics") as resp):
             resp.raise_for_status()
             counters[name] = sample_sums(await resp.text())
     return counters
-
-
-def _connector(netns: str | None) -> aiohttp.TCPConnector:
-    """A connector whose sockets are made in `netns`: a WAN lab's agent listens
-    on an address that exists only in its site's namespace (from the machine's
-    own namespace, 10.77.x.y would go to the default route, off the machine)."""
-    if netns is None:
-        return aiohttp.TCPConnector()
-
-    def socket_in_netns(addr_info: tuple[Any, ...]) -> socket.socket:
-        family, kind, proto = addr_info[:3]
-        return in_netns(netns, lambda: socket.socket(family, kind, proto))
-    return aiohttp.TCPConnector(socket_factory=socket_in_netns)
 
 
 def sample_sums(exposition: str) -> dict[str, float]:
@@ -318,7 +303,7 @@ async def main() -> None:
     src = make_half_zero_image(work / "half-zeros.raw", args.size_mib * MiB)
     load_before = list(os.getloadavg())
     info = await lab.up(work / "lab", store="rbd", sites=SITES, agents=True)
-    client = HubClient(info["hub_url"], info["admin_token"])
+    client = HubClient(info["hub_url"], info["admin_token"], info.get("ca_file"))
     try:
         procs = lab_processes(work / "lab", info)
         rounds = [await one_round(client, info, procs, src, n) for n in range(args.rounds)]

@@ -94,7 +94,7 @@ async def main() -> None:
     src = make_half_zero_image(work / "half-zeros.raw", args.size_mib * MiB)
     subprocess.run(["sync"], check=True)
     info = await lab.up(work / "lab", store=args.store, sites=["central", "dcn0", "dcn1"])
-    client = HubClient(info["hub_url"], info["admin_token"])
+    client = HubClient(info["hub_url"], info["admin_token"], info.get("ca_file"))
     t: dict[str, float] = {}
     try:
         image_id = await client.create("bench")

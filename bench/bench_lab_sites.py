@@ -112,18 +112,18 @@ async def main() -> None:
         t["up"] = lab_up(lab_dir, ["central", *edges], args.agents_per_process)
         info = lab.read_info(lab_dir)
         hub = info["hub_pid"]
-        client = HubClient(info["hub_url"], info["admin_token"])
+        client = HubClient(info["hub_url"], info["admin_token"], info.get("ca_file"))
         try:
             image_id = await client.create("bench-sites")
             await client.stage_file(image_id, src)
             with timed(t, "import"):
                 await client.import_(image_id, "glance-direct", ["central"])
                 await client.wait(image_id, settled)
-            idle = ApiProbe(info["hub_url"], info["admin_token"], image_id)
+            idle = ApiProbe(info["hub_url"], info["admin_token"], image_id, info.get("ca_file"))
             await idle.during(asyncio.sleep(3))
             cpu_before = cpu_s(hub)
             with timed(t, "copy"):
-                busy_probe = ApiProbe(info["hub_url"], info["admin_token"], image_id)
+                busy_probe = ApiProbe(info["hub_url"], info["admin_token"], image_id, info.get("ca_file"))
                 image = await busy_probe.during(copy(client, image_id, edges))
                 subprocess.run(["sync"], check=True)
             hub_cpu = cpu_s(hub) - cpu_before

@@ -114,7 +114,7 @@ async def main() -> None:
     v1, v2 = build_images(work, args.size_mib, args.data_mib, args.changed, args.added_mib)
     load_before = os.getloadavg()[0]
     info = await lab.up(work / "lab", store="rbd", sites=SITES, agents=True, wan=wan)
-    client = HubClient(info["hub_url"], info["admin_token"])
+    client = HubClient(info["hub_url"], info["admin_token"], info.get("ca_file"))
     try:
         id1 = await import_to_central(client, v1, "bench-update-v1")
         first = await copy_to_edges(client, info, id1)

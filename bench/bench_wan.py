@@ -146,7 +146,7 @@ async def main() -> None:
     load_before = os.getloadavg()[0]
     lab_dir = work / "lab"
     info = await lab.up(lab_dir, store="rbd", sites=SITES, agents=True, wan=args.rate)
-    client = HubClient(info["hub_url"], info["admin_token"])
+    client = HubClient(info["hub_url"], info["admin_token"], info.get("ca_file"))
     try:
         image_id = await import_to_central(client, image, "bench-wan")
         central = info["sites"]["central"]

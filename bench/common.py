@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from edgesync.lab.ports import in_netns
+from edgesync.tls import client_context
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -49,13 +53,31 @@ def timed(results: dict[str, float], name: str) -> Iterator[None]:
     results[name] = time.monotonic() - start
 
 
+def lab_connector(ca_file: str | None, netns: str | None = None) -> aiohttp.TCPConnector:
+    """Connections that verify the lab's daemons against its CA (lab.json's
+    ca_file; None: a plaintext lab), with sockets made in network namespace
+    `netns` if given: a WAN lab's agent listens on an address that exists only
+    in its site's namespace (from the machine's own namespace, 10.77.x.y would
+    go to the default route, off the machine)."""
+    ssl = client_context(Path(ca_file)) if ca_file else True
+    if netns is None:
+        return aiohttp.TCPConnector(ssl=ssl)
+    site_netns = netns
+
+    def socket_in_netns(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto = addr_info[:3]
+        return in_netns(site_netns, lambda: socket.socket(family, kind, proto))
+    return aiohttp.TCPConnector(ssl=ssl, socket_factory=socket_in_netns)
+
+
 class HubClient:
     """Just enough of the Glance API to drive a benchmark."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, ca_file: str | None = None) -> None:
         self.url = url
         self.headers = {"X-Auth-Token": token}
-        self.session = aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=3600))
+        self.session = aiohttp.ClientSession(headers=self.headers, timeout=aiohttp.ClientTimeout(total=3600),
+                                             connector=lab_connector(ca_file))
 
     async def close(self) -> None:
         await self.session.close()

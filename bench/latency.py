@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import ClassVar, TypeVar
 
 import aiohttp
+from common import lab_connector
 
 T = TypeVar("T")
 
@@ -23,17 +24,19 @@ class ApiProbe:
     ROUTES: ClassVar[dict[str, str]] = {CALLS[0]: "/v2/images/{image_id}", CALLS[1]: "/v2/images"}
     PAUSE_S = 0.05  # between requests: a client polling, not a flood
 
-    def __init__(self, url: str, token: str, image_id: str) -> None:
+    def __init__(self, url: str, token: str, image_id: str, ca_file: str | None = None) -> None:
         self.paths = {self.CALLS[0]: f"{url}/v2/images/{image_id}", self.CALLS[1]: f"{url}/v2/images?limit=25"}
         self.token = token
         self.metrics_url = f"{url}/metrics"
         self.hub_side: dict[str, list[tuple[float, float]]] = {}  # route -> (le, count) over the run
+        self.ca_file = ca_file
         self.times: dict[str, list[float]] = {name: [] for name in self.CALLS}
         self.failures = 0
 
     async def during(self, work: Awaitable[T]) -> T:
         """Await `work`, probing the API until it is done."""
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": self.token}) as session:
+        async with aiohttp.ClientSession(headers={"X-Auth-Token": self.token},
+                                         connector=lab_connector(self.ca_file)) as session:
             before = await self._histograms(session)
             probing = asyncio.create_task(self._probe(session))
             try:
