@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -87,6 +89,42 @@ async def _takeover_attempt(broker: LabBroker, hub_id: str, dcn1_id: str) -> tup
         except TimeoutError:
             kept = False
     return hub_lost, kept
+
+
+
+def _client_ctx(broker: LabBroker, *, version: ssl.TLSVersion, ciphers: str) -> ssl.SSLContext:
+    """The hub's own certificate (so that it is not why a handshake fails), one
+    protocol version and these ciphers."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    assert broker.info.ca_file is not None
+    ctx.load_verify_locations(broker.info.ca_file)
+    ctx.load_cert_chain(*broker.info.identity("hub"))
+    ctx.set_ciphers(ciphers)
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+async def _handshake(broker: LabBroker, ctx: ssl.SSLContext) -> None:
+    _, writer = await asyncio.wait_for(asyncio.open_connection(broker.info.host, broker.info.port, ssl=ctx), WAIT_S)
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()
+
+
+async def test_the_broker_takes_tls_1_2_only_with_forward_secret_aead_ciphers(tls_broker: LabBroker) -> None:
+    await _handshake(tls_broker, _client_ctx(tls_broker, version=ssl.TLSVersion.TLSv1_2,
+                                             ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"))  # the control
+    refused = {
+        "TLS 1.1": _client_ctx(tls_broker, version=ssl.TLSVersion.TLSv1_1, ciphers="ALL:@SECLEVEL=0"),
+        "TLS 1.2 CBC": _client_ctx(tls_broker, version=ssl.TLSVersion.TLSv1_2,
+                                   ciphers="ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384"),
+    }
+    for case, ctx in refused.items():
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await _handshake(tls_broker, ctx)
+            pytest.fail(f"{case} was accepted")
 
 
 # --- identities ------------------------------------------------------------------
