@@ -39,6 +39,7 @@ from edgesync.lab import procs
 from edgesync.lab.errors import LabError
 from edgesync.lab.keystone import DOMAIN, SERVICE_PROJECT, password_token
 from edgesync.lab.ports import listening_socket
+from edgesync.tls import TlsConfig, http_session
 
 GLANCE_USER = "glance"
 CEPH_USER = "glance"
@@ -89,21 +90,23 @@ def sites_of(lab_info: dict[str, Any]) -> list[GlanceSite]:
     return sites
 
 
-async def up(root: Path, sites: list[GlanceSite], *, auth_url: str, admin_auth: dict[str, str]) -> GlanceLab:
+async def up(root: Path, sites: list[GlanceSite], *, auth_url: str, admin_auth: dict[str, str],
+             ca_file: Path | None = None) -> GlanceLab:
     """Configure, bootstrap and start Glance under `root`; `admin_auth` is a
-    clouds.yaml auth block of a Keystone admin (to create Glance's service user)."""
+    clouds.yaml auth block of a Keystone admin (to create Glance's service user);
+    `ca_file` verifies an https Keystone (the lab's CA)."""
     if not (venv_bin() / "glance-manage").exists():
         raise LabError(f"Glance is not installed in {venv_bin().parent} (run `make setup`)")
     root.mkdir(parents=True, exist_ok=True)
     (root / "glance.sqlite").unlink(missing_ok=True)
     for sub in ("staging", "tasks", "ceph"):
         (root / sub).mkdir(exist_ok=True)
-    password = await _service_user(auth_url, admin_auth)
+    password = await _service_user(auth_url, admin_auth, ca_file)
     confs = await asyncio.gather(*(_ceph_client(root, site) for site in sites))
     with listening_socket("127.0.0.1") as sock:
         url = "http://{}:{}".format(*sock.getsockname()[:2])
         _write_conf(root, sites, dict(zip([s.name for s in sites], confs, strict=True)), url=url,
-                    auth_url=auth_url, password=password)
+                    auth_url=auth_url, password=password, ca_file=ca_file)
         await _manage(root, "db_sync")
         pid = _spawn(root, sock)
     lab = GlanceLab(url=url, pid=pid, root=root, stores=[s.name for s in sites])
@@ -122,11 +125,11 @@ async def stop(lab: GlanceLab) -> None:
 # --- Keystone and Ceph identities ----------------------------------------------------
 
 
-async def _service_user(auth_url: str, admin: dict[str, str]) -> str:
+async def _service_user(auth_url: str, admin: dict[str, str], ca_file: Path | None) -> str:
     """Glance's service user in project `service` with the service role (it
     validates users' tokens); its new password. Made again if it exists."""
     password = secrets.token_urlsafe(16)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with http_session(TlsConfig(ca_file=ca_file), timeout=aiohttp.ClientTimeout(total=30)) as session:
         token = await password_token(session, auth_url, admin["username"], admin["password"], admin["project_name"])
 
         async def call(method: str, path: str, body: Any = None) -> Any:
@@ -175,7 +178,7 @@ def _global_section(conf: str) -> str:
 
 
 def _write_conf(root: Path, sites: list[GlanceSite], confs: dict[str, Path], *, url: str, auth_url: str,
-                password: str) -> None:
+                password: str, ca_file: Path | None) -> None:
     backends = ", ".join(f"{s.name}:rbd" for s in sites)
     stores = "".join(f"""
 [{s.name}]
@@ -211,6 +214,7 @@ password = {password}
 project_name = {SERVICE_PROJECT}
 user_domain_name = {DOMAIN}
 project_domain_name = {DOMAIN}
+{f"cafile = {ca_file}" if ca_file else ""}
 [paste_deploy]
 flavor = keystone
 config_file = {paste}

@@ -16,7 +16,7 @@ import pytest
 
 from tests.fixtures.glance_source import adopt, glance_call, glance_image, reports, striped
 from tests.fixtures.keystone_lab import keystone_call
-from tests.fixtures.lab import Lab, api, get_image, wait_for_image
+from tests.fixtures.lab import Lab, api, get_image, urlopen, wait_for_image
 from tests.fixtures.metrics_text import Scrape
 from tests.fixtures.openstack_lab import rbd_cli, rbd_json, token
 
@@ -43,10 +43,8 @@ def pool_usage(lab: Lab) -> dict[str, Any]:
 
 def moved_bytes(lab: Lab) -> dict[str, float]:
     """What crossed between sites: the hub's served bytes and each agent's received and written bytes."""
-    import urllib.request
-
     def scrape(url: str) -> Scrape:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urlopen(lab, url, 10) as resp:  # verified against the lab's CA
             return Scrape.parse(resp.read().decode())
 
     hub = scrape(lab["hub_url"] + "/metrics")
