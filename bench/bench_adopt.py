@@ -176,7 +176,8 @@ async def main() -> int:
     clouds = json.loads(Path(info["keystone"]["clouds_yaml"]).read_text())["clouds"]
     admin = clouds[info["keystone"]["clouds"]["admin"]]["auth"]
     source = await glance_lab.up(lab_dir / "glance", glance_lab.sites_of(info),
-                                 auth_url=info["keystone"]["auth_url"], admin_auth=admin)
+                                 auth_url=info["keystone"]["auth_url"], admin_auth=admin,
+                                 ca_file=Path(info["ca_file"]) if info.get("ca_file") else None)
     glance = Glance(source.url, info["admin_token"])
     try:
         started = time.monotonic()
