@@ -239,11 +239,16 @@ def _spawn(root: Path, sock: socket.socket) -> int:
             "glance.wsgi.api:application"]
     sock.set_inheritable(True)
     with (root / "gunicorn.log").open("ab") as log:
-        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=[
+        pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
             (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
         ], setsid=True)
+    # gunicorn retitles its master ("gunicorn: master [...]"), so the config
+    # path never shows on its command line for stop()'s marker check: ask
+    # waitpid whether it still runs instead.
+    procs.spawned(pid)
+    return pid
 
 
 async def _wait_ready(lab: GlanceLab) -> None:
