@@ -97,6 +97,21 @@ def _token_info(ref: Any) -> TokenInfo:
                      application_credential_id=getattr(ref, "application_credential_id", None))
 
 
+def _session_token(ks_session: session.Session, auth_url: str, credentials: str) -> str:
+    """The session's token (keystoneauth1 caches and renews it), Keystone's
+    refusal or absence as IdentityUnavailable naming `credentials`."""
+    try:
+        token = ks_session.get_token()
+    except ks_exceptions.Unauthorized as exc:
+        raise IdentityUnavailable(f"Keystone at {auth_url} refused {credentials}: {exc}", retryable=False) from exc
+    except ks_exceptions.ClientException as exc:
+        raise IdentityUnavailable(f"Keystone at {auth_url} can't be reached for a token of {credentials} "
+                                  f"({type(exc).__name__}: {exc})") from exc
+    if not token:
+        raise IdentityUnavailable(f"Keystone at {auth_url} gave no token for {credentials}")
+    return str(token)
+
+
 class AppCredentialToken:
     """An agent's Keystone token from its application credential."""
 
@@ -108,17 +123,7 @@ class AppCredentialToken:
         self._auth_url = auth_url
 
     def get(self) -> str:
-        try:
-            token = self._session.get_token()
-        except ks_exceptions.Unauthorized as exc:
-            raise IdentityUnavailable(f"Keystone at {self._auth_url} refused this agent's application "
-                                      f"credential: {exc}", retryable=False) from exc
-        except ks_exceptions.ClientException as exc:
-            raise IdentityUnavailable(f"Keystone at {self._auth_url} can't be reached for this agent's "
-                                      f"token ({type(exc).__name__}: {exc})") from exc
-        if not token:
-            raise IdentityUnavailable(f"Keystone at {self._auth_url} gave this agent no token")
-        return str(token)
+        return _session_token(self._session, self._auth_url, "this agent's application credential")
 
 
 @dataclass(frozen=True)
@@ -148,17 +153,7 @@ class UserToken:
         self._creds = creds
 
     def get(self) -> str:
-        try:
-            token = self._session.get_token()
-        except ks_exceptions.Unauthorized as exc:
-            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url} refused the credentials of "
-                                      f"{self._creds.username!r}: {exc}", retryable=False) from exc
-        except ks_exceptions.ClientException as exc:
-            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url} can't be reached "
-                                      f"({type(exc).__name__}: {exc})") from exc
-        if not token:
-            raise IdentityUnavailable(f"Keystone at {self._creds.auth_url} gave no token")
-        return str(token)
+        return _session_token(self._session, self._creds.auth_url, f"the credentials of {self._creds.username!r}")
 
     def endpoint(self, service_type: str, interface: str = "public") -> str | None:
         """The catalog's URL of `service_type` (e.g. "image") in the credentials' region."""

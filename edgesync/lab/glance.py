@@ -269,14 +269,4 @@ async def _wait_ready(lab: GlanceLab) -> None:
 
 
 async def _run(argv: list[str], *, what: str, timeout: float = CLI_TIMEOUT_S) -> str:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise LabError(f"{what} took over {timeout:g} s") from None
-    if proc.returncode != 0:
-        raise LabError(f"{what} failed ({proc.returncode}):\n{(out + err).decode(errors='replace')[-3000:]}")
-    return out.decode()
+    return await procs.run_tool(argv, what=what, timeout_s=timeout)

@@ -172,16 +172,7 @@ enforce_scope = false
 
 async def _manage(root: Path, *args: str) -> None:
     argv = [str(venv_bin() / "keystone-manage"), "--config-file", str(root / "keystone.conf"), *args]
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), MANAGE_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise LabError(f"keystone-manage {args[0]} took over {MANAGE_TIMEOUT_S:g} s") from None
-    if proc.returncode != 0:
-        raise LabError(f"keystone-manage {args[0]} failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
+    await procs.run_tool(argv, what=f"keystone-manage {args[0]}", timeout_s=MANAGE_TIMEOUT_S)
 
 
 async def _bootstrap(root: Path, auth_url: str, admin_password: str) -> None:

@@ -161,3 +161,19 @@ def tail(path: Path | None, lines: int = 30) -> str:
         if text:
             chunks.append(f"\n--- last lines of {p} ---\n" + "\n".join(text))
     return "".join(chunks)
+
+
+async def run_tool(argv: list[str], *, what: str, timeout_s: float) -> str:
+    """Run a lab tool (glance-manage, keystone-manage, ceph …) to its end:
+    its stdout, or LabError naming `what` with the tail of its output."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise LabError(f"{what} took over {timeout_s:g} s") from None
+    if proc.returncode != 0:
+        raise LabError(f"{what} failed ({proc.returncode}):\n{(out + err).decode(errors='replace')[-3000:]}")
+    return out.decode()

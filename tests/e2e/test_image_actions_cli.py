@@ -7,7 +7,6 @@ save` refused while deactivated (admins excepted), `glance image-upload
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,14 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.keystone_lab import glance_os, os_cloud
+from tests.fixtures.keystone_lab import glance_os, json_out, os_cloud
 from tests.fixtures.lab import ImageFile, Lab, api, check, get_image, make_striped_raw, parse_dict_table, stores_of
 
 pytestmark = pytest.mark.e2e
 
-
-def _json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(check(proc).stdout)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> ImageFile:
 
 @pytest.fixture
 def members_image(keystone_lab: Lab, raw: ImageFile) -> Iterator[dict[str, Any]]:
-    shown = _json(os_cloud(keystone_lab, "member", "image", "create", "--disk-format", "raw",
+    shown = json_out(os_cloud(keystone_lab, "member", "image", "create", "--disk-format", "raw",
                            "--container-format", "bare", "--private", "--file", str(raw.path),
                            f"ks-actions-{uuid.uuid4().hex[:8]}", "-f", "json"))
     try:

@@ -9,7 +9,6 @@ bound, and Keystone stopped → 503, never 401."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,9 +20,11 @@ import pytest
 from tests.fixtures.keystone_lab import (
     glance_os,
     hub_cache_ttl_s,
+    json_out,
     keystone_call,
     new_token,
     os_cloud,
+    project_id,
 )
 from tests.fixtures.lab import (
     ImageFile,
@@ -43,14 +44,6 @@ from tests.fixtures.lab import (
 pytestmark = pytest.mark.e2e
 
 
-def _json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(check(proc).stdout)
-
-
-def _project_id(lab: Lab, name: str) -> str:
-    status, _, body = keystone_call(lab, "GET", f"/projects?name={name}", token=lab["admin_token"])
-    assert status == 200, body
-    return str(json.loads(body)["projects"][0]["id"])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def raw_image(tmp_path_factory: pytest.TempPathFactory) -> ImageFile:
 def member_image(keystone_lab: Lab, raw_image: ImageFile) -> Iterator[dict[str, Any]]:
     """`openstack image create --file` as the demo project's member."""
     name = f"ks-member-{uuid.uuid4().hex[:8]}"
-    shown = _json(os_cloud(keystone_lab, "member", "image", "create", "--disk-format", "raw",
+    shown = json_out(os_cloud(keystone_lab, "member", "image", "create", "--disk-format", "raw",
                            "--container-format", "bare", "--private", "--file", str(raw_image.path), name,
                            "-f", "json"))
     try:
@@ -95,16 +88,16 @@ def test_lab_json_names_keystone_and_clouds_yaml_has_the_personas(keystone_lab: 
 def test_member_creates_shows_lists_an_image_owned_by_its_project(
         keystone_lab: Lab, member_image: dict[str, Any], raw_image: ImageFile) -> None:
     assert member_image["status"] == "active" and member_image["checksum"] == raw_image.md5
-    assert member_image["owner"] == _project_id(keystone_lab, "demo")
-    shown = _json(os_cloud(keystone_lab, "member", "image", "show", member_image["id"], "-f", "json"))
+    assert member_image["owner"] == project_id(keystone_lab, "demo")
+    shown = json_out(os_cloud(keystone_lab, "member", "image", "show", member_image["id"], "-f", "json"))
     assert shown["id"] == member_image["id"] and shown["size"] == raw_image.size
-    rows = _json(os_cloud(keystone_lab, "member", "image", "list", "-f", "json"))
+    rows = json_out(os_cloud(keystone_lab, "member", "image", "list", "-f", "json"))
     assert member_image["id"] in {r["ID"] for r in rows}
 
 
 def test_reader_sees_its_projects_image_but_may_not_change_or_delete_it(
         keystone_lab: Lab, member_image: dict[str, Any], raw_image: ImageFile) -> None:
-    rows = _json(os_cloud(keystone_lab, "reader", "image", "list", "-f", "json"))
+    rows = json_out(os_cloud(keystone_lab, "reader", "image", "list", "-f", "json"))
     assert member_image["id"] in {r["ID"] for r in rows}
     deleted = os_cloud(keystone_lab, "reader", "image", "delete", member_image["id"])
     assert deleted.returncode != 0 and "403" in deleted.stderr and "reader" in deleted.stderr, deleted.stderr
@@ -116,9 +109,9 @@ def test_reader_sees_its_projects_image_but_may_not_change_or_delete_it(
 
 def test_admin_sees_the_members_image_and_the_member_not_the_admins(
         keystone_lab: Lab, member_image: dict[str, Any], raw_image: ImageFile) -> None:
-    admin_rows = _json(os_cloud(keystone_lab, "admin", "image", "list", "-f", "json"))
+    admin_rows = json_out(os_cloud(keystone_lab, "admin", "image", "list", "-f", "json"))
     assert member_image["id"] in {r["ID"] for r in admin_rows}
-    admins = _json(os_cloud(keystone_lab, "admin", "image", "create", "--disk-format", "raw",
+    admins = json_out(os_cloud(keystone_lab, "admin", "image", "create", "--disk-format", "raw",
                             "--container-format", "bare", "--private", "--file", str(raw_image.path),
                             f"ks-admin-{uuid.uuid4().hex[:8]}", "-f", "json"))
     try:
@@ -149,7 +142,7 @@ def test_glance_with_os_variables_finds_the_hub_in_the_catalog(
         wait_import_done(keystone_lab, image_id)
         shown = parse_dict_table(check(glance_os(keystone_lab, "reader", "image-show", image_id)).stdout)
         assert shown["status"] == "active" and shown["checksum"] == raw_image.md5
-        assert shown["owner"] == _project_id(keystone_lab, "demo")
+        assert shown["owner"] == project_id(keystone_lab, "demo")
         assert image_id in check(glance_os(keystone_lab, "member", "image-list")).stdout
     finally:
         check(glance_os(keystone_lab, "member", "image-delete", image_id))

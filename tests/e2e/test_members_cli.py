@@ -6,38 +6,28 @@ the member role) answers, a reader of the member project may not."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.fixtures.keystone_lab import glance_os, keystone_call, os_cloud
+from tests.fixtures.keystone_lab import glance_os, json_out, os_cloud, project_id
 from tests.fixtures.lab import Lab, api, check, get_image
 
 pytestmark = pytest.mark.e2e
 
 
-def _json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(check(proc).stdout)
-
-
-def _project_id(lab: Lab, name: str) -> str:
-    status, _, body = keystone_call(lab, "GET", f"/projects?name={name}", token=lab["admin_token"])
-    assert status == 200, body
-    return str(json.loads(body)["projects"][0]["id"])
 
 
 def _listed(lab: Lab, persona: str) -> set[str]:
-    return {r["ID"] for r in _json(os_cloud(lab, persona, "image", "list", "-f", "json"))}
+    return {r["ID"] for r in json_out(os_cloud(lab, persona, "image", "list", "-f", "json"))}
 
 
 @pytest.fixture
 def admins_shared_image(keystone_lab: Lab) -> Iterator[dict[str, Any]]:
     # (osc uploads its stdin, empty here: an active image of 0 bytes; members don't mind)
-    shown = _json(os_cloud(keystone_lab, "admin", "image", "create", "--disk-format", "raw",
+    shown = json_out(os_cloud(keystone_lab, "admin", "image", "create", "--disk-format", "raw",
                            "--container-format", "bare", "--shared", f"ks-shared-{uuid.uuid4().hex[:8]}",
                            "-f", "json"))
     try:
@@ -49,15 +39,15 @@ def admins_shared_image(keystone_lab: Lab) -> Iterator[dict[str, Any]]:
 
 def test_openstack_shares_the_member_accepts_rejects_and_the_owner_unshares(
         keystone_lab: Lab, admins_shared_image: dict[str, Any]) -> None:
-    image_id, demo = admins_shared_image["id"], _project_id(keystone_lab, "demo")
-    added = _json(os_cloud(keystone_lab, "admin", "image", "add", "project", image_id, "demo", "-f", "json"))
+    image_id, demo = admins_shared_image["id"], project_id(keystone_lab, "demo")
+    added = json_out(os_cloud(keystone_lab, "admin", "image", "add", "project", image_id, "demo", "-f", "json"))
     assert added["status"] == "pending" and added["member_id"] == demo
     assert image_id not in _listed(keystone_lab, "member")  # pending: not listed, yet visible
-    assert _json(os_cloud(keystone_lab, "member", "image", "show", image_id, "-f", "json"))["id"] == image_id
+    assert json_out(os_cloud(keystone_lab, "member", "image", "show", image_id, "-f", "json"))["id"] == image_id
 
     check(os_cloud(keystone_lab, "member", "image", "set", "--accept", image_id))
     assert image_id in _listed(keystone_lab, "member")
-    rows = _json(os_cloud(keystone_lab, "admin", "image", "member", "list", image_id, "-f", "json"))
+    rows = json_out(os_cloud(keystone_lab, "admin", "image", "member", "list", image_id, "-f", "json"))
     assert [(r["Member ID"], r["Status"]) for r in rows] == [(demo, "accepted")]
 
     check(os_cloud(keystone_lab, "member", "image", "set", "--reject", image_id))
@@ -70,7 +60,7 @@ def test_openstack_shares_the_member_accepts_rejects_and_the_owner_unshares(
 
 def test_glance_member_commands_and_who_may_run_them(
         keystone_lab: Lab, admins_shared_image: dict[str, Any]) -> None:
-    image_id, demo = admins_shared_image["id"], _project_id(keystone_lab, "demo")
+    image_id, demo = admins_shared_image["id"], project_id(keystone_lab, "demo")
     check(glance_os(keystone_lab, "admin", "member-create", image_id, demo))
     listed = check(glance_os(keystone_lab, "member", "member-list", "--image-id", image_id)).stdout
     assert demo in listed and "pending" in listed
@@ -78,7 +68,7 @@ def test_glance_member_commands_and_who_may_run_them(
     # the member project's reader may not answer for it; the member may not share further
     refused = glance_os(keystone_lab, "reader", "member-update", image_id, demo, "accepted")
     assert refused.returncode != 0 and "modify_member" in refused.stderr, refused.stderr
-    admin_project = _project_id(keystone_lab, "admin")
+    admin_project = project_id(keystone_lab, "admin")
     shared_on = glance_os(keystone_lab, "member", "member-create", image_id, admin_project)
     assert shared_on.returncode != 0 and "add_member" in shared_on.stderr, shared_on.stderr
     # an admin may answer for anyone (Glance's modify_member: admin or the member itself)
