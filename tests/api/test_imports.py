@@ -101,6 +101,42 @@ async def test_glance_direct_without_stores_goes_to_central(api: Api) -> None:
     assert (await api.p1.show(image["id"]))["stores"] == "central"
 
 
+async def test_the_store_header_names_the_store_when_the_body_names_none(api: Api) -> None:
+    """glanceclient's `image-import --store S` sends x-image-meta-store, as
+    Glance's single-store form; hub first still holds."""
+    image = await api.active_image(default_image(seed=11))
+    async with api.p1.post(f"/v2/images/{image['id']}/import", json={"method": {"name": "copy-image"}},
+                           headers={"X-Image-Meta-Store": "dcn0"}) as resp:
+        assert resp.status == 202, await resp.text()
+    await api.wait_idle()
+    assert (await api.p1.show(image["id"]))["stores"] == "central,dcn0"
+    fresh = await api.p1.create()
+    await api.p1.stage(fresh["id"], default_image(seed=12))
+    async with api.p1.post(f"/v2/images/{fresh['id']}/import", json={"method": {"name": "glance-direct"}},
+                           headers={"X-Image-Meta-Store": "dcn1"}) as resp:
+        assert resp.status == 202, await resp.text()
+    await api.wait_idle()
+    assert (await api.p1.show(fresh["id"]))["stores"] == "central,dcn1"
+
+
+@pytest.mark.parametrize(("body", "header", "status", "fragment"), [
+    ({"stores": ["dcn1"]}, "dcn0", 400, "x-image-meta-store header can't be given with stores"),
+    ({"all_stores": True}, "dcn0", 400, "x-image-meta-store header can't be given with stores or all_stores"),
+    ({}, "dcn7", 409, "Unknown store 'dcn7'"),
+    ({}, "", 409, "Unknown store ''"),
+])
+async def test_the_store_header_with_stores_in_the_body_or_unknown_is_refused(
+        api: Api, body: dict[str, Any], header: str, status: int, fragment: str) -> None:
+    image = await api.active_image(default_image(seed=13))
+    before = await api.p1.tasks(image["id"])
+    async with api.p1.post(f"/v2/images/{image['id']}/import", json={"method": {"name": "copy-image"}, **body},
+                           headers={"X-Image-Meta-Store": header}) as resp:
+        await error_of(resp, status, fragment)
+    await api.wait_idle()
+    assert await api.p1.tasks(image["id"]) == before  # nothing started
+    assert (await api.p1.show(image["id"]))["stores"] == "central"
+
+
 async def test_glance_direct_with_all_stores(api: Api) -> None:
     image = await api.p1.create()
     await api.p1.stage(image["id"], default_image())

@@ -207,6 +207,22 @@ def test_glance_direct_import_to_central(file_lab: Lab, images: dict[str, ImageF
     assert latest_task(file_lab, image_id)["status"] == "success"
 
 
+def test_glance_direct_import_with_store_goes_there_after_central(file_lab: Lab, images: dict[str, ImageFile],
+                                                                 created: list[str]) -> None:
+    """`image-import --store S` is Glance's single-store form (the
+    x-image-meta-store header on the import call)."""
+    img = images["striped"]
+    image_id = str(uuid.uuid4())
+    created.append(image_id)
+    check(glance(file_lab, "image-create", "--id", image_id, "--name", f"e2e-{image_id[:8]}",
+                 "--disk-format", "raw", "--container-format", "bare"))
+    check(glance(file_lab, "image-stage", "--file", str(img.path), image_id))
+    check(glance(file_lab, "image-import", "--import-method", "glance-direct", "--store", "dcn0", image_id))
+    image = wait_import_done(file_lab, image_id)
+    assert image["status"] == "active" and stores_of(image) == {"central", "dcn0"}, image
+    assert_copies(file_lab, image_id, img, {"central", "dcn0"})
+
+
 def test_image_show_prints_the_image(file_lab: Lab, images: dict[str, ImageFile], shared_image: str) -> None:
     img = images["striped"]
     out = check(glance(file_lab, "image-show", "--max-column-width", "2000", shared_image)).stdout

@@ -230,7 +230,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int, bool]:
 async def import_image(request: web.Request) -> web.Response:
     hub, caller = hub_of(request), caller_of(request)
     image = await hub.images.get(caller, request.match_info["image_id"])
-    req = parse_import_request(await json_body(request), list(hub.sites), hub.config.imports.enabled_methods)
+    req = parse_import_request(await json_body(request), list(hub.sites), hub.config.imports.enabled_methods,
+                               header_store=request.headers.get("X-Image-Meta-Store"))
     await hub.importer.request_import(image, caller, req)
     return web.Response(status=202)
 
