@@ -11,8 +11,9 @@ it can. So:
   are served at once, from the read to the last byte sent; the others wait
   their turn, in arrival order. A request waits before its range is read,
   so a waiting request holds no image bytes.
-- **egress**: every data response is written in slices of `SLICE_BYTES`, each
-  taken from one token bucket (`RateLimiter`) for all sites, so together
+- **slices**: every data response is written `SLICE_BYTES` at a time, with
+  a turn of the event loop between slices, limit or not (see `send`).
+- **egress**: each slice is taken from one token bucket (`RateLimiter`) for all sites, so together
   they never pass the rate (bytes on the wire: zstd frames as sent), and
   every transfer moves a slice at a time in turn — none waits for whole
   bodies of the others, so none waits long enough to time out.
@@ -71,16 +72,16 @@ class ServingLimits:
         """Write `response` with `body`, slice by slice from the egress bucket."""
         response.content_length = len(body)
         await response.prepare(request)
-        if self.egress.unlimited:
-            await response.write(body)
-            self.sent_bytes += len(body)
-            await response.write_eof()
-            return response
         view = memoryview(body)
         for start in range(0, len(body), SLICE_BYTES):
             piece = view[start:start + SLICE_BYTES]
             await self.egress.acquire(len(piece))
             await response.write(piece)
             self.sent_bytes += len(piece)
+            # A turn for everything else between slices, limit or not: on TLS
+            # one write encrypts its whole buffer in the loop and keeps it until
+            # sent, so whole 4 MiB bodies to hundreds of sites were seconds-long
+            # loop turns (API requests waited them out) and GiBs of ciphertext.
+            await asyncio.sleep(0)
         await response.write_eof()
         return response
