@@ -7,6 +7,11 @@ is the only module that imports sqlite3 or aiosqlite.
 - **One connection per database**, shared by every coroutine. An asyncio lock
   keeps transactions from interleaving on it, and reads take the lock too, so
   a read never sees another coroutine's transaction half done.
+- **One trip to the connection's thread per statement** (a read's execute,
+  fetch and cursor close in one call): the lock is held for as many event
+  loop turns as its holder makes trips, and with a copy to hundreds of sites
+  a turn took up to half a second, so every trip was time every other
+  catalog user (the API's reads among them) queued for the lock.
 - **`transaction()`** is BEGIN IMMEDIATE … COMMIT, safe against cancellation:
   a BEGIN cancelled in flight still runs on the connection's thread, so it is
   rolled back; COMMIT and ROLLBACK are shielded, so a cancelled caller never
@@ -56,12 +61,11 @@ class Transaction:
         await self._conn.executemany(sql, rows)
 
     async def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._conn.execute_fetchall(sql, args))
 
     async def row(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, args) as cursor:
-            return await cursor.fetchone()
+        rows = await self.rows(sql, args)
+        return rows[0] if rows else None
 
 
 # Run once, before the migrations, in its own transaction: lets a database
@@ -150,8 +154,8 @@ class Database:
     async def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         """A read outside any transaction (under the lock: see the module docstring)."""
         try:
-            async with self._lock, self._conn.execute(sql, args) as cursor:
-                return list(await cursor.fetchall())
+            async with self._lock:
+                return list(await self._conn.execute_fetchall(sql, args))
         except sqlite3.Error as exc:
             raise self._error("query failed", exc) from exc
 

@@ -131,14 +131,15 @@ class TaskTables(Tables):
         in one transaction; no state change, and none to a finished job (a late
         report must not undo the figures its end wrote)."""
         now = utcnow()
+        # One statement for all (one trip to the catalog's thread, not one per job).
         async with self._db.transaction() as tx:
-            for (task_id, store), (bytes_done, bytes_total) in progress.items():
-                await tx.execute(
-                    "UPDATE store_jobs SET bytes_done = ?, bytes_total = ?, updated_at = ? "
-                    "WHERE task_id = ? AND store = ? AND state IN (?, ?)",
-                    (bytes_done, bytes_total, now, task_id, store,
-                     StoreJobState.PENDING.value, StoreJobState.RUNNING.value),
-                )
+            await tx.executemany(
+                "UPDATE store_jobs SET bytes_done = ?, bytes_total = ?, updated_at = ? "
+                "WHERE task_id = ? AND store = ? AND state IN (?, ?)",
+                [(bytes_done, bytes_total, now, task_id, store,
+                  StoreJobState.PENDING.value, StoreJobState.RUNNING.value)
+                 for (task_id, store), (bytes_done, bytes_total) in progress.items()],
+            )
 
     async def get_task(self, task_id: str) -> Task | None:
         rows = await self._db.rows("SELECT * FROM tasks WHERE id = ?", (task_id,))

@@ -113,3 +113,33 @@ async def test_a_resumed_copy_without_reports_in_this_run_keeps_what_the_last_ru
         assert (job.state, job.bytes_done, job.bytes_total) == (StoreJobState.DONE, 300, 300)
     finally:
         await catalog.close()
+
+
+async def test_progress_for_many_jobs_is_written_in_as_many_trips_as_for_one(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The batch is one statement for all its jobs: one trip per job to the
+    catalog's thread held the catalog's lock for hundreds of event loop turns
+    a second during a copy to hundreds of sites, and the API's reads queued."""
+    import aiosqlite
+    catalog = await Catalog.open(tmp_path / "catalog.sqlite3")
+    try:
+        one, many = await copy_task(catalog, ["dcn0"]), await copy_task(catalog, [f"dcn{i}" for i in range(40)])
+        trips = 0
+        original = aiosqlite.Connection._execute
+
+        async def counted(conn: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return await original(conn, fn, *args, **kwargs)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        await catalog.record_progress({(one.id, "dcn0"): (1, 10)})
+        for_one, trips = trips, 0
+        await catalog.record_progress({(many.id, f"dcn{i}"): (i, 100) for i in range(40)})
+        assert trips == for_one
+        monkeypatch.undo()
+        jobs = {job.store: job for job in (await catalog.get_task(many.id)).jobs}  # type: ignore[union-attr]
+        assert [(jobs[f"dcn{i}"].bytes_done, jobs[f"dcn{i}"].bytes_total) for i in range(40)] == [
+            (i, 100) for i in range(40)]
+    finally:
+        await catalog.close()

@@ -8,7 +8,9 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 
 from edgesync.errors import EdgesyncError
@@ -164,3 +166,38 @@ async def test_a_new_database_file_is_readable_by_its_owner_only(db: Database) -
     assert db.path in files
     for path in files:  # the database, its -wal and -shm
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+class TripCounter:
+    """Counts calls run on aiosqlite's connection thread (each a trip there
+    and back: one event loop turn at least, with the database's lock held)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.trips = 0
+        original = aiosqlite.Connection._execute
+
+        async def counted(conn: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.trips += 1
+            return await original(conn, fn, *args, **kwargs)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+
+
+async def test_a_read_is_one_trip_to_the_connections_thread(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock is held for every trip its holder makes: a read that was
+    execute + fetch + cursor close (three turns of a loop that, with a copy
+    to hundreds of sites, took up to half a second each) kept the API's reads
+    queued behind it."""
+    async with db.transaction() as tx:
+        await tx.executemany("INSERT INTO things (id, n) VALUES (?, ?)", [("a", 1), ("b", 2)])
+    counter = TripCounter(monkeypatch)
+    assert [r["id"] for r in await db.rows("SELECT id FROM things ORDER BY id")] == ["a", "b"]
+    assert counter.trips == 1
+    assert (await db.row("SELECT n FROM things WHERE id = ?", ("b",)))["n"] == 2  # type: ignore[index]
+    assert await db.row("SELECT n FROM things WHERE id = ?", ("zz",)) is None
+    assert counter.trips == 3
+    async with db.transaction() as tx:
+        before = counter.trips
+        assert (await tx.row("SELECT n FROM things WHERE id = ?", ("a",)))["n"] == 1  # type: ignore[index]
+        assert [r["n"] for r in await tx.rows("SELECT n FROM things ORDER BY n")] == [1, 2]
+        assert counter.trips - before == 2
