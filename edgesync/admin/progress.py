@@ -81,6 +81,7 @@ class StoreProgress:
 @dataclass
 class _Seen:
     meter: RateMeter = field(default_factory=RateMeter)
+    pending_s: float | None = None  # the last poll that found it pending
     started_s: float | None = None
     finished_s: float | None = None
 
@@ -106,8 +107,13 @@ class CopyTracker:
         seen = self._seen.setdefault(store, _Seen(RateMeter(self._window_s)))
         row = StoreProgress(store, job.get("state", "pending"), int(job.get("bytes_done") or 0),
                             int(job.get("bytes_total") or 0), job.get("reason") or "")
-        if row.state != "pending" and seen.started_s is None:
-            seen.started_s = now
+        if row.state == "pending":
+            seen.pending_s = now
+        elif seen.started_s is None:
+            # A copy found finished at its first sight (one made from blocks the
+            # site held can take less than a poll) started after the last poll
+            # that found it pending: without that, it would show 0 s and no rate.
+            seen.started_s = seen.pending_s if row.finished and seen.pending_s is not None else now
         if row.finished:
             seen.finished_s = seen.finished_s or now
             row.elapsed_s = seen.finished_s - (seen.started_s or now)

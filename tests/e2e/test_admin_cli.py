@@ -59,9 +59,11 @@ def ran(proc: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.Com
 # --- images, set up through the API and deleted afterwards ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory: pytest.TempPathFactory) -> ImageFile:
-    return make_striped_raw(tmp_path_factory.mktemp("admin") / "striped.raw", 8)  # 32 MiB, 16 MiB of data
+@pytest.fixture
+def raw(tmp_path: Path) -> ImageFile:
+    """32 MiB, 16 MiB of data; new data for every test, so that no copy is
+    made in a moment from the blocks an earlier test left at the site."""
+    return make_striped_raw(tmp_path / "striped.raw", 8)
 
 
 @pytest.fixture

@@ -100,6 +100,20 @@ def test_tracker_gives_rate_eta_and_time_taken_per_store() -> None:
     assert rows[1].reason == "boom" and rows[1].elapsed_s == pytest.approx(6.0)
 
 
+def test_a_copy_finished_between_two_polls_took_the_time_since_it_was_last_seen_pending() -> None:
+    """A site that holds most blocks can finish a copy within one poll: it
+    started after the poll that found it pending, not at the poll that
+    found it done (which would be 0 s and no rate)."""
+    clock = Clock()
+    tracker = CopyTracker(clock)
+    tracker.update(task(dcn0=("pending", 0, 0)))
+    clock.now += 0.5
+    [row] = tracker.update(task("success", dcn0=("done", 16 * MiB, 16 * MiB)))
+    assert row.elapsed_s == pytest.approx(0.5)
+    [row] = CopyTracker(clock).update(task("success", dcn0=("done", 16 * MiB, 16 * MiB)))
+    assert row.elapsed_s == 0  # never seen under way: no time to tell
+
+
 @pytest.mark.parametrize(("status", "states", "expected"), [
     ("success", ["done", "done"], "success"),
     ("success", ["done", "failed"], "partial"),
